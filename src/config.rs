@@ -1,0 +1,408 @@
+//! Gateway settings: one typed tree, filled from (lowest to highest precedence) defaults, a TOML
+//! file, `EVENTPIPE_*` environment variables and command-line flags.
+//!
+//! Environment variables name a key path with `__` between levels: `EVENTPIPE_LIMITS__MAX_EVENTS=100`
+//! sets `limits.max_events`; `EVENTPIPE_LISTEN=0.0.0.0:8080` sets `listen`. Values are read as TOML
+//! scalars or arrays when they parse as such (`100`, `true`, `["a","b"]`), else as strings.
+//! Unknown keys and bad values are start-up errors naming the key.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Public listener for `POST /v1/events`.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Admin listener for `/metrics`, `/healthz`, `/readyz`. Never exposed on the public port.
+    #[serde(default = "default_admin_listen")]
+    pub admin_listen: SocketAddr,
+    /// Directory of JSON Schemas: `<dir>/<name>/<major>.json`.
+    #[serde(default = "default_schemas")]
+    pub schemas: PathBuf,
+    /// Identity written into every event; defaults to the host name.
+    #[serde(default)]
+    pub collector_id: Option<String>,
+    #[serde(default)]
+    pub kafka: KafkaConfig,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    #[serde(default)]
+    pub cors: CorsConfig,
+    /// Networks whose `X-Forwarded-For` / `Forwarded` headers are believed, e.g. `["10.0.0.0/8"]`.
+    #[serde(default)]
+    pub trusted_proxies: Vec<IpNet>,
+    /// Seconds to keep serving (with `/readyz` false) after SIGTERM before refusing connections,
+    /// so the load balancer notices first.
+    #[serde(default = "default_shutdown_grace_secs")]
+    pub shutdown_grace_secs: f64,
+}
+
+/// Kafka producer settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Bootstrap brokers, `host:port[,host:port]`.
+    #[serde(default = "default_brokers")]
+    pub brokers: String,
+    /// Accepted events go to `<topic_prefix><schema name>`.
+    #[serde(default = "default_topic_prefix")]
+    pub topic_prefix: String,
+    /// Rejected input goes here.
+    #[serde(default = "default_dead_letter_topic")]
+    pub dead_letter_topic: String,
+    /// How long a request waits for Kafka's acknowledgements before it is answered 503.
+    #[serde(default = "default_ack_timeout_ms")]
+    pub ack_timeout_ms: u64,
+    /// Raw librdkafka properties, passed straight through (they override ours).
+    #[serde(default)]
+    pub librdkafka: BTreeMap<String, String>,
+}
+
+/// Request limits. Each is answered with a clear 4xx.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Bytes on the wire (413 beyond).
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// Bytes after decompression; decompression stops here (413 beyond).
+    #[serde(default = "default_max_decompressed_bytes")]
+    pub max_decompressed_bytes: usize,
+    /// Events per bundle (413 beyond).
+    #[serde(default = "default_max_events")]
+    pub max_events: usize,
+    /// Bytes of one event's JSON; a larger event is rejected alone.
+    #[serde(default = "default_max_event_bytes")]
+    pub max_event_bytes: usize,
+    /// Nesting depth of one event; a deeper event is rejected alone.
+    #[serde(default = "default_max_depth")]
+    pub max_depth: usize,
+    /// Time allowed to receive the request head.
+    #[serde(default = "default_header_timeout_ms")]
+    pub header_timeout_ms: u64,
+    /// Time allowed for a whole request, body and Kafka acknowledgement included.
+    #[serde(default = "default_request_timeout_ms")]
+    pub request_timeout_ms: u64,
+    /// Bytes of a rejected body kept in its dead letter.
+    #[serde(default = "default_dead_letter_max_bytes")]
+    pub dead_letter_max_bytes: usize,
+}
+
+/// TLS with rustls (TLS 1.2 and 1.3, HTTP/2 by ALPN).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
+
+/// Cross-origin settings for browsers posting beacons.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CorsConfig {
+    /// Allowed origins; `["*"]` (the default) allows any origin, without credentials.
+    #[serde(default = "default_origins")]
+    pub allowed_origins: Vec<String>,
+    /// Preflight cache lifetime in seconds.
+    #[serde(default = "default_cors_max_age")]
+    pub max_age_secs: u64,
+}
+
+fn default_listen() -> SocketAddr {
+    "127.0.0.1:8080".parse().expect("valid literal")
+}
+fn default_admin_listen() -> SocketAddr {
+    "127.0.0.1:9100".parse().expect("valid literal")
+}
+fn default_schemas() -> PathBuf {
+    PathBuf::from("schemas")
+}
+fn default_shutdown_grace_secs() -> f64 {
+    5.0
+}
+fn default_brokers() -> String {
+    "127.0.0.1:9092".into()
+}
+fn default_topic_prefix() -> String {
+    "events.".into()
+}
+fn default_dead_letter_topic() -> String {
+    "events.invalid".into()
+}
+fn default_ack_timeout_ms() -> u64 {
+    5_000
+}
+fn default_max_body_bytes() -> usize {
+    1 << 20
+}
+fn default_max_decompressed_bytes() -> usize {
+    8 << 20
+}
+fn default_max_events() -> usize {
+    500
+}
+fn default_max_event_bytes() -> usize {
+    64 << 10
+}
+fn default_max_depth() -> usize {
+    64
+}
+fn default_header_timeout_ms() -> u64 {
+    10_000
+}
+fn default_request_timeout_ms() -> u64 {
+    30_000
+}
+fn default_dead_letter_max_bytes() -> usize {
+    64 << 10
+}
+fn default_origins() -> Vec<String> {
+    vec!["*".into()]
+}
+fn default_cors_max_age() -> u64 {
+    3600
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        empty_table()
+    }
+}
+impl Default for Limits {
+    fn default() -> Self {
+        empty_table()
+    }
+}
+impl Default for CorsConfig {
+    fn default() -> Self {
+        empty_table()
+    }
+}
+impl Default for Config {
+    fn default() -> Self {
+        empty_table()
+    }
+}
+
+/// Every struct above is all-defaults when deserialized from an empty table.
+fn empty_table<T: for<'de> Deserialize<'de>>() -> T {
+    toml::Value::Table(toml::Table::new())
+        .try_into()
+        .expect("every field has a default")
+}
+
+impl Limits {
+    pub fn header_timeout(&self) -> Duration {
+        Duration::from_millis(self.header_timeout_ms)
+    }
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+}
+
+/// A start-up configuration error; the message names the source and the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("environment variable {var}: {message}")]
+    Env { var: String, message: String },
+    #[error("config key `{key}`: {message}")]
+    Invalid { key: String, message: String },
+}
+
+/// Builds the configuration: defaults < file < environment < overrides (from flags).
+///
+/// `overrides` are `(dotted.key, value)` pairs, already typed.
+pub fn load(
+    file: Option<&Path>,
+    env: impl IntoIterator<Item = (String, String)>,
+    overrides: Vec<(&str, toml::Value)>,
+) -> Result<Config, ConfigError> {
+    let mut root = toml::Table::new();
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        root = text.parse::<toml::Table>().map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+    }
+    for (var, raw) in env {
+        let Some(rest) = var.strip_prefix("EVENTPIPE_") else {
+            continue;
+        };
+        if rest == "CONFIG" || rest == "LOG" {
+            continue; // read by the binary itself
+        }
+        let key: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();
+        let value = parse_env_value(&raw);
+        set_path(&mut root, &key, value).map_err(|message| ConfigError::Env { var, message })?;
+    }
+    for (key, value) in overrides {
+        let parts: Vec<String> = key.split('.').map(str::to_owned).collect();
+        set_path(&mut root, &parts, value).map_err(|message| ConfigError::Invalid {
+            key: key.to_owned(),
+            message,
+        })?;
+    }
+    let config: Config = serde_path_to_error::deserialize(toml::Value::Table(root)).map_err(|e| {
+        ConfigError::Invalid {
+            key: e.path().to_string(),
+            message: e.inner().to_string(),
+        }
+    })?;
+    config.validate()?;
+    Ok(config)
+}
+
+fn parse_env_value(raw: &str) -> toml::Value {
+    // `key = <raw>` parses when raw is a TOML literal (number, bool, array); else it's a string.
+    match format!("v = {raw}").parse::<toml::Table>() {
+        Ok(mut t) => t.remove("v").unwrap_or_else(|| toml::Value::String(raw.into())),
+        Err(_) => toml::Value::String(raw.into()),
+    }
+}
+
+fn set_path(root: &mut toml::Table, key: &[String], value: toml::Value) -> Result<(), String> {
+    let (last, parents) = key.split_last().ok_or("empty key")?;
+    let mut table = root;
+    for part in parents {
+        let entry = table
+            .entry(part.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        table = entry
+            .as_table_mut()
+            .ok_or_else(|| format!("`{part}` is not a table"))?;
+    }
+    table.insert(last.clone(), value);
+    Ok(())
+}
+
+impl Config {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: &str| {
+            Err(ConfigError::Invalid {
+                key: key.into(),
+                message: message.into(),
+            })
+        };
+        let l = &self.limits;
+        if l.max_body_bytes == 0 {
+            return invalid("limits.max_body_bytes", "must be positive");
+        }
+        if l.max_decompressed_bytes < l.max_body_bytes {
+            return invalid(
+                "limits.max_decompressed_bytes",
+                "must be at least limits.max_body_bytes",
+            );
+        }
+        if l.max_events == 0 {
+            return invalid("limits.max_events", "must be positive");
+        }
+        if l.max_depth == 0 || l.max_depth > 120 {
+            return invalid("limits.max_depth", "must be between 1 and 120");
+        }
+        if self.kafka.brokers.trim().is_empty() {
+            return invalid("kafka.brokers", "must name at least one broker");
+        }
+        if self.kafka.dead_letter_topic.is_empty() {
+            return invalid("kafka.dead_letter_topic", "must not be empty");
+        }
+        if self.kafka.ack_timeout_ms == 0 {
+            return invalid("kafka.ack_timeout_ms", "must be positive");
+        }
+        if !(0.0..=3600.0).contains(&self.shutdown_grace_secs) {
+            return invalid("shutdown_grace_secs", "must be between 0 and 3600");
+        }
+        Ok(())
+    }
+
+    /// The collector identity written into events.
+    pub fn collector_host(&self) -> String {
+        self.collector_id
+            .clone()
+            .unwrap_or_else(|| gethostname::gethostname().to_string_lossy().into_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let c = load(None, vec![], vec![]).unwrap();
+        assert_eq!(c.kafka.topic_prefix, "events.");
+        assert_eq!(c.kafka.dead_letter_topic, "events.invalid");
+        assert_eq!(c.limits.max_body_bytes, 1 << 20);
+        assert_eq!(c.limits.max_decompressed_bytes, 8 << 20);
+        assert_eq!(c.limits.max_events, 500);
+        assert_eq!(c.limits.max_event_bytes, 64 << 10);
+        assert_eq!(c.limits.max_depth, 64);
+        assert_eq!(c.cors.allowed_origins, vec!["*"]);
+    }
+
+    #[test]
+    fn precedence_is_file_then_env_then_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "[kafka]\ntopic_prefix = \"file.\"\nbrokers = \"f:1\"\n[limits]\nmax_events = 7\n").unwrap();
+        let c = load(
+            Some(&file),
+            env(&[("EVENTPIPE_KAFKA__BROKERS", "e:2"), ("EVENTPIPE_LIMITS__MAX_EVENTS", "9"), ("OTHER", "x")]),
+            vec![("kafka.brokers", toml::Value::String("flag:3".into()))],
+        )
+        .unwrap();
+        assert_eq!(c.kafka.topic_prefix, "file.");
+        assert_eq!(c.kafka.brokers, "flag:3");
+        assert_eq!(c.limits.max_events, 9);
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "[limits]\nmax_eventz = 7\n").unwrap();
+        let err = load(Some(&file), vec![], vec![]).unwrap_err().to_string();
+        assert!(err.contains("limits") && err.contains("max_eventz"), "{err}");
+        let err = load(None, env(&[("EVENTPIPE_LISTN", "x")]), vec![]).unwrap_err().to_string();
+        assert!(err.contains("listn"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let err = load(None, env(&[("EVENTPIPE_LIMITS__MAX_EVENTS", "lots")]), vec![])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("limits.max_events"), "{err}");
+        let err = load(None, env(&[("EVENTPIPE_LISTEN", "nowhere")]), vec![]).unwrap_err().to_string();
+        assert!(err.contains("listen"), "{err}");
+        let err = load(None, env(&[("EVENTPIPE_LIMITS__MAX_DEPTH", "0")]), vec![]).unwrap_err().to_string();
+        assert!(err.contains("limits.max_depth"), "{err}");
+        let err = load(None, env(&[("EVENTPIPE_TRUSTED_PROXIES", "[\"10.0.0.0/33\"]")]), vec![])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("trusted_proxies"), "{err}");
+    }
+}

@@ -1,0 +1,169 @@
+//! Reading a request body within limits: content type, wire size, decompression capped so a
+//! decompression bomb stops at the cap instead of filling memory.
+
+use std::io::Read;
+
+use axum::body::Body;
+use axum::http::{header, HeaderMap};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Limited};
+
+use super::error::ApiError;
+
+/// Checks `Content-Type`: JSON, or text/plain as `navigator.sendBeacon` sends a string.
+/// A missing type is taken as JSON (server-side loggers often omit it).
+pub fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(value) = headers.get(header::CONTENT_TYPE) else {
+        return Ok(());
+    };
+    let text = value.to_str().unwrap_or("");
+    let mime = text.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    match mime.as_str() {
+        "application/json" | "text/plain" => Ok(()),
+        _ => Err(ApiError::UnsupportedMediaType(text.chars().take(100).collect())),
+    }
+}
+
+/// The supported `Content-Encoding`s.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Encoding {
+    Identity,
+    Gzip,
+    Deflate,
+    Zstd,
+    Brotli,
+}
+
+pub fn encoding(headers: &HeaderMap) -> Result<Encoding, ApiError> {
+    let Some(value) = headers.get(header::CONTENT_ENCODING) else {
+        return Ok(Encoding::Identity);
+    };
+    let text = value.to_str().unwrap_or("").trim().to_ascii_lowercase();
+    match text.as_str() {
+        "" | "identity" => Ok(Encoding::Identity),
+        "gzip" | "x-gzip" => Ok(Encoding::Gzip),
+        "deflate" => Ok(Encoding::Deflate),
+        "zstd" => Ok(Encoding::Zstd),
+        "br" => Ok(Encoding::Brotli),
+        _ => Err(ApiError::UnsupportedEncoding(text.chars().take(100).collect())),
+    }
+}
+
+/// Reads the wire body, refusing more than `limit` bytes (checked against Content-Length first,
+/// then while streaming). On overflow returns what was read so far, for the dead letter.
+pub async fn read_limited(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, (ApiError, Bytes)> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err((ApiError::BodyTooLarge { limit }, Bytes::new()));
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) => {
+            if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+                Err((ApiError::BodyTooLarge { limit }, Bytes::new()))
+            } else {
+                Err((ApiError::Undecodable(format!("request body could not be read: {e}")), Bytes::new()))
+            }
+        }
+    }
+}
+
+/// Decompresses `wire` into at most `cap` bytes. More than `cap` is refused without holding more
+/// than `cap + 1` bytes; a corrupt stream is a 400.
+pub fn decompress(wire: Bytes, encoding: Encoding, cap: usize) -> Result<Bytes, ApiError> {
+    fn capped(mut reader: impl Read, cap: usize) -> Result<Bytes, ApiError> {
+        let mut out = Vec::with_capacity(cap.min(64 << 10));
+        reader
+            .by_ref()
+            .take(cap as u64 + 1)
+            .read_to_end(&mut out)
+            .map_err(|e| ApiError::Undecodable(format!("body could not be decompressed: {e}")))?;
+        if out.len() > cap {
+            return Err(ApiError::DecompressedTooLarge { limit: cap });
+        }
+        Ok(Bytes::from(out))
+    }
+    match encoding {
+        Encoding::Identity => Ok(wire),
+        Encoding::Gzip => capped(flate2::read::MultiGzDecoder::new(&wire[..]), cap),
+        Encoding::Deflate => {
+            // HTTP "deflate" is zlib-wrapped; some clients send raw deflate. Accept both.
+            if looks_like_zlib(&wire) {
+                capped(flate2::read::ZlibDecoder::new(&wire[..]), cap)
+            } else {
+                capped(flate2::read::DeflateDecoder::new(&wire[..]), cap)
+            }
+        }
+        Encoding::Zstd => {
+            let decoder = zstd::stream::read::Decoder::new(&wire[..])
+                .map_err(|e| ApiError::Undecodable(format!("body could not be decompressed: {e}")))?;
+            capped(decoder, cap)
+        }
+        Encoding::Brotli => capped(brotli::Decompressor::new(&wire[..], 4096), cap),
+    }
+}
+
+fn looks_like_zlib(data: &[u8]) -> bool {
+    data.len() >= 2 && data[0] & 0x0f == 8 && (u16::from(data[0]) << 8 | u16::from(data[1])) % 31 == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn gzip(data: &[u8]) -> Bytes {
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        enc.write_all(data).unwrap();
+        Bytes::from(enc.finish().unwrap())
+    }
+
+    #[test]
+    fn every_encoding_round_trips() {
+        let data = br#"{"events":[]}"#;
+        assert_eq!(decompress(gzip(data), Encoding::Gzip, 100).unwrap(), &data[..]);
+        let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+        z.write_all(data).unwrap();
+        assert_eq!(decompress(z.finish().unwrap().into(), Encoding::Deflate, 100).unwrap(), &data[..]);
+        let mut raw = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
+        raw.write_all(data).unwrap();
+        assert_eq!(decompress(raw.finish().unwrap().into(), Encoding::Deflate, 100).unwrap(), &data[..]);
+        let zs = zstd::encode_all(&data[..], 3).unwrap();
+        assert_eq!(decompress(zs.into(), Encoding::Zstd, 100).unwrap(), &data[..]);
+        let mut br = Vec::new();
+        brotli::BrotliCompress(&mut &data[..], &mut br, &Default::default()).unwrap();
+        assert_eq!(decompress(br.into(), Encoding::Brotli, 100).unwrap(), &data[..]);
+    }
+
+    #[test]
+    fn decompression_bomb_stops_at_the_cap() {
+        // 64 MiB of zeros compress to ~64 KiB; the cap is 1 MiB.
+        let bomb = gzip(&vec![0u8; 64 << 20]);
+        assert!(bomb.len() < 200 << 10);
+        let err = decompress(bomb, Encoding::Gzip, 1 << 20).unwrap_err();
+        assert!(matches!(err, ApiError::DecompressedTooLarge { limit } if limit == 1 << 20));
+    }
+
+    #[test]
+    fn corrupt_streams_are_client_errors() {
+        for enc in [Encoding::Gzip, Encoding::Deflate, Encoding::Zstd, Encoding::Brotli] {
+            let err = decompress(Bytes::from_static(b"definitely not compressed"), enc, 1000).unwrap_err();
+            assert_eq!(err.status(), 400, "{enc:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn content_types() {
+        let mut h = HeaderMap::new();
+        assert!(check_content_type(&h).is_ok());
+        h.insert(header::CONTENT_TYPE, "text/plain;charset=UTF-8".parse().unwrap());
+        assert!(check_content_type(&h).is_ok());
+        h.insert(header::CONTENT_TYPE, "application/x-www-form-urlencoded".parse().unwrap());
+        assert_eq!(check_content_type(&h).unwrap_err().status(), 415);
+        h.insert(header::CONTENT_ENCODING, "compress".parse().unwrap());
+        assert_eq!(encoding(&h).unwrap_err().status(), 415);
+    }
+}

@@ -1,0 +1,84 @@
+//! Whole-request failures and their one mapping to HTTP. Bodies carry a machine-readable `error`
+//! and a human `message`; internal details stay in the logs.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+use crate::sink::SinkError;
+
+/// Why a request as a whole was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    Undecodable(String),
+    #[error("{0}")]
+    NotABundle(String),
+    #[error("request body exceeds {limit} bytes on the wire")]
+    BodyTooLarge { limit: usize },
+    #[error("request body exceeds {limit} bytes after decompression")]
+    DecompressedTooLarge { limit: usize },
+    #[error("bundle has {count} events; the limit is {limit}")]
+    TooManyEvents { count: usize, limit: usize },
+    #[error("unsupported Content-Type '{0}': send application/json or text/plain")]
+    UnsupportedMediaType(String),
+    #[error("unsupported Content-Encoding '{0}': send gzip, deflate, zstd, br or none")]
+    UnsupportedEncoding(String),
+    #[error("the request body was not received in time")]
+    BodyTimeout,
+    #[error("events could not be stored right now; retry later")]
+    Unavailable { cause: SinkError, retry_after_secs: u64 },
+}
+
+impl ApiError {
+    /// Stable machine-readable code, also the metrics `reason` label.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::Undecodable(_) => "undecodable_body",
+            ApiError::NotABundle(_) => "not_a_bundle",
+            ApiError::BodyTooLarge { .. } => "body_too_large",
+            ApiError::DecompressedTooLarge { .. } => "decompressed_too_large",
+            ApiError::TooManyEvents { .. } => "too_many_events",
+            ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
+            ApiError::UnsupportedEncoding(_) => "unsupported_encoding",
+            ApiError::BodyTimeout => "body_timeout",
+            ApiError::Unavailable { .. } => "unavailable",
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Undecodable(_) | ApiError::NotABundle(_) => StatusCode::BAD_REQUEST,
+            ApiError::BodyTooLarge { .. }
+            | ApiError::DecompressedTooLarge { .. }
+            | ApiError::TooManyEvents { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType(_) | ApiError::UnsupportedEncoding(_) => {
+                StatusCode::UNSUPPORTED_MEDIA_TYPE
+            }
+            ApiError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if status.is_server_error() {
+            if let ApiError::Unavailable { cause, .. } = &self {
+                tracing::error!(error = %cause, "request refused: sink unavailable");
+            }
+        } else {
+            tracing::debug!(code = self.code(), error = %self, "request refused");
+        }
+        let body = Json(json!({"error": self.code(), "message": self.to_string()}));
+        let mut response = (status, body).into_response();
+        if let ApiError::Unavailable { retry_after_secs, .. } = self {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+        }
+        response
+    }
+}

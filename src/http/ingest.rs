@@ -1,0 +1,148 @@
+//! `POST /v1/events`: read, decode, run the pipeline, wait for Kafka, answer.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use bytes::Bytes;
+use serde_json::json;
+use tokio::time::Instant;
+
+use super::body::{check_content_type, decompress, encoding, read_limited};
+use super::client_ip::client_ip;
+use super::error::ApiError;
+use super::AppState;
+use crate::metrics as m;
+use crate::pipeline::{self, dead_letter_for_request, Bundle};
+use crate::thrift::Enrichment;
+
+/// Seconds a client is told to wait after a 503.
+const RETRY_AFTER_SECS: u64 = 2;
+
+pub async fn ingest(State(gw): State<AppState>, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
+    let mut enrichment = enrichment(&gw, peer, &parts.headers);
+    let (response, outcome) = match handle(&gw, &parts.headers, body, &mut enrichment).await {
+        Ok(resp) => (resp, None),
+        Err((err, body)) => {
+            let refused = matches!(err, ApiError::Unavailable { .. });
+            metrics::counter!(m::REQUESTS_REFUSED, "reason" => err.code()).increment(1);
+            if !refused {
+                record_refused_request(&gw, &err, &body, enrichment);
+            }
+            let status = err.status();
+            (err.into_response(), Some(status))
+        }
+    };
+    let status = outcome.unwrap_or(response.status());
+    metrics::counter!(m::HTTP_REQUESTS, "status" => status.as_str().to_owned()).increment(1);
+    response
+}
+
+fn enrichment(gw: &AppState, peer: Option<SocketAddr>, headers: &HeaderMap) -> Enrichment {
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    let header_text = |name: header::HeaderName| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(|s| s.chars().take(1024).collect::<String>())
+    };
+    Enrichment {
+        received_at_ms: now_ms,
+        client_ip: client_ip(peer, headers, &gw.trusted_proxies).map(|ip| ip.to_string()),
+        user_agent: header_text(header::USER_AGENT),
+        collector_host: gw.collector.host.clone(),
+        collector_version: gw.collector.version.clone(),
+        sent_at: None,
+        origin: header_text(header::ORIGIN),
+    }
+}
+
+async fn handle(
+    gw: &AppState,
+    headers: &HeaderMap,
+    body: axum::body::Body,
+    enrichment: &mut Enrichment,
+) -> Result<Response, (ApiError, Bytes)> {
+    let limits = &gw.pipeline.limits;
+    check_content_type(headers).map_err(|e| (e, Bytes::new()))?;
+    let enc = encoding(headers).map_err(|e| (e, Bytes::new()))?;
+    let wire = read_limited(body, headers, limits.max_body_bytes).await?;
+    metrics::counter!(m::BODY_BYTES).increment(wire.len() as u64);
+    let decoded = decompress(wire.clone(), enc, limits.max_decompressed_bytes).map_err(|e| (e, wire.clone()))?;
+    metrics::counter!(m::DECOMPRESSED_BYTES).increment(decoded.len() as u64);
+
+    let bundle = Bundle::parse(&decoded, limits.max_depth).map_err(|e| {
+        let err = match e {
+            pipeline::BundleError::NotABundle(msg) => ApiError::NotABundle(msg),
+            other => ApiError::Undecodable(other.to_string()),
+        };
+        (err, decoded.clone())
+    })?;
+    if bundle.events.len() > limits.max_events {
+        let err = ApiError::TooManyEvents {
+            count: bundle.events.len(),
+            limit: limits.max_events,
+        };
+        return Err((err, decoded.clone()));
+    }
+    if let Some(sent_at) = &bundle.sent_at {
+        enrichment.sent_at = Some(sent_at.chars().take(64).collect());
+    }
+    let processed = pipeline::process(&bundle, &gw.registry, &gw.pipeline, enrichment);
+    let total = bundle.events.len();
+    drop(bundle);
+
+    let deadline = Instant::now() + gw.ack_timeout;
+    if let Err(cause) = gw.sink.send_batch(processed.records, deadline).await {
+        metrics::counter!(m::EVENTS, "outcome" => "refused", "reason" => cause.reason()).increment(total as u64);
+        let err = ApiError::Unavailable {
+            cause,
+            retry_after_secs: RETRY_AFTER_SECS,
+        };
+        return Err((err, Bytes::new()));
+    }
+    for (schema, n) in &processed.accepted_by_schema {
+        metrics::counter!(m::EVENTS, "outcome" => "kafka", "reason" => "accepted", "schema" => schema.to_string())
+            .increment(*n as u64);
+    }
+    let mut by_reason: BTreeMap<&'static str, u64> = BTreeMap::new();
+    for r in &processed.rejected {
+        *by_reason.entry(r.reason.as_str()).or_default() += 1;
+    }
+    for (reason, n) in by_reason {
+        metrics::counter!(m::EVENTS, "outcome" => "rejected", "reason" => reason).increment(n);
+    }
+    let body = json!({"accepted": processed.accepted, "rejected": processed.rejected});
+    Ok((StatusCode::OK, Json(body)).into_response())
+}
+
+/// Writes a refused request to the dead-letter topic in the background: the client's answer does
+/// not wait on Kafka, but a failed write is counted, never silent.
+fn record_refused_request(gw: &AppState, err: &ApiError, body: &Bytes, enrichment: Enrichment) {
+    let record = dead_letter_for_request(
+        err.code(),
+        &err.to_string(),
+        err.status().as_u16(),
+        body,
+        &gw.pipeline.dead_letter_topic,
+        gw.pipeline.limits.dead_letter_max_bytes,
+        &enrichment,
+    );
+    let gw = gw.clone();
+    tokio::spawn(async move {
+        let deadline = Instant::now() + gw.ack_timeout;
+        if let Err(e) = gw.sink.send_batch(vec![record], deadline).await {
+            metrics::counter!(m::DEAD_LETTER_FAILURES, "reason" => e.reason()).increment(1);
+            tracing::warn!(error = %e, "could not record a refused request in the dead-letter topic");
+        }
+    });
+}

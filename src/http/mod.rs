@@ -1,0 +1,67 @@
+//! The public HTTP surface: `POST /v1/events` with CORS and a whole-request timeout.
+
+pub mod body;
+pub mod client_ip;
+pub mod error;
+mod ingest;
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::routing::post;
+use axum::Router;
+use ipnet::IpNet;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::timeout::TimeoutLayer;
+
+use crate::config::CorsConfig;
+use crate::pipeline::{Collector, PipelineConfig};
+use crate::schema::Registry;
+use crate::sink::Sink;
+
+/// What every request needs, shared.
+pub struct Gateway {
+    pub registry: Arc<Registry>,
+    pub sink: Arc<dyn Sink>,
+    pub pipeline: PipelineConfig,
+    pub collector: Collector,
+    pub trusted_proxies: Vec<IpNet>,
+    /// How long a request waits for Kafka's acknowledgements.
+    pub ack_timeout: Duration,
+    /// Set when shutdown began; `/readyz` reports it.
+    pub draining: AtomicBool,
+}
+
+pub type AppState = Arc<Gateway>;
+
+/// The public router.
+pub fn app(state: AppState, cors: &CorsConfig, request_timeout: Duration) -> Router {
+    Router::new()
+        .route("/v1/events", post(ingest::ingest))
+        .layer(cors_layer(cors))
+        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, request_timeout))
+        .with_state(state)
+}
+
+fn cors_layer(cors: &CorsConfig) -> CorsLayer {
+    let origins = if cors.allowed_origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(
+            cors.allowed_origins
+                .iter()
+                .filter_map(|o| HeaderValue::from_str(o).ok()),
+        )
+    };
+    CorsLayer::new()
+        .allow_origin(origins)
+        .allow_methods([Method::POST, Method::OPTIONS])
+        .allow_headers([header::CONTENT_TYPE, header::CONTENT_ENCODING])
+        .expose_headers([header::RETRY_AFTER])
+        .max_age(Duration::from_secs(cors.max_age_secs))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,19 @@
+//! eventpipe: a beacon ingestion gateway. HTTP(S) bundles of JSON events are validated against
+//! versioned JSON Schemas, enriched, encoded as Thrift and produced to Kafka; invalid input goes
+//! to a dead-letter topic. A client gets 200 only when Kafka acknowledged its events.
+//!
+//! Where things are: `http` (routes, body limits, errors), `pipeline` (envelope -> valid event ->
+//! record), `schema` (registry), `thrift` (generated code, JSON mapping), `sink` (Kafka and
+//! in-memory), `server` (listeners, TLS, shutdown), `admin` (metrics and health), `ops` (CLI
+//! tools: topics, tail), `config`.
+
+pub mod admin;
+pub mod config;
+pub mod http;
+pub mod metrics;
+pub mod ops;
+pub mod pipeline;
+pub mod schema;
+pub mod server;
+pub mod sink;
+pub mod thrift;

@@ -1,0 +1,239 @@
+//! The `eventpipe` binary: parses the command line and wires the library together.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use eventpipe::{config, ops, schema, server};
+
+#[derive(Parser)]
+#[command(name = "eventpipe", version, about = "Beacon ingestion gateway: JSON events -> schemas -> Thrift -> Kafka")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve(ServeArgs),
+    /// Manage topics.
+    Topics {
+        #[command(subcommand)]
+        command: TopicsCommand,
+    },
+    /// Check schemas.
+    Schemas {
+        #[command(subcommand)]
+        command: SchemasCommand,
+    },
+    /// Print messages of a topic as JSON lines, decoded from Thrift.
+    Tail(TailArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// TOML configuration file.
+    #[arg(long, env = "EVENTPIPE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Public listener address.
+    #[arg(long)]
+    listen: Option<String>,
+    /// Admin listener address (/metrics, /healthz, /readyz).
+    #[arg(long)]
+    admin_listen: Option<String>,
+    /// Kafka bootstrap brokers, HOST:PORT[,..].
+    #[arg(long)]
+    brokers: Option<String>,
+    /// Schema directory.
+    #[arg(long)]
+    schemas: Option<PathBuf>,
+    /// Topic prefix for accepted events (default "events.").
+    #[arg(long)]
+    topic_prefix: Option<String>,
+    /// Dead-letter topic (default "events.invalid").
+    #[arg(long)]
+    dead_letter_topic: Option<String>,
+    /// TLS certificate chain (PEM); enables HTTPS together with --tls-key.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum TopicsCommand {
+    /// Create every topic the routing needs (idempotent).
+    Create {
+        #[arg(long, default_value = "127.0.0.1:9092")]
+        brokers: String,
+        #[arg(long, default_value = "schemas")]
+        schemas: PathBuf,
+        #[arg(long, default_value_t = 3)]
+        partitions: i32,
+        #[arg(long, default_value_t = 1)]
+        replication_factor: i32,
+        #[arg(long, default_value = "events.")]
+        topic_prefix: String,
+        #[arg(long, default_value = "events.invalid")]
+        dead_letter_topic: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum SchemasCommand {
+    /// Compile every schema and validate its examples.
+    Check {
+        #[arg(default_value = "schemas")]
+        dir: PathBuf,
+    },
+}
+
+#[derive(clap::Args)]
+struct TailArgs {
+    #[arg(long, default_value = "127.0.0.1:9092")]
+    brokers: String,
+    #[arg(long)]
+    topic: String,
+    /// Start at the oldest message instead of new ones.
+    #[arg(long)]
+    from_beginning: bool,
+    /// Stop after N messages.
+    #[arg(long)]
+    count: Option<usize>,
+    /// Stop after this many milliseconds without a message.
+    #[arg(long)]
+    idle_timeout_ms: Option<u64>,
+    /// Which topic holds dead letters (decoded as such).
+    #[arg(long, default_value = "events.invalid")]
+    dead_letter_topic: String,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("EVENTPIPE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Topics {
+            command:
+                TopicsCommand::Create {
+                    brokers,
+                    schemas,
+                    partitions,
+                    replication_factor,
+                    topic_prefix,
+                    dead_letter_topic,
+                },
+        } => {
+            let registry = schema::Registry::load(&schemas)?;
+            let topics = ops::topics::needed_topics(&registry, &topic_prefix, &dead_letter_topic);
+            let (created, existing) = runtime()?.block_on(ops::topics::create(
+                &brokers,
+                &topics,
+                partitions,
+                replication_factor,
+            ))?;
+            for t in &created {
+                println!("created {t}");
+            }
+            for t in &existing {
+                println!("exists  {t}");
+            }
+            Ok(())
+        }
+        Command::Schemas {
+            command: SchemasCommand::Check { dir },
+        } => match schema::check(&dir) {
+            Ok((schemas, examples)) => {
+                println!("ok: {schemas} schemas, {examples} examples valid");
+                Ok(())
+            }
+            Err(problems) => {
+                for p in &problems {
+                    eprintln!("{p}");
+                }
+                anyhow::bail!("{} problem(s) in {}", problems.len(), dir.display())
+            }
+        },
+        Command::Tail(args) => {
+            let opts = ops::tail::TailOptions {
+                brokers: args.brokers,
+                topic: args.topic,
+                dead_letter_topic: args.dead_letter_topic,
+                from_beginning: args.from_beginning,
+                count: args.count,
+                idle_timeout: args.idle_timeout_ms.map(Duration::from_millis),
+            };
+            ops::tail::run(&opts, &mut std::io::stdout().lock())?;
+            Ok(())
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let s = |v: String| toml::Value::String(v);
+    let p = |v: PathBuf| toml::Value::String(v.to_string_lossy().into_owned());
+    let mut overrides = Vec::new();
+    let flags = [
+        ("listen", args.listen.map(s)),
+        ("admin_listen", args.admin_listen.map(s)),
+        ("kafka.brokers", args.brokers.map(s)),
+        ("schemas", args.schemas.map(p)),
+        ("kafka.topic_prefix", args.topic_prefix.map(s)),
+        ("kafka.dead_letter_topic", args.dead_letter_topic.map(s)),
+        ("tls.cert", args.tls_cert.map(p)),
+        ("tls.key", args.tls_key.map(p)),
+    ];
+    for (key, value) in flags {
+        if let Some(v) = value {
+            overrides.push((key, v));
+        }
+    }
+    let config = config::load(args.config.as_deref(), std::env::vars(), overrides)?;
+    let rt = runtime()?;
+    rt.block_on(async move {
+        let public = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("binding listen address {}", config.listen))?;
+        let admin = tokio::net::TcpListener::bind(config.admin_listen)
+            .await
+            .with_context(|| format!("binding admin_listen address {}", config.admin_listen))?;
+        server::serve(config, public, admin, shutdown_signal()).await
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

@@ -1,0 +1,57 @@
+//! Metric names and the Prometheus recorder. Names follow `eventpipe_<noun>_<unit>_total` for
+//! counters and `_seconds` for histograms; labels are bounded (never ids or addresses). The hot
+//! path counts per request or per batch, never per event.
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// HTTP requests by `status` (the numeric code).
+pub const HTTP_REQUESTS: &str = "eventpipe_http_requests_total";
+/// Events by `outcome` (`kafka`, `rejected`, `refused`) and `reason`.
+pub const EVENTS: &str = "eventpipe_events_total";
+/// Whole requests refused before their events were read, by `reason`.
+pub const REQUESTS_REFUSED: &str = "eventpipe_requests_refused_total";
+/// Dead letters that could not be written, by `reason` of the write failure.
+pub const DEAD_LETTER_FAILURES: &str = "eventpipe_dead_letter_failures_total";
+/// Time from handing a request's records to the producer until all are acknowledged.
+pub const PRODUCE_LATENCY: &str = "eventpipe_produce_latency_seconds";
+/// Bytes received on the wire / after decompression.
+pub const BODY_BYTES: &str = "eventpipe_request_body_bytes_total";
+pub const DECOMPRESSED_BYTES: &str = "eventpipe_request_decompressed_bytes_total";
+/// Messages and bytes waiting in the producer (librdkafka `msg_cnt`, `msg_size`).
+pub const PRODUCER_QUEUE_MESSAGES: &str = "eventpipe_producer_queue_messages";
+pub const PRODUCER_QUEUE_BYTES: &str = "eventpipe_producer_queue_bytes";
+/// librdkafka totals: messages transmitted to brokers, and their bytes.
+pub const PRODUCER_TX_MESSAGES: &str = "eventpipe_producer_tx_messages";
+pub const PRODUCER_TX_BYTES: &str = "eventpipe_producer_tx_bytes";
+/// Per-broker average round-trip time from librdkafka stats, labelled by `broker` (bounded: the
+/// configured cluster).
+pub const BROKER_RTT: &str = "eventpipe_broker_rtt_seconds";
+/// Brokers librdkafka currently reports in state UP.
+pub const BROKERS_UP: &str = "eventpipe_brokers_up";
+/// Schemas loaded at start-up.
+pub const SCHEMAS_LOADED: &str = "eventpipe_schemas_loaded";
+
+/// Installs the global recorder once per process and returns its handle (tests start several
+/// gateways in one process; they share it).
+pub fn recorder() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Full(PRODUCE_LATENCY.into()),
+                    &[
+                        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                    ],
+                )
+                .expect("bucket list is not empty");
+            match builder.install_recorder() {
+                Ok(handle) => handle,
+                // Another recorder is installed (embedding application): keep ours unattached.
+                Err(_) => PrometheusBuilder::new().build_recorder().handle(),
+            }
+        })
+        .clone()
+}

@@ -1,0 +1,176 @@
+//! From a decoded request body to Kafka records, in typed stages:
+//!
+//! `Bundle` (parsed envelope, events still raw JSON text)
+//!   -> per event: `RawEvent` (envelope fields checked) -> `ValidEvent` (payload passed its schema)
+//!   -> `Record` (Thrift bytes, key, topic, headers).
+//!
+//! Each event ends in exactly one outcome: an `Event` record for its schema's topic, or a
+//! `DeadLetter` record plus a `Rejection` for the response. One bad event never costs the others.
+//! Each event's JSON is parsed exactly once.
+
+mod envelope;
+mod encode;
+
+pub use encode::{dead_letter_for_request, Collector};
+pub use envelope::{json_depth, Bundle, BundleError};
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::config::Limits;
+use crate::schema::Registry;
+use crate::sink::Record;
+use crate::thrift::Enrichment;
+
+/// Why one event was rejected. The string forms are stable API (response `reason` and metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RejectReason {
+    /// Not an object, a missing or mistyped envelope field, an unknown field, a bad timestamp.
+    InvalidEnvelope,
+    /// `event_id` present but not a UUID.
+    BadEventId,
+    /// `schema` names no schema this gateway knows.
+    UnknownSchema,
+    /// `data` does not match its schema.
+    SchemaViolation,
+    /// The event's JSON exceeds the per-event byte limit.
+    TooLarge,
+    /// The event nests deeper than the depth limit.
+    TooDeep,
+}
+
+impl RejectReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::InvalidEnvelope => "invalid_envelope",
+            RejectReason::BadEventId => "bad_event_id",
+            RejectReason::UnknownSchema => "unknown_schema",
+            RejectReason::SchemaViolation => "schema_violation",
+            RejectReason::TooLarge => "too_large",
+            RejectReason::TooDeep => "too_deep",
+        }
+    }
+
+    pub const ALL: [RejectReason; 6] = [
+        RejectReason::InvalidEnvelope,
+        RejectReason::BadEventId,
+        RejectReason::UnknownSchema,
+        RejectReason::SchemaViolation,
+        RejectReason::TooLarge,
+        RejectReason::TooDeep,
+    ];
+}
+
+/// One rejected event, as reported to the client.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Rejection {
+    pub index: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<String>,
+    pub reason: RejectReason,
+    pub path: String,
+    pub message: String,
+}
+
+/// An event whose envelope is well formed; its payload is not yet validated.
+pub struct RawEvent {
+    pub index: usize,
+    pub event_id: String,
+    /// `name/major` as sent.
+    pub schema: String,
+    pub ts: Option<String>,
+    pub context: Map<String, Value>,
+    pub data: Value,
+}
+
+/// An event whose payload passed its schema.
+pub struct ValidEvent {
+    pub raw: RawEvent,
+    pub schema: std::sync::Arc<crate::schema::Schema>,
+}
+
+/// Everything produced from one bundle.
+pub struct Processed {
+    /// Event records and dead-letter records together, all to be acknowledged before answering.
+    pub records: Vec<Record>,
+    pub accepted: usize,
+    pub rejected: Vec<Rejection>,
+    /// Accepted events per schema name, for metrics (few distinct names per request).
+    pub accepted_by_schema: Vec<(std::sync::Arc<str>, usize)>,
+}
+
+/// Settings the pipeline needs, fixed at start-up.
+pub struct PipelineConfig {
+    pub limits: Limits,
+    pub topic_prefix: String,
+    pub dead_letter_topic: std::sync::Arc<str>,
+}
+
+/// Runs every event of a parsed bundle through the stages.
+pub fn process(
+    bundle: &Bundle<'_>,
+    registry: &Registry,
+    cfg: &PipelineConfig,
+    enrichment: &Enrichment,
+) -> Processed {
+    let mut out = Processed {
+        records: Vec::with_capacity(bundle.events.len()),
+        accepted: 0,
+        rejected: Vec::new(),
+        accepted_by_schema: Vec::new(),
+    };
+    for (index, raw_json) in bundle.events.iter().enumerate() {
+        let text = raw_json.get();
+        let result = envelope::parse_event(index, text, &cfg.limits)
+            .and_then(|raw| validate(raw, registry));
+        match result {
+            Ok(valid) => {
+                let name = valid.schema.name.clone();
+                out.records
+                    .push(encode::event_record(valid, &bundle.context, cfg, enrichment));
+                out.accepted += 1;
+                match out.accepted_by_schema.iter_mut().find(|(n, _)| *n == name) {
+                    Some((_, count)) => *count += 1,
+                    None => out.accepted_by_schema.push((name, 1)),
+                }
+            }
+            Err(rejection) => {
+                out.records.push(encode::dead_letter_for_event(
+                    &rejection,
+                    text.as_bytes(),
+                    envelope::schema_as_sent(text),
+                    cfg,
+                    enrichment,
+                ));
+                out.rejected.push(rejection);
+            }
+        }
+    }
+    out
+}
+
+fn validate(raw: RawEvent, registry: &Registry) -> Result<ValidEvent, Rejection> {
+    let reject = |raw: &RawEvent, reason, path: &str, message: String| Rejection {
+        index: raw.index,
+        event_id: Some(raw.event_id.clone()),
+        reason,
+        path: path.into(),
+        message,
+    };
+    let Some(schema) = registry.get(&raw.schema) else {
+        let message = format!("no schema '{}' (expected <name>/<major> of a known schema)", raw.schema);
+        return Err(reject(&raw, RejectReason::UnknownSchema, "/schema", message));
+    };
+    if let Err(v) = schema.validate(&raw.data) {
+        let path = format!("/data{}", v.path);
+        return Err(reject(&raw, RejectReason::SchemaViolation, &path, v.message));
+    }
+    Ok(ValidEvent {
+        raw,
+        schema: schema.clone(),
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,205 @@
+//! Wiring: listeners, TLS, connection handling and the shutdown sequence.
+//!
+//! Shutdown (SIGTERM/SIGINT or the caller's future): `/readyz` turns false at once; the public
+//! listener keeps accepting for `shutdown_grace_secs` so the load balancer notices; then it stops
+//! accepting, in-flight requests finish (bounded by the request timeout), the producer is flushed,
+//! and `serve` returns.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::extract::ConnectInfo;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt;
+
+use crate::config::{Config, TlsConfig};
+use crate::http::{self, Gateway};
+use crate::pipeline::{Collector, PipelineConfig};
+use crate::schema::Registry;
+use crate::sink::kafka::{producer_config, KafkaSink};
+use crate::sink::Sink;
+use crate::{admin, metrics as m};
+
+/// Runs the gateway with a Kafka sink built from `config` until `shutdown` resolves.
+pub async fn serve(
+    config: Config,
+    public: TcpListener,
+    admin: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let registry = Registry::load(&config.schemas)?;
+    let kafka = producer_config(&config.kafka.brokers, &config.kafka.librdkafka);
+    let sink = KafkaSink::new(&kafka, Duration::from_secs(2)).context("creating the Kafka producer")?;
+    serve_with_sink(config, registry, Arc::new(sink), public, admin, shutdown).await
+}
+
+/// Builds the shared gateway state from config, registry and sink.
+pub fn gateway(config: &Config, registry: Registry, sink: Arc<dyn Sink>) -> Arc<Gateway> {
+    Arc::new(Gateway {
+        registry: Arc::new(registry),
+        sink,
+        pipeline: PipelineConfig {
+            limits: config.limits.clone(),
+            topic_prefix: config.kafka.topic_prefix.clone(),
+            dead_letter_topic: config.kafka.dead_letter_topic.as_str().into(),
+        },
+        collector: Collector {
+            host: config.collector_host(),
+            version: env!("CARGO_PKG_VERSION").into(),
+        },
+        trusted_proxies: config.trusted_proxies.clone(),
+        ack_timeout: Duration::from_millis(config.kafka.ack_timeout_ms),
+        draining: Default::default(),
+    })
+}
+
+/// Runs the gateway over any sink (tests use the in-memory one).
+pub async fn serve_with_sink(
+    config: Config,
+    registry: Registry,
+    sink: Arc<dyn Sink>,
+    public: TcpListener,
+    admin_listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let tls = config.tls.as_ref().map(tls_acceptor).transpose()?;
+    metrics::gauge!(m::SCHEMAS_LOADED).set(registry.len() as f64);
+    let gw = gateway(&config, registry, sink.clone());
+    let router = http::app(gw.clone(), &config.cors, config.limits.request_timeout());
+
+    let (admin_stop_tx, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let admin_router = admin::router(gw.clone(), m::recorder());
+    let admin_task = tokio::spawn(async move {
+        axum::serve(admin_listener, admin_router)
+            .with_graceful_shutdown(async {
+                let _ = admin_stop_rx.await;
+            })
+            .await
+    });
+
+    tracing::info!(
+        listen = %public.local_addr()?,
+        tls = tls.is_some(),
+        schemas = gw.registry.len(),
+        "eventpipe serving"
+    );
+    let graceful = GracefulShutdown::new();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.limits.header_timeout());
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(Duration::from_secs(30)));
+    let builder = Arc::new(builder);
+
+    tokio::pin!(shutdown);
+    let grace = tokio::time::sleep(Duration::MAX / 4);
+    tokio::pin!(grace);
+    let mut shutting_down = false;
+    loop {
+        tokio::select! {
+            _ = &mut shutdown, if !shutting_down => {
+                shutting_down = true;
+                gw.draining.store(true, Ordering::SeqCst);
+                tracing::info!(grace_secs = config.shutdown_grace_secs, "shutdown: readiness off, still serving during grace");
+                grace.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs_f64(config.shutdown_grace_secs));
+            }
+            _ = &mut grace, if shutting_down => break,
+            accepted = public.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(x) => x,
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let watcher = graceful.watcher();
+                let (router, builder, tls) = (router.clone(), builder.clone(), tls.clone());
+                let handshake_timeout = config.limits.header_timeout();
+                tokio::spawn(async move {
+                    match tls {
+                        None => serve_connection(stream, peer, router, &builder, watcher).await,
+                        Some(acceptor) => {
+                            match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                                Ok(Ok(tls_stream)) => serve_connection(tls_stream, peer, router, &builder, watcher).await,
+                                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                            }
+                        }
+                    }
+                });
+            }
+        }
+    }
+    drop(public);
+    tracing::info!("shutdown: listener closed, finishing in-flight requests");
+    if tokio::time::timeout(config.limits.request_timeout(), graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("shutdown: some connections did not finish in time");
+    }
+    if let Err(e) = sink.flush(Duration::from_millis(config.kafka.ack_timeout_ms)).await {
+        tracing::warn!(error = %e, "shutdown: producer flush incomplete");
+    }
+    let _ = admin_stop_tx.send(());
+    let _ = admin_task.await;
+    tracing::info!("shutdown complete");
+    Ok(())
+}
+
+async fn serve_connection<I>(
+    io: I,
+    peer: SocketAddr,
+    router: axum::Router,
+    builder: &auto::Builder<TokioExecutor>,
+    watcher: hyper_util::server::graceful::Watcher,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+        req.extensions_mut().insert(ConnectInfo(peer));
+        router.clone().oneshot(req)
+    });
+    let conn = builder.serve_connection(TokioIo::new(io), service);
+    if let Err(e) = watcher.watch(conn).await {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
+}
+
+/// rustls server config: TLS 1.2 and 1.3 only, HTTP/2 and HTTP/1.1 by ALPN.
+pub fn tls_acceptor(tls: &TlsConfig) -> anyhow::Result<TlsAcceptor> {
+    let cert_pem = std::fs::read(&tls.cert).with_context(|| format!("reading tls.cert {}", tls.cert.display()))?;
+    let key_pem = std::fs::read(&tls.key).with_context(|| format!("reading tls.key {}", tls.key.display()))?;
+    let certs = rustls_pemfile::certs(&mut &cert_pem[..])
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("tls.cert {}: not PEM certificates", tls.cert.display()))?;
+    anyhow::ensure!(!certs.is_empty(), "tls.cert {}: no certificate found", tls.cert.display());
+    let key = rustls_pemfile::private_key(&mut &key_pem[..])
+        .with_context(|| format!("tls.key {}: not a PEM key", tls.key.display()))?
+        .with_context(|| format!("tls.key {}: no private key found", tls.key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut server = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .context("tls.cert and tls.key do not form a usable pair")?;
+    server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(server)))
+}
