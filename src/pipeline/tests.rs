@@ -1,0 +1,151 @@
+use serde_json::{json, Value};
+
+use super::*;
+use crate::config::Config;
+use crate::thrift::{from_compact_bytes, json::from_thrift, DeadLetter, Event};
+
+fn registry() -> Registry {
+    Registry::from_values(vec![(
+        "page_view",
+        1,
+        json!({"type": "object", "required": ["url"], "properties": {"url": {"type": "string"}}}),
+    )])
+    .unwrap()
+}
+
+fn cfg() -> PipelineConfig {
+    let c = Config::default();
+    PipelineConfig {
+        limits: c.limits,
+        topic_prefix: "events.".into(),
+        dead_letter_topic: "events.invalid".into(),
+    }
+}
+
+fn enrichment() -> Enrichment {
+    Enrichment {
+        received_at_ms: 1,
+        client_ip: Some("192.0.2.1".into()),
+        user_agent: Some("ua".into()),
+        collector_host: "host-a".into(),
+        collector_version: "0.1.0".into(),
+        sent_at: None,
+        origin: None,
+    }
+}
+
+fn run(body: &Value) -> Processed {
+    let text = serde_json::to_vec(body).unwrap();
+    let bundle = Bundle::parse(&text, 64).unwrap();
+    process(&bundle, &registry(), &cfg(), &enrichment())
+}
+
+const ID: &str = "0f8fad5b-d9cb-469f-a165-70867728950e";
+
+#[test]
+fn accepted_event_becomes_a_thrift_record_keyed_by_visitor() {
+    let p = run(&json!({
+        "context": {"visitor_id": "v-1", "session_id": "s-1", "app": {"name": "web"}},
+        "events": [{"schema": "page_view/1", "event_id": ID, "ts": "2026-11-21T11:59:58.120Z",
+                    "context": {"app": {"name": "ios"}, "page": 2}, "data": {"url": "https://e.com/a", "n": 1.5}}]
+    }));
+    assert_eq!((p.accepted, p.rejected.len(), p.records.len()), (1, 0, 1));
+    let r = &p.records[0];
+    assert_eq!(&*r.topic, "events.page_view");
+    assert_eq!(r.key.as_deref(), Some(&b"v-1"[..]));
+    assert!(r.headers.contains(&("schema", "page_view/1".into())));
+    assert!(r.headers.contains(&("event_id", ID.into())));
+    let e: Event = from_compact_bytes(&r.payload).unwrap();
+    assert_eq!((e.event_id.as_str(), e.schema_name.as_str(), e.schema_major), (ID, "page_view", 1));
+    assert_eq!(e.ts.as_deref(), Some("2026-11-21T11:59:58.120Z"));
+    assert_eq!(from_thrift(&e.data).unwrap(), json!({"url": "https://e.com/a", "n": 1.5}));
+    // Event context wins key by key; batch keys it doesn't override survive.
+    assert_eq!(
+        from_thrift(&e.context).unwrap(),
+        json!({"visitor_id": "v-1", "session_id": "s-1", "app": {"name": "ios"}, "page": 2})
+    );
+    assert_eq!(e.enrichment.client_ip.as_deref(), Some("192.0.2.1"));
+    assert_eq!(e.enrichment.collector_host, "host-a");
+}
+
+#[test]
+fn key_falls_back_to_session_then_event_id() {
+    let p = run(&json!({"context": {"session_id": "s-9"}, "events": [{"schema": "page_view/1", "data": {"url": "u"}}]}));
+    assert_eq!(p.records[0].key.as_deref(), Some(&b"s-9"[..]));
+    let p = run(&json!({"events": [{"schema": "page_view/1", "event_id": ID, "data": {"url": "u"}}]}));
+    assert_eq!(p.records[0].key.as_deref(), Some(ID.as_bytes()));
+}
+
+#[test]
+fn missing_event_id_is_assigned_a_uuid() {
+    let p = run(&json!({"events": [{"schema": "page_view/1", "data": {"url": "u"}}]}));
+    let e: Event = from_compact_bytes(&p.records[0].payload).unwrap();
+    assert!(uuid::Uuid::try_parse(&e.event_id).is_ok());
+}
+
+#[test]
+fn each_bad_event_is_rejected_alone_with_reason_and_path() {
+    let deep = (0..70).fold(json!(1), |v, _| json!([v]));
+    let big = "x".repeat(70 * 1024);
+    let p = run(&json!({"events": [
+        {"schema": "page_view/1", "event_id": ID, "data": {"url": "https://ok"}},
+        {"schema": "page_view/1", "data": {"url": 7}},
+        {"schema": "nope/1", "data": {}},
+        {"schema": "page_view/1", "event_id": "not-a-uuid", "data": {"url": "u"}},
+        {"schema": "page_view/1", "data": {"url": big}},
+        {"schema": "page_view/1", "data": {"url": "u", "deep": deep}},
+        {"data": {"url": "u"}},
+        "just a string",
+        {"schema": "page_view/1", "data": {"url": "u"}, "extra": 1},
+        {"schema": "page_view/1", "ts": "yesterday", "data": {"url": "u"}},
+        {"schema": "page_view/1", "data": {"url": "https://also-ok"}},
+    ]}));
+    assert_eq!(p.accepted, 2);
+    let got: Vec<(usize, &str, &str)> =
+        p.rejected.iter().map(|r| (r.index, r.reason.as_str(), r.path.as_str())).collect();
+    assert_eq!(
+        got,
+        vec![
+            (1, "schema_violation", "/data/url"),
+            (2, "unknown_schema", "/schema"),
+            (3, "bad_event_id", "/event_id"),
+            (4, "too_large", ""),
+            (5, "too_deep", ""),
+            (6, "invalid_envelope", "/schema"),
+            (7, "invalid_envelope", ""),
+            (8, "invalid_envelope", ""),
+            (9, "invalid_envelope", "/ts"),
+        ]
+    );
+    // Every rejected event has its dead letter, holding the original JSON.
+    let letters: Vec<DeadLetter> = p
+        .records
+        .iter()
+        .filter(|r| &*r.topic == "events.invalid")
+        .map(|r| from_compact_bytes(&r.payload).unwrap())
+        .collect();
+    assert_eq!(letters.len(), 9);
+    assert_eq!(letters[0].reason, "schema_violation");
+    assert_eq!(letters[0].path.as_deref(), Some("/data/url"));
+    assert_eq!(letters[0].schema.as_deref(), Some("page_view/1"));
+    let original: Value = serde_json::from_slice(&letters[0].original).unwrap();
+    assert_eq!(original, json!({"schema": "page_view/1", "data": {"url": 7}}));
+    assert_eq!(letters[2].event_id.as_deref(), Some("not-a-uuid"));
+    assert!(!letters[3].truncated || letters[3].original.len() == cfg().limits.dead_letter_max_bytes);
+}
+
+#[test]
+fn bundle_errors() {
+    assert!(matches!(Bundle::parse(b"{", 64), Err(BundleError::NotJson(_))));
+    assert!(matches!(Bundle::parse(b"[]", 64), Err(BundleError::NotABundle(_))));
+    assert!(matches!(Bundle::parse(b"{\"events\": 3}", 64), Err(BundleError::NotABundle(_))));
+    assert!(matches!(Bundle::parse(b"{\"events\": [], \"x\": 1}", 64), Err(BundleError::NotABundle(_))));
+    assert!(matches!(Bundle::parse(b"\xff\xfe", 64), Err(BundleError::NotJson(_))));
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    assert!(matches!(Bundle::parse(deep.as_bytes(), 64), Err(BundleError::TooDeep(_))));
+}
+
+#[test]
+fn depth_scan_ignores_brackets_in_strings() {
+    assert_eq!(json_depth(br#"{"a": "[[[[{{{", "b": [1, {"c": "\"]"}]}"#), 3);
+}
