@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs what the tests and the dev gateway need on a fresh machine; skips what is present.
+#   - Debian: thrift-compiler (regenerating Thrift code), build tools for librdkafka
+#   - PyPI: confluent-kafka + thriftpy2 (independent consumer/decoder in tests)
+#   - crates.io: the Tansu broker (~10 minutes to build the first time)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v thrift >/dev/null || need_apt+=(thrift-compiler)
+command -v cc >/dev/null || need_apt+=(build-essential)
+command -v python3 >/dev/null || need_apt+=(python3 python3-pip)
+command -v pkg-config >/dev/null || need_apt+=(pkg-config)
+if ((${#need_apt[@]})); then
+  echo "setup: apt-get install ${need_apt[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+if ! python3 -c 'import confluent_kafka, thriftpy2' 2>/dev/null; then
+  echo "setup: pip install -r tests/py/requirements.txt"
+  python3 -m pip install -q -r tests/py/requirements.txt
+fi
+
+TANSU_VERSION=0.6.0
+tansu_ok() {
+  local bin
+  bin=$(command -v tansu || echo "$HOME/.cargo/bin/tansu")
+  [[ -x "$bin" ]] && "$bin" --version 2>/dev/null | grep -q "$TANSU_VERSION"
+}
+if ! tansu_ok; then
+  echo "setup: cargo install tansu $TANSU_VERSION (takes ~10 minutes)"
+  cargo install tansu --version "$TANSU_VERSION" --locked --features dynostore,libsql
+fi
+echo "setup: ok"

@@ -1,0 +1,104 @@
+//! The `eventpipe` binary as an operator uses it: topics, tail, schemas check, config errors.
+
+mod common;
+
+use std::process::Command;
+
+use common::{Broker, Gateway, Topics};
+use serde_json::{json, Value};
+
+fn eventpipe() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_eventpipe"));
+    c.current_dir(common::root()).env("EVENTPIPE_LOG", "warn");
+    c
+}
+
+#[test]
+fn schemas_check_passes_on_shipped_schemas_and_names_bad_examples() {
+    let out = eventpipe().args(["schemas", "check"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("ok:"));
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("thing")).unwrap();
+    std::fs::write(
+        dir.path().join("thing/1.json"),
+        r#"{"type": "object", "required": ["a"], "examples": [{"a": 1}, {"b": 2}]}"#,
+    )
+    .unwrap();
+    let out = eventpipe().args(["schemas", "check"]).arg(dir.path()).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("thing/1: example 1"), "{err}");
+}
+
+#[test]
+fn bad_config_fails_start_up_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("gw.toml");
+    std::fs::write(&file, "[limits]\nmax_events = 10\nmax_bytes = 3\n").unwrap();
+    let out = eventpipe().args(["serve", "--config"]).arg(&file).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("max_bytes"), "{err}");
+
+    let out = eventpipe().args(["serve"]).env("EVENTPIPE_KAFKA__ACK_TIMEOUT_MS", "soon").output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("kafka.ack_timeout_ms"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topics_create_is_idempotent_and_tail_prints_decoded_events() {
+    let broker = Broker::memory();
+    let topics = Topics::unique();
+    let create = || {
+        eventpipe()
+            .args(["topics", "create", "--brokers", &broker.brokers(), "--partitions", "2"])
+            .args(["--topic-prefix", &topics.prefix, "--dead-letter-topic", &topics.dead_letter])
+            .output()
+            .unwrap()
+    };
+    let first = create();
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    let stdout = String::from_utf8_lossy(&first.stdout);
+    assert!(stdout.contains(&format!("created {}page_view", topics.prefix)), "{stdout}");
+    assert!(stdout.contains(&format!("created {}", topics.dead_letter)), "{stdout}");
+    let second = create();
+    assert!(second.status.success(), "{}", String::from_utf8_lossy(&second.stderr));
+    assert!(String::from_utf8_lossy(&second.stdout).contains("exists"));
+
+    let gw = Gateway::start(common::config(&broker.brokers(), &topics, &[])).await;
+    gw.wait_ready().await;
+    let id = "0f8fad5b-d9cb-469f-a165-70867728950e";
+    let resp = reqwest::Client::new()
+        .post(gw.url())
+        .json(&json!({"context": {"visitor_id": "v"}, "events": [
+            {"schema": "purchase/1", "event_id": id, "data": {"order_id": "o-1", "currency": "EUR", "total_minor": 1999,
+              "items": [{"sku": "s", "quantity": 1, "price_minor": 1999}]}},
+            {"schema": "purchase/1", "data": {"order_id": "o-2"}}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+
+    let tail = |topic: &str| {
+        let out = eventpipe()
+            .args(["tail", "--brokers", &broker.brokers(), "--topic", topic, "--from-beginning"])
+            .args(["--count", "1", "--idle-timeout-ms", "20000", "--dead-letter-topic", &topics.dead_letter])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let line = String::from_utf8(out.stdout).unwrap();
+        serde_json::from_str::<Value>(line.trim()).unwrap()
+    };
+    let event = tail(&topics.topic("purchase"));
+    assert_eq!(event["event_id"], id);
+    assert_eq!(event["schema"], "purchase/1");
+    assert_eq!(event["data"]["total_minor"], 1999);
+    assert_eq!(event["context"]["visitor_id"], "v");
+    let letter = tail(&topics.dead_letter);
+    assert_eq!(letter["reason"], "schema_violation");
+    assert_eq!(letter["index"], 1);
+    gw.stop().await.unwrap();
+}

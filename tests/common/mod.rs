@@ -1,0 +1,232 @@
+//! End-to-end harness: a real Tansu broker process, the gateway on port 0 in-process, and an
+//! independent Python consumer. Each test gets fresh topics (a unique prefix).
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpListener as StdListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use eventpipe::config::{self, Config};
+use serde_json::Value;
+
+pub const INSTALL_TANSU: &str =
+    "cargo install tansu --version 0.6.0 --locked --features dynostore,libsql (or run .ci/run)";
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Locates the tansu binary: $TANSU_BIN, then PATH, then ~/.cargo/bin. Missing is a failure
+/// that says how to install it, never a skip.
+pub fn tansu_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("TANSU_BIN") {
+        return PathBuf::from(p);
+    }
+    let mut candidates: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).map(|d| d.join("tansu")).collect())
+        .unwrap_or_default();
+    if let Some(home) = std::env::var_os("HOME") {
+        candidates.push(Path::new(&home).join(".cargo/bin/tansu"));
+    }
+    candidates
+        .into_iter()
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("the Tansu broker is not installed; install it with: {INSTALL_TANSU}"))
+}
+
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A Tansu broker process, killed on drop.
+pub struct Broker {
+    pub port: u16,
+    pub child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    engine: String,
+}
+
+impl Broker {
+    /// Memory engine: fast, not durable.
+    pub fn memory() -> Broker {
+        Broker::start_with(tempfile::tempdir().unwrap(), free_port(), "memory://tansu/".into())
+    }
+
+    /// SQLite engine in a temp directory: durable across kill -9.
+    pub fn sqlite() -> Broker {
+        Broker::start_with(tempfile::tempdir().unwrap(), free_port(), "sqlite://tansu.db".into())
+    }
+
+    fn start_with(dir: tempfile::TempDir, port: u16, engine: String) -> Broker {
+        let mut b = Broker { port, child: None, dir, engine };
+        b.start();
+        b
+    }
+
+    pub fn start(&mut self) {
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("tansu.log"))
+            .unwrap();
+        let child = Command::new(tansu_bin())
+            .arg("broker")
+            .args(["--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--storage-engine", &self.engine])
+            .current_dir(self.dir.path())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting tansu: {e}; install it with: {INSTALL_TANSU}"));
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "tansu did not listen on {} within 30s: {}", self.port, self.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("tansu.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Unique topic names for one test.
+pub struct Topics {
+    pub prefix: String,
+    pub dead_letter: String,
+}
+
+impl Topics {
+    pub fn unique() -> Topics {
+        let prefix = format!("t{}.", uuid::Uuid::new_v4().simple());
+        Topics { dead_letter: format!("{prefix}invalid"), prefix }
+    }
+
+    pub fn topic(&self, schema_name: &str) -> String {
+        format!("{}{schema_name}", self.prefix)
+    }
+
+    /// Creates every topic the shipped schemas need.
+    pub async fn create(&self, brokers: &str) {
+        let registry = eventpipe::schema::Registry::load(&root().join("schemas")).unwrap();
+        let names = eventpipe::ops::topics::needed_topics(&registry, &self.prefix, &self.dead_letter);
+        eventpipe::ops::topics::create(brokers, &names, 2, 1).await.expect("creating topics");
+    }
+}
+
+/// An in-process gateway on port 0; shut down (gracefully) on drop.
+pub struct Gateway {
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+/// Config for a test gateway: the shipped schemas, the given broker and topics, no grace period.
+pub fn config(brokers: &str, topics: &Topics, extra: &[(&str, &str)]) -> Config {
+    let mut env = vec![
+        ("EVENTPIPE_KAFKA__BROKERS".to_string(), brokers.to_string()),
+        ("EVENTPIPE_KAFKA__TOPIC_PREFIX".to_string(), topics.prefix.clone()),
+        ("EVENTPIPE_KAFKA__DEAD_LETTER_TOPIC".to_string(), topics.dead_letter.clone()),
+        ("EVENTPIPE_SCHEMAS".to_string(), root().join("schemas").display().to_string()),
+        ("EVENTPIPE_SHUTDOWN_GRACE_SECS".to_string(), "0".to_string()),
+        ("EVENTPIPE_COLLECTOR_ID".to_string(), "e2e-host".to_string()),
+    ];
+    for (k, v) in extra {
+        env.push((k.to_string(), v.to_string()));
+    }
+    config::load(None, env, vec![]).unwrap()
+}
+
+impl Gateway {
+    pub async fn start(config: Config) -> Gateway {
+        let public = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (addr, admin_addr) = (public.local_addr().unwrap(), admin.local_addr().unwrap());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(eventpipe::server::serve(config, public, admin, async {
+            let _ = rx.await;
+        }));
+        Gateway { addr, admin: admin_addr, stop: Some(tx), task: Some(task) }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/v1/events", self.addr)
+    }
+
+    /// Waits until `/readyz` says ready (Kafka metadata reachable).
+    pub async fn wait_ready(&self) {
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(r) = client.get(format!("http://{}/readyz", self.admin)).send().await {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "gateway not ready within 30s");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        self.task.take().unwrap().await.unwrap()
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Reads topics with the independent Python consumer (confluent-kafka + thriftpy2).
+pub fn consume(brokers: &str, topics: &[&str], dead_letter: &str, expect: usize) -> Vec<Value> {
+    let mut cmd = Command::new("python3");
+    cmd.arg(root().join("tests/py/consume.py"))
+        .args(["--brokers", brokers, "--dead-letter-topic", dead_letter])
+        .args(["--expect", &expect.to_string(), "--idle", "1.5", "--timeout", "60"]);
+    for t in topics {
+        cmd.args(["--topic", t]);
+    }
+    let out = cmd
+        .stderr(Stdio::piped())
+        .output()
+        .expect("python3 is required for the independent consumer");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "independent consumer failed ({}): {stderr}\n(dependencies: pip install confluent-kafka thriftpy2)",
+        out.status
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
