@@ -47,6 +47,8 @@ async fn readyz(State(gw): State<AppState>) -> impl IntoResponse {
     };
     (
         status,
-        Json(json!({"ready": ready, "schemas_loaded": schemas, "kafka_reachable": kafka, "draining": draining})),
+        Json(
+            json!({"ready": ready, "schemas_loaded": schemas, "kafka_reachable": kafka, "draining": draining}),
+        ),
     )
 }

@@ -216,7 +216,10 @@ impl Limits {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("environment variable {var}: {message}")]
@@ -239,10 +242,12 @@ pub fn load(
             path: path.to_owned(),
             source,
         })?;
-        root = text.parse::<toml::Table>().map_err(|e| ConfigError::Parse {
-            path: path.to_owned(),
-            message: e.to_string(),
-        })?;
+        root = text
+            .parse::<toml::Table>()
+            .map_err(|e| ConfigError::Parse {
+                path: path.to_owned(),
+                message: e.to_string(),
+            })?;
     }
     for (var, raw) in env {
         let Some(rest) = var.strip_prefix("EVENTPIPE_") else {
@@ -262,12 +267,13 @@ pub fn load(
             message,
         })?;
     }
-    let config: Config = serde_path_to_error::deserialize(toml::Value::Table(root)).map_err(|e| {
-        ConfigError::Invalid {
-            key: e.path().to_string(),
-            message: e.inner().to_string(),
-        }
-    })?;
+    let config: Config =
+        serde_path_to_error::deserialize(toml::Value::Table(root)).map_err(|e| {
+            ConfigError::Invalid {
+                key: e.path().to_string(),
+                message: e.inner().to_string(),
+            }
+        })?;
     config.validate()?;
     Ok(config)
 }
@@ -275,7 +281,9 @@ pub fn load(
 fn parse_env_value(raw: &str) -> toml::Value {
     // `key = <raw>` parses when raw is a TOML literal (number, bool, array); else it's a string.
     match format!("v = {raw}").parse::<toml::Table>() {
-        Ok(mut t) => t.remove("v").unwrap_or_else(|| toml::Value::String(raw.into())),
+        Ok(mut t) => t
+            .remove("v")
+            .unwrap_or_else(|| toml::Value::String(raw.into())),
         Err(_) => toml::Value::String(raw.into()),
     }
 }
@@ -347,7 +355,10 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -367,10 +378,18 @@ mod tests {
     fn precedence_is_file_then_env_then_flags() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("c.toml");
-        std::fs::write(&file, "[kafka]\ntopic_prefix = \"file.\"\nbrokers = \"f:1\"\n[limits]\nmax_events = 7\n").unwrap();
+        std::fs::write(
+            &file,
+            "[kafka]\ntopic_prefix = \"file.\"\nbrokers = \"f:1\"\n[limits]\nmax_events = 7\n",
+        )
+        .unwrap();
         let c = load(
             Some(&file),
-            env(&[("EVENTPIPE_KAFKA__BROKERS", "e:2"), ("EVENTPIPE_LIMITS__MAX_EVENTS", "9"), ("OTHER", "x")]),
+            env(&[
+                ("EVENTPIPE_KAFKA__BROKERS", "e:2"),
+                ("EVENTPIPE_LIMITS__MAX_EVENTS", "9"),
+                ("OTHER", "x"),
+            ]),
             vec![("kafka.brokers", toml::Value::String("flag:3".into()))],
         )
         .unwrap();
@@ -385,24 +404,41 @@ mod tests {
         let file = dir.path().join("c.toml");
         std::fs::write(&file, "[limits]\nmax_eventz = 7\n").unwrap();
         let err = load(Some(&file), vec![], vec![]).unwrap_err().to_string();
-        assert!(err.contains("limits") && err.contains("max_eventz"), "{err}");
-        let err = load(None, env(&[("EVENTPIPE_LISTN", "x")]), vec![]).unwrap_err().to_string();
+        assert!(
+            err.contains("limits") && err.contains("max_eventz"),
+            "{err}"
+        );
+        let err = load(None, env(&[("EVENTPIPE_LISTN", "x")]), vec![])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("listn"), "{err}");
     }
 
     #[test]
     fn bad_values_are_named() {
-        let err = load(None, env(&[("EVENTPIPE_LIMITS__MAX_EVENTS", "lots")]), vec![])
-            .unwrap_err()
-            .to_string();
+        let err = load(
+            None,
+            env(&[("EVENTPIPE_LIMITS__MAX_EVENTS", "lots")]),
+            vec![],
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("limits.max_events"), "{err}");
-        let err = load(None, env(&[("EVENTPIPE_LISTEN", "nowhere")]), vec![]).unwrap_err().to_string();
-        assert!(err.contains("listen"), "{err}");
-        let err = load(None, env(&[("EVENTPIPE_LIMITS__MAX_DEPTH", "0")]), vec![]).unwrap_err().to_string();
-        assert!(err.contains("limits.max_depth"), "{err}");
-        let err = load(None, env(&[("EVENTPIPE_TRUSTED_PROXIES", "[\"10.0.0.0/33\"]")]), vec![])
+        let err = load(None, env(&[("EVENTPIPE_LISTEN", "nowhere")]), vec![])
             .unwrap_err()
             .to_string();
+        assert!(err.contains("listen"), "{err}");
+        let err = load(None, env(&[("EVENTPIPE_LIMITS__MAX_DEPTH", "0")]), vec![])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("limits.max_depth"), "{err}");
+        let err = load(
+            None,
+            env(&[("EVENTPIPE_TRUSTED_PROXIES", "[\"10.0.0.0/33\"]")]),
+            vec![],
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("trusted_proxies"), "{err}");
     }
 }

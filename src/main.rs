@@ -8,7 +8,11 @@ use clap::{Parser, Subcommand};
 use eventpipe::{config, ops, schema, server};
 
 #[derive(Parser)]
-#[command(name = "eventpipe", version, about = "Beacon ingestion gateway: JSON events -> schemas -> Thrift -> Kafka")]
+#[command(
+    name = "eventpipe",
+    version,
+    about = "Beacon ingestion gateway: JSON events -> schemas -> Thrift -> Kafka"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -43,7 +43,8 @@ pub fn recorder() -> PrometheusHandle {
                 .set_buckets_for_metric(
                     Matcher::Full(PRODUCE_LATENCY.into()),
                     &[
-                        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                        10.0,
                     ],
                 )
                 .expect("bucket list is not empty");

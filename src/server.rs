@@ -39,7 +39,8 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let registry = Registry::load(&config.schemas)?;
     let kafka = producer_config(&config.kafka.brokers, &config.kafka.librdkafka);
-    let sink = KafkaSink::new(&kafka, Duration::from_secs(2)).context("creating the Kafka producer")?;
+    let sink =
+        KafkaSink::new(&kafka, Duration::from_secs(2)).context("creating the Kafka producer")?;
     serve_with_sink(config, registry, Arc::new(sink), public, admin, shutdown).await
 }
 
@@ -155,7 +156,10 @@ pub async fn serve_with_sink(
     {
         tracing::warn!("shutdown: some connections did not finish in time");
     }
-    if let Err(e) = sink.flush(Duration::from_millis(config.kafka.ack_timeout_ms)).await {
+    if let Err(e) = sink
+        .flush(Duration::from_millis(config.kafka.ack_timeout_ms))
+        .await
+    {
         tracing::warn!(error = %e, "shutdown: producer flush incomplete");
     }
     let _ = admin_stop_tx.send(());
@@ -185,12 +189,18 @@ async fn serve_connection<I>(
 
 /// rustls server config: TLS 1.2 and 1.3 only, HTTP/2 and HTTP/1.1 by ALPN.
 pub fn tls_acceptor(tls: &TlsConfig) -> anyhow::Result<TlsAcceptor> {
-    let cert_pem = std::fs::read(&tls.cert).with_context(|| format!("reading tls.cert {}", tls.cert.display()))?;
-    let key_pem = std::fs::read(&tls.key).with_context(|| format!("reading tls.key {}", tls.key.display()))?;
+    let cert_pem = std::fs::read(&tls.cert)
+        .with_context(|| format!("reading tls.cert {}", tls.cert.display()))?;
+    let key_pem = std::fs::read(&tls.key)
+        .with_context(|| format!("reading tls.key {}", tls.key.display()))?;
     let certs = rustls_pemfile::certs(&mut &cert_pem[..])
         .collect::<Result<Vec<_>, _>>()
         .with_context(|| format!("tls.cert {}: not PEM certificates", tls.cert.display()))?;
-    anyhow::ensure!(!certs.is_empty(), "tls.cert {}: no certificate found", tls.cert.display());
+    anyhow::ensure!(
+        !certs.is_empty(),
+        "tls.cert {}: no certificate found",
+        tls.cert.display()
+    );
     let key = rustls_pemfile::private_key(&mut &key_pem[..])
         .with_context(|| format!("tls.key {}: not a PEM key", tls.key.display()))?
         .with_context(|| format!("tls.key {}: no private key found", tls.key.display()))?;

@@ -16,7 +16,11 @@ fn eventpipe() -> Command {
 #[test]
 fn schemas_check_passes_on_shipped_schemas_and_names_bad_examples() {
     let out = eventpipe().args(["schemas", "check"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("ok:"));
 
     let dir = tempfile::tempdir().unwrap();
@@ -26,7 +30,11 @@ fn schemas_check_passes_on_shipped_schemas_and_names_bad_examples() {
         r#"{"type": "object", "required": ["a"], "examples": [{"a": 1}, {"b": 2}]}"#,
     )
     .unwrap();
-    let out = eventpipe().args(["schemas", "check"]).arg(dir.path()).output().unwrap();
+    let out = eventpipe()
+        .args(["schemas", "check"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("thing/1: example 1"), "{err}");
@@ -37,12 +45,20 @@ fn bad_config_fails_start_up_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("gw.toml");
     std::fs::write(&file, "[limits]\nmax_events = 10\nmax_bytes = 3\n").unwrap();
-    let out = eventpipe().args(["serve", "--config"]).arg(&file).output().unwrap();
+    let out = eventpipe()
+        .args(["serve", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("max_bytes"), "{err}");
 
-    let out = eventpipe().args(["serve"]).env("EVENTPIPE_KAFKA__ACK_TIMEOUT_MS", "soon").output().unwrap();
+    let out = eventpipe()
+        .args(["serve"])
+        .env("EVENTPIPE_KAFKA__ACK_TIMEOUT_MS", "soon")
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("kafka.ack_timeout_ms"), "{err}");
@@ -54,18 +70,44 @@ async fn topics_create_is_idempotent_and_tail_prints_decoded_events() {
     let topics = Topics::unique();
     let create = || {
         eventpipe()
-            .args(["topics", "create", "--brokers", &broker.brokers(), "--partitions", "2"])
-            .args(["--topic-prefix", &topics.prefix, "--dead-letter-topic", &topics.dead_letter])
+            .args([
+                "topics",
+                "create",
+                "--brokers",
+                &broker.brokers(),
+                "--partitions",
+                "2",
+            ])
+            .args([
+                "--topic-prefix",
+                &topics.prefix,
+                "--dead-letter-topic",
+                &topics.dead_letter,
+            ])
             .output()
             .unwrap()
     };
     let first = create();
-    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
     let stdout = String::from_utf8_lossy(&first.stdout);
-    assert!(stdout.contains(&format!("created {}page_view", topics.prefix)), "{stdout}");
-    assert!(stdout.contains(&format!("created {}", topics.dead_letter)), "{stdout}");
+    assert!(
+        stdout.contains(&format!("created {}page_view", topics.prefix)),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("created {}", topics.dead_letter)),
+        "{stdout}"
+    );
     let second = create();
-    assert!(second.status.success(), "{}", String::from_utf8_lossy(&second.stderr));
+    assert!(
+        second.status.success(),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
     assert!(String::from_utf8_lossy(&second.stdout).contains("exists"));
 
     let gw = Gateway::start(common::config(&broker.brokers(), &topics, &[])).await;
@@ -84,11 +126,29 @@ async fn topics_create_is_idempotent_and_tail_prints_decoded_events() {
 
     let tail = |topic: &str| {
         let out = eventpipe()
-            .args(["tail", "--brokers", &broker.brokers(), "--topic", topic, "--from-beginning"])
-            .args(["--count", "1", "--idle-timeout-ms", "20000", "--dead-letter-topic", &topics.dead_letter])
+            .args([
+                "tail",
+                "--brokers",
+                &broker.brokers(),
+                "--topic",
+                topic,
+                "--from-beginning",
+            ])
+            .args([
+                "--count",
+                "1",
+                "--idle-timeout-ms",
+                "20000",
+                "--dead-letter-topic",
+                &topics.dead_letter,
+            ])
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let line = String::from_utf8(out.stdout).unwrap();
         serde_json::from_str::<Value>(line.trim()).unwrap()
     };

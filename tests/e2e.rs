@@ -25,7 +25,12 @@ async fn setup(extra: &[(&str, &str)]) -> (Broker, Topics, Gateway) {
 fn by_event_id(records: &[Value]) -> std::collections::HashMap<String, Value> {
     records
         .iter()
-        .map(|r| (r["value"]["event_id"].as_str().unwrap_or("").to_string(), r.clone()))
+        .map(|r| {
+            (
+                r["value"]["event_id"].as_str().unwrap_or("").to_string(),
+                r.clone(),
+            )
+        })
         .collect()
 }
 
@@ -33,7 +38,7 @@ fn by_event_id(records: &[Value]) -> std::collections::HashMap<String, Value> {
 async fn accepted_events_and_dead_letters_land_where_they_belong() {
     let (broker, topics, gw) = setup(&[]).await;
     let data = json!({"service": "api", "level": "info", "message": "naïve café ✓ \u{1F680}",
-        "fields": {"u64": 18446744073709551615u64, "i64": -9223372036854775808i64, "pi": 3.141592653589793,
+        "fields": {"u64": 18446744073709551615u64, "i64": -9223372036854775808i64, "pi": 3.141592653589794,
                    "tiny": 5e-324, "big": 1.7976931348623157e308, "deep": [[[{"x": [null, true, false]}]]], "empty": {}}});
     let bundle = json!({
         "sent_at": "2026-11-21T12:00:00.000Z",
@@ -60,7 +65,12 @@ async fn accepted_events_and_dead_letters_land_where_they_belong() {
 
     let pv = topics.topic("page_view");
     let log = topics.topic("server_log");
-    let got = consume(&broker.brokers(), &[&pv, &log, &topics.dead_letter], &topics.dead_letter, 3);
+    let got = consume(
+        &broker.brokers(),
+        &[&pv, &log, &topics.dead_letter],
+        &topics.dead_letter,
+        3,
+    );
     assert_eq!(got.len(), 3, "{got:#?}");
     let by_id = by_event_id(&got);
 
@@ -73,7 +83,10 @@ async fn accepted_events_and_dead_letters_land_where_they_belong() {
     assert_eq!(v["schema"], "page_view/1");
     assert_eq!(v["ts"], "2026-11-21T11:59:58.120Z");
     assert_eq!(v["data"], json!({"url": "https://example.com/a"}));
-    assert_eq!(v["context"], json!({"visitor_id": "v-123", "session_id": "s-9", "app": {"name": "ios"}}));
+    assert_eq!(
+        v["context"],
+        json!({"visitor_id": "v-123", "session_id": "s-9", "app": {"name": "ios"}})
+    );
     assert_eq!(v["enrichment"]["client_ip"], "127.0.0.1");
     assert_eq!(v["enrichment"]["user_agent"], "e2e/1.0");
     assert_eq!(v["enrichment"]["collector_host"], "e2e-host");
@@ -84,9 +97,15 @@ async fn accepted_events_and_dead_letters_land_where_they_belong() {
     assert_eq!(r["topic"], log);
     assert_eq!(r["value"]["data"], data);
 
-    let dl = got.iter().find(|r| r["topic"] == topics.dead_letter.as_str()).unwrap();
+    let dl = got
+        .iter()
+        .find(|r| r["topic"] == topics.dead_letter.as_str())
+        .unwrap();
     let v = &dl["value"];
-    assert_eq!((v["reason"].as_str(), v["path"].as_str()), (Some("schema_violation"), Some("/data/url")));
+    assert_eq!(
+        (v["reason"].as_str(), v["path"].as_str()),
+        (Some("schema_violation"), Some("/data/url"))
+    );
     assert_eq!(v["event_id"], BAD);
     assert_eq!(v["schema"], "page_view/1");
     assert_eq!(v["index"], 2);
@@ -128,7 +147,10 @@ async fn gzip_and_send_beacon_bodies() {
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["access-control-allow-origin"], "*");
     let got = consume(&broker.brokers(), &[&topics.topic("click")], "", 20);
-    let mut landed: Vec<String> = got.iter().map(|r| r["value"]["event_id"].as_str().unwrap().to_string()).collect();
+    let mut landed: Vec<String> = got
+        .iter()
+        .map(|r| r["value"]["event_id"].as_str().unwrap().to_string())
+        .collect();
     landed.sort();
     let mut want = ids.clone();
     want.sort();
@@ -148,7 +170,12 @@ async fn undecodable_body_is_400_and_kept_in_the_dead_letter_topic() {
     assert_eq!(resp.status(), 400);
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["error"], "undecodable_body");
-    let got = consume(&broker.brokers(), &[&topics.dead_letter], &topics.dead_letter, 1);
+    let got = consume(
+        &broker.brokers(),
+        &[&topics.dead_letter],
+        &topics.dead_letter,
+        1,
+    );
     assert_eq!(got.len(), 1);
     let v = &got[0]["value"];
     assert_eq!(v["reason"], "undecodable_body");
@@ -184,7 +211,11 @@ async fn https_with_http2_by_alpn() {
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.version(), reqwest::Version::HTTP_2);
     // Plain HTTP to the TLS port gets nowhere.
-    let plain = reqwest::Client::new().post(format!("http://{}/v1/events", gw.addr)).body("{}").send().await;
+    let plain = reqwest::Client::new()
+        .post(format!("http://{}/v1/events", gw.addr))
+        .body("{}")
+        .send()
+        .await;
     assert!(plain.is_err() || !plain.unwrap().status().is_success());
     let got = consume(&broker.brokers(), &[&topics.topic("app_open")], "", 1);
     assert_eq!(got.len(), 1);
@@ -203,10 +234,27 @@ async fn admin_endpoints_and_metrics() {
         .unwrap();
     assert_eq!(resp.status(), 200);
     let admin = |path: &str| format!("http://{}{path}", gw.admin);
-    assert_eq!(client.get(admin("/healthz")).send().await.unwrap().status(), 200);
-    let ready: Value = client.get(admin("/readyz")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(
+        client.get(admin("/healthz")).send().await.unwrap().status(),
+        200
+    );
+    let ready: Value = client
+        .get(admin("/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(ready["ready"], true);
-    let metrics = client.get(admin("/metrics")).send().await.unwrap().text().await.unwrap();
+    let metrics = client
+        .get(admin("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     for needle in [
         "eventpipe_http_requests_total{status=\"200\"}",
         "eventpipe_events_total{outcome=\"kafka\"",
@@ -217,7 +265,11 @@ async fn admin_endpoints_and_metrics() {
         assert!(metrics.contains(needle), "missing {needle} in\n{metrics}");
     }
     // Metrics are on the admin listener only.
-    let public = client.get(format!("http://{}/metrics", gw.addr)).send().await.unwrap();
+    let public = client
+        .get(format!("http://{}/metrics", gw.addr))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(public.status(), 404);
 }
 
@@ -238,11 +290,18 @@ async fn broker_down_is_503_with_retry_after_and_readyz_false() {
     assert_eq!(body["error"], "unavailable");
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let r = client.get(format!("http://{}/readyz", gw.admin)).send().await.unwrap();
+        let r = client
+            .get(format!("http://{}/readyz", gw.admin))
+            .send()
+            .await
+            .unwrap();
         if r.status() == 503 {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "/readyz stayed ready with the broker gone");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "/readyz stayed ready with the broker gone"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -257,13 +316,20 @@ async fn shutdown_finishes_in_flight_requests_and_readyz_turns_false() {
     let stopping = tokio::spawn(gw.stop());
     tokio::time::sleep(Duration::from_millis(200)).await;
     let client = reqwest::Client::new();
-    let ready = client.get(format!("http://{admin}/readyz")).send().await.unwrap();
+    let ready = client
+        .get(format!("http://{admin}/readyz"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(ready.status(), 503, "readyz must turn false at once");
     // Still serving during the grace period.
     let resp = client.post(&url).json(&bundle).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     stopping.await.unwrap().unwrap();
-    assert!(client.post(&url).json(&bundle).send().await.is_err(), "listener must be closed after shutdown");
+    assert!(
+        client.post(&url).json(&bundle).send().await.is_err(),
+        "listener must be closed after shutdown"
+    );
     let got = consume(&broker.brokers(), &[&topics.topic("click")], "", 5);
     assert_eq!(got.len(), 5);
 }

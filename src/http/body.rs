@@ -17,10 +17,17 @@ pub fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
         return Ok(());
     };
     let text = value.to_str().unwrap_or("");
-    let mime = text.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let mime = text
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     match mime.as_str() {
         "application/json" | "text/plain" => Ok(()),
-        _ => Err(ApiError::UnsupportedMediaType(text.chars().take(100).collect())),
+        _ => Err(ApiError::UnsupportedMediaType(
+            text.chars().take(100).collect(),
+        )),
     }
 }
 
@@ -45,13 +52,19 @@ pub fn encoding(headers: &HeaderMap) -> Result<Encoding, ApiError> {
         "deflate" => Ok(Encoding::Deflate),
         "zstd" => Ok(Encoding::Zstd),
         "br" => Ok(Encoding::Brotli),
-        _ => Err(ApiError::UnsupportedEncoding(text.chars().take(100).collect())),
+        _ => Err(ApiError::UnsupportedEncoding(
+            text.chars().take(100).collect(),
+        )),
     }
 }
 
 /// Reads the wire body, refusing more than `limit` bytes (checked against Content-Length first,
 /// then while streaming). On overflow returns what was read so far, for the dead letter.
-pub async fn read_limited(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, (ApiError, Bytes)> {
+pub async fn read_limited(
+    body: Body,
+    headers: &HeaderMap,
+    limit: usize,
+) -> Result<Bytes, (ApiError, Bytes)> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -62,10 +75,15 @@ pub async fn read_limited(body: Body, headers: &HeaderMap, limit: usize) -> Resu
     match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) => {
-            if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
                 Err((ApiError::BodyTooLarge { limit }, Bytes::new()))
             } else {
-                Err((ApiError::Undecodable(format!("request body could not be read: {e}")), Bytes::new()))
+                Err((
+                    ApiError::Undecodable(format!("request body could not be read: {e}")),
+                    Bytes::new(),
+                ))
             }
         }
     }
@@ -98,8 +116,9 @@ pub fn decompress(wire: Bytes, encoding: Encoding, cap: usize) -> Result<Bytes, 
             }
         }
         Encoding::Zstd => {
-            let decoder = zstd::stream::read::Decoder::new(&wire[..])
-                .map_err(|e| ApiError::Undecodable(format!("body could not be decompressed: {e}")))?;
+            let decoder = zstd::stream::read::Decoder::new(&wire[..]).map_err(|e| {
+                ApiError::Undecodable(format!("body could not be decompressed: {e}"))
+            })?;
             capped(decoder, cap)
         }
         Encoding::Brotli => capped(brotli::Decompressor::new(&wire[..], 4096), cap),
@@ -107,7 +126,9 @@ pub fn decompress(wire: Bytes, encoding: Encoding, cap: usize) -> Result<Bytes, 
 }
 
 fn looks_like_zlib(data: &[u8]) -> bool {
-    data.len() >= 2 && data[0] & 0x0f == 8 && (u16::from(data[0]) << 8 | u16::from(data[1])) % 31 == 0
+    data.len() >= 2
+        && data[0] & 0x0f == 8
+        && (u16::from(data[0]) << 8 | u16::from(data[1])) % 31 == 0
 }
 
 #[cfg(test)]
@@ -124,18 +145,34 @@ mod tests {
     #[test]
     fn every_encoding_round_trips() {
         let data = br#"{"events":[]}"#;
-        assert_eq!(decompress(gzip(data), Encoding::Gzip, 100).unwrap(), &data[..]);
+        assert_eq!(
+            decompress(gzip(data), Encoding::Gzip, 100).unwrap(),
+            &data[..]
+        );
         let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
         z.write_all(data).unwrap();
-        assert_eq!(decompress(z.finish().unwrap().into(), Encoding::Deflate, 100).unwrap(), &data[..]);
-        let mut raw = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
+        assert_eq!(
+            decompress(z.finish().unwrap().into(), Encoding::Deflate, 100).unwrap(),
+            &data[..]
+        );
+        let mut raw =
+            flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
         raw.write_all(data).unwrap();
-        assert_eq!(decompress(raw.finish().unwrap().into(), Encoding::Deflate, 100).unwrap(), &data[..]);
+        assert_eq!(
+            decompress(raw.finish().unwrap().into(), Encoding::Deflate, 100).unwrap(),
+            &data[..]
+        );
         let zs = zstd::encode_all(&data[..], 3).unwrap();
-        assert_eq!(decompress(zs.into(), Encoding::Zstd, 100).unwrap(), &data[..]);
+        assert_eq!(
+            decompress(zs.into(), Encoding::Zstd, 100).unwrap(),
+            &data[..]
+        );
         let mut br = Vec::new();
         brotli::BrotliCompress(&mut &data[..], &mut br, &Default::default()).unwrap();
-        assert_eq!(decompress(br.into(), Encoding::Brotli, 100).unwrap(), &data[..]);
+        assert_eq!(
+            decompress(br.into(), Encoding::Brotli, 100).unwrap(),
+            &data[..]
+        );
     }
 
     #[test]
@@ -149,8 +186,14 @@ mod tests {
 
     #[test]
     fn corrupt_streams_are_client_errors() {
-        for enc in [Encoding::Gzip, Encoding::Deflate, Encoding::Zstd, Encoding::Brotli] {
-            let err = decompress(Bytes::from_static(b"definitely not compressed"), enc, 1000).unwrap_err();
+        for enc in [
+            Encoding::Gzip,
+            Encoding::Deflate,
+            Encoding::Zstd,
+            Encoding::Brotli,
+        ] {
+            let err = decompress(Bytes::from_static(b"definitely not compressed"), enc, 1000)
+                .unwrap_err();
             assert_eq!(err.status(), 400, "{enc:?}: {err}");
         }
     }
@@ -159,9 +202,15 @@ mod tests {
     fn content_types() {
         let mut h = HeaderMap::new();
         assert!(check_content_type(&h).is_ok());
-        h.insert(header::CONTENT_TYPE, "text/plain;charset=UTF-8".parse().unwrap());
+        h.insert(
+            header::CONTENT_TYPE,
+            "text/plain;charset=UTF-8".parse().unwrap(),
+        );
         assert!(check_content_type(&h).is_ok());
-        h.insert(header::CONTENT_TYPE, "application/x-www-form-urlencoded".parse().unwrap());
+        h.insert(
+            header::CONTENT_TYPE,
+            "application/x-www-form-urlencoded".parse().unwrap(),
+        );
         assert_eq!(check_content_type(&h).unwrap_err().status(), 415);
         h.insert(header::CONTENT_ENCODING, "compress".parse().unwrap());
         assert_eq!(encoding(&h).unwrap_err().status(), 415);

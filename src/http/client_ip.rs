@@ -8,7 +8,11 @@ use axum::http::HeaderMap;
 use ipnet::IpNet;
 
 /// Resolves the client IP for a request from `peer`.
-pub fn client_ip(peer: Option<SocketAddr>, headers: &HeaderMap, trusted: &[IpNet]) -> Option<IpAddr> {
+pub fn client_ip(
+    peer: Option<SocketAddr>,
+    headers: &HeaderMap,
+    trusted: &[IpNet],
+) -> Option<IpAddr> {
     let peer = peer?.ip();
     let peer = canonical(peer);
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
@@ -56,7 +60,9 @@ fn forwarded_hops(headers: &HeaderMap) -> Option<Vec<Option<IpAddr>>> {
         for element in value.to_str().unwrap_or("").split(',') {
             let for_value = element.split(';').find_map(|pair| {
                 let (k, v) = pair.split_once('=')?;
-                k.trim().eq_ignore_ascii_case("for").then(|| v.trim().trim_matches('"'))
+                k.trim()
+                    .eq_ignore_ascii_case("for")
+                    .then(|| v.trim().trim_matches('"'))
             });
             hops.push(for_value.and_then(parse_addr));
         }
@@ -84,7 +90,10 @@ mod tests {
     fn h(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut m = HeaderMap::new();
         for (k, v) in pairs {
-            m.append(axum::http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+            m.append(
+                axum::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
         }
         m
     }
@@ -101,7 +110,10 @@ mod tests {
     #[test]
     fn untrusted_peer_headers_are_ignored() {
         let headers = h(&[("x-forwarded-for", "6.6.6.6")]);
-        assert_eq!(client_ip(peer("203.0.113.9"), &headers, &nets(&["10.0.0.0/8"])), ip("203.0.113.9"));
+        assert_eq!(
+            client_ip(peer("203.0.113.9"), &headers, &nets(&["10.0.0.0/8"])),
+            ip("203.0.113.9")
+        );
         assert_eq!(client_ip(peer("10.0.0.2"), &headers, &[]), ip("10.0.0.2"));
     }
 
@@ -110,29 +122,56 @@ mod tests {
         let trusted = nets(&["10.0.0.0/8"]);
         // The client forged the first entry; the real client is the first untrusted from the right.
         let headers = h(&[("x-forwarded-for", "6.6.6.6, 198.51.100.7, 10.1.1.1")]);
-        assert_eq!(client_ip(peer("10.0.0.2"), &headers, &trusted), ip("198.51.100.7"));
+        assert_eq!(
+            client_ip(peer("10.0.0.2"), &headers, &trusted),
+            ip("198.51.100.7")
+        );
         // Several header lines count as one list.
-        let headers = h(&[("x-forwarded-for", "198.51.100.7"), ("x-forwarded-for", "10.1.1.1")]);
-        assert_eq!(client_ip(peer("10.0.0.2"), &headers, &trusted), ip("198.51.100.7"));
+        let headers = h(&[
+            ("x-forwarded-for", "198.51.100.7"),
+            ("x-forwarded-for", "10.1.1.1"),
+        ]);
+        assert_eq!(
+            client_ip(peer("10.0.0.2"), &headers, &trusted),
+            ip("198.51.100.7")
+        );
         // All trusted: the leftmost.
         let headers = h(&[("x-forwarded-for", "10.9.9.9, 10.1.1.1")]);
-        assert_eq!(client_ip(peer("10.0.0.2"), &headers, &trusted), ip("10.9.9.9"));
+        assert_eq!(
+            client_ip(peer("10.0.0.2"), &headers, &trusted),
+            ip("10.9.9.9")
+        );
         // Garbage stops the walk at the last good hop.
         let headers = h(&[("x-forwarded-for", "198.51.100.7, junk")]);
-        assert_eq!(client_ip(peer("10.0.0.2"), &headers, &trusted), ip("10.0.0.2"));
+        assert_eq!(
+            client_ip(peer("10.0.0.2"), &headers, &trusted),
+            ip("10.0.0.2")
+        );
     }
 
     #[test]
     fn rfc7239_forwarded() {
         let trusted = nets(&["10.0.0.0/8", "::1/128"]);
-        let headers = h(&[("forwarded", r#"for=192.0.2.60;proto=http;by=203.0.113.43, for="[2001:db8:cafe::17]:4711""#)]);
-        assert_eq!(client_ip(peer("10.0.0.2"), &headers, &trusted), ip("2001:db8:cafe::17"));
-        let headers = h(&[("forwarded", "for=192.0.2.60"), ("x-forwarded-for", "6.6.6.6")]);
+        let headers = h(&[(
+            "forwarded",
+            r#"for=192.0.2.60;proto=http;by=203.0.113.43, for="[2001:db8:cafe::17]:4711""#,
+        )]);
+        assert_eq!(
+            client_ip(peer("10.0.0.2"), &headers, &trusted),
+            ip("2001:db8:cafe::17")
+        );
+        let headers = h(&[
+            ("forwarded", "for=192.0.2.60"),
+            ("x-forwarded-for", "6.6.6.6"),
+        ]);
         assert_eq!(client_ip(peer("::1"), &headers, &trusted), ip("192.0.2.60"));
     }
 
     #[test]
     fn v4_mapped_peers_are_v4() {
-        assert_eq!(client_ip(peer("::ffff:192.0.2.1"), &HeaderMap::new(), &[]), ip("192.0.2.1"));
+        assert_eq!(
+            client_ip(peer("::ffff:192.0.2.1"), &HeaderMap::new(), &[]),
+            ip("192.0.2.1")
+        );
     }
 }

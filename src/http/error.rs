@@ -28,7 +28,10 @@ pub enum ApiError {
     #[error("the request body was not received in time")]
     BodyTimeout,
     #[error("events could not be stored right now; retry later")]
-    Unavailable { cause: SinkError, retry_after_secs: u64 },
+    Unavailable {
+        cause: SinkError,
+        retry_after_secs: u64,
+    },
 }
 
 impl ApiError {
@@ -74,7 +77,10 @@ impl IntoResponse for ApiError {
         }
         let body = Json(json!({"error": self.code(), "message": self.to_string()}));
         let mut response = (status, body).into_response();
-        if let ApiError::Unavailable { retry_after_secs, .. } = self {
+        if let ApiError::Unavailable {
+            retry_after_secs, ..
+        } = self
+        {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));

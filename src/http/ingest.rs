@@ -25,7 +25,10 @@ const RETRY_AFTER_SECS: u64 = 2;
 
 pub async fn ingest(State(gw): State<AppState>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
-    let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
+    let peer = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
     let mut enrichment = enrichment(&gw, peer, &parts.headers);
     let (response, outcome) = match handle(&gw, &parts.headers, body, &mut enrichment).await {
         Ok(resp) => (resp, None),
@@ -77,7 +80,8 @@ async fn handle(
     let enc = encoding(headers).map_err(|e| (e, Bytes::new()))?;
     let wire = read_limited(body, headers, limits.max_body_bytes).await?;
     metrics::counter!(m::BODY_BYTES).increment(wire.len() as u64);
-    let decoded = decompress(wire.clone(), enc, limits.max_decompressed_bytes).map_err(|e| (e, wire.clone()))?;
+    let decoded = decompress(wire.clone(), enc, limits.max_decompressed_bytes)
+        .map_err(|e| (e, wire.clone()))?;
     metrics::counter!(m::DECOMPRESSED_BYTES).increment(decoded.len() as u64);
 
     let bundle = Bundle::parse(&decoded, limits.max_depth).map_err(|e| {
@@ -103,7 +107,8 @@ async fn handle(
 
     let deadline = Instant::now() + gw.ack_timeout;
     if let Err(cause) = gw.sink.send_batch(processed.records, deadline).await {
-        metrics::counter!(m::EVENTS, "outcome" => "refused", "reason" => cause.reason()).increment(total as u64);
+        metrics::counter!(m::EVENTS, "outcome" => "refused", "reason" => cause.reason())
+            .increment(total as u64);
         let err = ApiError::Unavailable {
             cause,
             retry_after_secs: RETRY_AFTER_SECS,

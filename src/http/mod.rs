@@ -41,7 +41,10 @@ pub fn app(state: AppState, cors: &CorsConfig, request_timeout: Duration) -> Rou
     Router::new()
         .route("/v1/events", post(ingest::ingest))
         .layer(cors_layer(cors))
-        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, request_timeout))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            request_timeout,
+        ))
         .with_state(state)
 }
 

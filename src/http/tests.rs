@@ -45,12 +45,18 @@ async fn send(h: &Harness, req: Request<Body>) -> (StatusCode, axum::http::Heade
     let status = resp.status();
     let headers = resp.headers().clone();
     let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    let body = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap() };
+    let body = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes).unwrap()
+    };
     (status, headers, body)
 }
 
 fn json_req(body: &Value) -> Request<Body> {
-    post().body(Body::from(serde_json::to_vec(body).unwrap())).unwrap()
+    post()
+        .body(Body::from(serde_json::to_vec(body).unwrap()))
+        .unwrap()
 }
 
 const ID: &str = "0f8fad5b-d9cb-469f-a165-70867728950e";
@@ -74,36 +80,73 @@ async fn wait_for_records(sink: &MemorySink, n: usize) -> Vec<crate::sink::Recor
 #[tokio::test]
 async fn golden_mixed_bundle() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
-    let request: Value = serde_json::from_slice(&std::fs::read(dir.join("mixed_bundle.request.json")).unwrap()).unwrap();
-    let expected: Value = serde_json::from_slice(&std::fs::read(dir.join("mixed_bundle.response.json")).unwrap()).unwrap();
+    let request: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("mixed_bundle.request.json")).unwrap())
+            .unwrap();
+    let expected: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("mixed_bundle.response.json")).unwrap())
+            .unwrap();
     let h = harness();
     let (status, _, body) = send(&h, json_req(&request)).await;
     assert_eq!(status, 200);
-    assert_eq!(body, expected, "actual response:\n{}", serde_json::to_string_pretty(&body).unwrap());
+    assert_eq!(
+        body,
+        expected,
+        "actual response:\n{}",
+        serde_json::to_string_pretty(&body).unwrap()
+    );
     let records = h.sink.records();
-    let events = records.iter().filter(|r| r.topic.starts_with("events.") && &*r.topic != "events.invalid").count();
-    let letters = records.iter().filter(|r| &*r.topic == "events.invalid").count();
+    let events = records
+        .iter()
+        .filter(|r| r.topic.starts_with("events.") && &*r.topic != "events.invalid")
+        .count();
+    let letters = records
+        .iter()
+        .filter(|r| &*r.topic == "events.invalid")
+        .count();
     assert_eq!(events as u64, expected["accepted"].as_u64().unwrap());
     assert_eq!(letters, expected["rejected"].as_array().unwrap().len());
 }
 
 #[tokio::test]
 async fn accepted_events_are_enriched() {
-    let h = harness_with(config::load(None, vec![("EVENTPIPE_TRUSTED_PROXIES".into(), "[\"10.0.0.0/8\"]".into())], vec![]).unwrap());
+    let h = harness_with(
+        config::load(
+            None,
+            vec![(
+                "EVENTPIPE_TRUSTED_PROXIES".into(),
+                "[\"10.0.0.0/8\"]".into(),
+            )],
+            vec![],
+        )
+        .unwrap(),
+    );
     let mut req = post()
         .header(header::USER_AGENT, "test-agent/1")
         .header("x-forwarded-for", "198.51.100.4")
         .header(header::ORIGIN, "https://shop.example")
-        .body(Body::from(serde_json::to_vec(&json!({"sent_at": "2026-11-21T12:00:00.000Z", "events": [valid_event()]})).unwrap()))
+        .body(Body::from(
+            serde_json::to_vec(
+                &json!({"sent_at": "2026-11-21T12:00:00.000Z", "events": [valid_event()]}),
+            )
+            .unwrap(),
+        ))
         .unwrap();
-    req.extensions_mut().insert(ConnectInfo("10.1.2.3:5555".parse::<SocketAddr>().unwrap()));
+    req.extensions_mut()
+        .insert(ConnectInfo("10.1.2.3:5555".parse::<SocketAddr>().unwrap()));
     let (status, _, body) = send(&h, req).await;
-    assert_eq!((status, body), (StatusCode::OK, json!({"accepted": 1, "rejected": []})));
+    assert_eq!(
+        (status, body),
+        (StatusCode::OK, json!({"accepted": 1, "rejected": []}))
+    );
     let e: Event = from_compact_bytes(&h.sink.records()[0].payload).unwrap();
     assert_eq!(e.enrichment.client_ip.as_deref(), Some("198.51.100.4"));
     assert_eq!(e.enrichment.user_agent.as_deref(), Some("test-agent/1"));
     assert_eq!(e.enrichment.origin.as_deref(), Some("https://shop.example"));
-    assert_eq!(e.enrichment.sent_at.as_deref(), Some("2026-11-21T12:00:00.000Z"));
+    assert_eq!(
+        e.enrichment.sent_at.as_deref(),
+        Some("2026-11-21T12:00:00.000Z")
+    );
     assert_eq!(e.enrichment.collector_version, env!("CARGO_PKG_VERSION"));
     assert!(e.enrichment.received_at_ms > 1_700_000_000_000);
 }
@@ -130,9 +173,16 @@ async fn send_beacon_text_plain_and_every_encoding_are_accepted() {
         ("br", br),
         ("deflate", zl.finish().unwrap()),
     ] {
-        let req = post().header(header::CONTENT_ENCODING, enc).body(Body::from(body)).unwrap();
+        let req = post()
+            .header(header::CONTENT_ENCODING, enc)
+            .body(Body::from(body))
+            .unwrap();
         let (status, _, body) = send(&h, req).await;
-        assert_eq!((status, body["accepted"].as_u64()), (StatusCode::OK, Some(1)), "{enc}");
+        assert_eq!(
+            (status, body["accepted"].as_u64()),
+            (StatusCode::OK, Some(1)),
+            "{enc}"
+        );
     }
 }
 
@@ -147,11 +197,17 @@ async fn undecodable_body_is_400_and_recorded_as_a_dead_letter() {
     let records = wait_for_records(&h.sink, 1).await;
     assert_eq!(records.len(), 1);
     let dl: DeadLetter = from_compact_bytes(&records[0].payload).unwrap();
-    assert_eq!((dl.reason.as_str(), dl.http_status), ("undecodable_body", Some(400)));
+    assert_eq!(
+        (dl.reason.as_str(), dl.http_status),
+        ("undecodable_body", Some(400))
+    );
     assert_eq!(dl.original, b"{\"events\": [oops");
 
     let (status, _, body) = send(&h, json_req(&json!([1, 2]))).await;
-    assert_eq!((status, body["error"].as_str()), (StatusCode::BAD_REQUEST, Some("not_a_bundle")));
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("not_a_bundle"))
+    );
 }
 
 #[tokio::test]
@@ -160,7 +216,10 @@ async fn limits_answer_413_with_a_reason() {
         None,
         vec![
             ("EVENTPIPE_LIMITS__MAX_BODY_BYTES".into(), "1000".into()),
-            ("EVENTPIPE_LIMITS__MAX_DECOMPRESSED_BYTES".into(), "5000".into()),
+            (
+                "EVENTPIPE_LIMITS__MAX_DECOMPRESSED_BYTES".into(),
+                "5000".into(),
+            ),
             ("EVENTPIPE_LIMITS__MAX_EVENTS".into(), "3".into()),
         ],
         vec![],
@@ -169,7 +228,10 @@ async fn limits_answer_413_with_a_reason() {
     let h = harness_with(config);
     let big = vec![b' '; 2000];
     let (status, _, body) = send(&h, post().body(Body::from(big.clone())).unwrap()).await;
-    assert_eq!((status, body["error"].as_str()), (StatusCode::PAYLOAD_TOO_LARGE, Some("body_too_large")));
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::PAYLOAD_TOO_LARGE, Some("body_too_large"))
+    );
     // Without Content-Length (chunked) the limit still holds while streaming.
     let stream = Body::from_stream(futures_stream(big));
     let (status, _, _) = send(&h, post().body(stream).unwrap()).await;
@@ -177,18 +239,34 @@ async fn limits_answer_413_with_a_reason() {
 
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
     gz.write_all(&vec![b' '; 6000]).unwrap();
-    let req = post().header(header::CONTENT_ENCODING, "gzip").body(Body::from(gz.finish().unwrap())).unwrap();
+    let req = post()
+        .header(header::CONTENT_ENCODING, "gzip")
+        .body(Body::from(gz.finish().unwrap()))
+        .unwrap();
     let (status, _, body) = send(&h, req).await;
-    assert_eq!((status, body["error"].as_str()), (StatusCode::PAYLOAD_TOO_LARGE, Some("decompressed_too_large")));
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            Some("decompressed_too_large")
+        )
+    );
 
     let four = json!({"events": [valid_event(), valid_event(), valid_event(), valid_event()]});
     let (status, _, body) = send(&h, json_req(&four)).await;
-    assert_eq!((status, body["error"].as_str()), (StatusCode::PAYLOAD_TOO_LARGE, Some("too_many_events")));
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::PAYLOAD_TOO_LARGE, Some("too_many_events"))
+    );
 }
 
-fn futures_stream(data: Vec<u8>) -> impl futures_core::Stream<Item = Result<bytes::Bytes, std::io::Error>> {
-    let chunks: Vec<Result<bytes::Bytes, std::io::Error>> =
-        data.chunks(100).map(|c| Ok(bytes::Bytes::copy_from_slice(c))).collect();
+fn futures_stream(
+    data: Vec<u8>,
+) -> impl futures_core::Stream<Item = Result<bytes::Bytes, std::io::Error>> {
+    let chunks: Vec<Result<bytes::Bytes, std::io::Error>> = data
+        .chunks(100)
+        .map(|c| Ok(bytes::Bytes::copy_from_slice(c)))
+        .collect();
     tokio_stream_iter(chunks)
 }
 
@@ -196,7 +274,10 @@ fn tokio_stream_iter<T: Unpin>(items: Vec<T>) -> impl futures_core::Stream<Item 
     struct Iter<T>(std::vec::IntoIter<T>);
     impl<T: Unpin> futures_core::Stream for Iter<T> {
         type Item = T;
-        fn poll_next(mut self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<Option<T>> {
+        fn poll_next(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<T>> {
             std::task::Poll::Ready(self.0.next())
         }
     }
@@ -211,10 +292,25 @@ async fn unsupported_type_and_encoding_are_415() {
         .body(Body::from("a=b"))
         .unwrap();
     let (status, _, body) = send(&h, req).await;
-    assert_eq!((status, body["error"].as_str()), (StatusCode::UNSUPPORTED_MEDIA_TYPE, Some("unsupported_media_type")));
-    let req = post().header(header::CONTENT_ENCODING, "compress").body(Body::from("x")).unwrap();
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Some("unsupported_media_type")
+        )
+    );
+    let req = post()
+        .header(header::CONTENT_ENCODING, "compress")
+        .body(Body::from("x"))
+        .unwrap();
     let (status, _, body) = send(&h, req).await;
-    assert_eq!((status, body["error"].as_str()), (StatusCode::UNSUPPORTED_MEDIA_TYPE, Some("unsupported_encoding")));
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Some("unsupported_encoding")
+        )
+    );
 }
 
 #[tokio::test]
@@ -226,7 +322,10 @@ async fn kafka_unavailable_is_503_with_retry_after_and_nothing_accepted() {
     assert!(headers.get(header::RETRY_AFTER).is_some());
     assert_eq!(body["error"], "unavailable");
     assert!(body.get("accepted").is_none());
-    assert!(!body["message"].as_str().unwrap().contains("kafka did not"), "internal detail leaked");
+    assert!(
+        !body["message"].as_str().unwrap().contains("kafka did not"),
+        "internal detail leaked"
+    );
 }
 
 #[tokio::test]
@@ -241,26 +340,55 @@ async fn cors_preflight_and_response_headers() {
     let resp = h.router.clone().oneshot(req).await.unwrap();
     assert!(resp.status().is_success());
     assert_eq!(resp.headers()[header::ACCESS_CONTROL_ALLOW_ORIGIN], "*");
-    assert!(resp.headers().get(header::ACCESS_CONTROL_ALLOW_CREDENTIALS).is_none());
+    assert!(resp
+        .headers()
+        .get(header::ACCESS_CONTROL_ALLOW_CREDENTIALS)
+        .is_none());
 
-    let cfg = config::load(None, vec![("EVENTPIPE_CORS__ALLOWED_ORIGINS".into(), "[\"https://a.example\"]".into())], vec![]).unwrap();
+    let cfg = config::load(
+        None,
+        vec![(
+            "EVENTPIPE_CORS__ALLOWED_ORIGINS".into(),
+            "[\"https://a.example\"]".into(),
+        )],
+        vec![],
+    )
+    .unwrap();
     let h = harness_with(cfg);
     let mut req = json_req(&json!({"events": []}));
-    req.headers_mut().insert(header::ORIGIN, "https://a.example".parse().unwrap());
+    req.headers_mut()
+        .insert(header::ORIGIN, "https://a.example".parse().unwrap());
     let resp = h.router.clone().oneshot(req).await.unwrap();
-    assert_eq!(resp.headers()[header::ACCESS_CONTROL_ALLOW_ORIGIN], "https://a.example");
+    assert_eq!(
+        resp.headers()[header::ACCESS_CONTROL_ALLOW_ORIGIN],
+        "https://a.example"
+    );
     let mut req = json_req(&json!({"events": []}));
-    req.headers_mut().insert(header::ORIGIN, "https://evil.example".parse().unwrap());
+    req.headers_mut()
+        .insert(header::ORIGIN, "https://evil.example".parse().unwrap());
     let resp = h.router.clone().oneshot(req).await.unwrap();
-    assert!(resp.headers().get(header::ACCESS_CONTROL_ALLOW_ORIGIN).is_none());
+    assert!(resp
+        .headers()
+        .get(header::ACCESS_CONTROL_ALLOW_ORIGIN)
+        .is_none());
 }
 
 #[tokio::test]
 async fn wrong_method_and_path() {
     let h = harness();
-    let resp = h.router.clone().oneshot(Request::get("/v1/events").body(Body::empty()).unwrap()).await.unwrap();
+    let resp = h
+        .router
+        .clone()
+        .oneshot(Request::get("/v1/events").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 405);
-    let resp = h.router.clone().oneshot(Request::post("/v2/nope").body(Body::empty()).unwrap()).await.unwrap();
+    let resp = h
+        .router
+        .clone()
+        .oneshot(Request::post("/v2/nope").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 404);
 }
 
@@ -268,8 +396,12 @@ async fn wrong_method_and_path() {
 async fn data_round_trips_exactly() {
     let h = harness();
     let data = json!({"service": "s", "level": "info", "message": "héllo ✓ \u{1F600}",
-                      "fields": {"big": 18446744073709551615u64, "neg": -9223372036854775808i64, "pi": 3.141592653589793, "tiny": 5e-324, "nested": [[{"a": null}]]}});
-    let (status, _, _) = send(&h, json_req(&json!({"events": [{"schema": "server_log/1", "data": data}]}))).await;
+                      "fields": {"big": 18446744073709551615u64, "neg": -9223372036854775808i64, "pi": 3.141592653589794, "tiny": 5e-324, "nested": [[{"a": null}]]}});
+    let (status, _, _) = send(
+        &h,
+        json_req(&json!({"events": [{"schema": "server_log/1", "data": data}]})),
+    )
+    .await;
     assert_eq!(status, 200);
     let e: Event = from_compact_bytes(&h.sink.records()[0].payload).unwrap();
     assert_eq!(from_thrift(&e.data).unwrap(), data);

@@ -42,7 +42,11 @@ pub fn run(opts: &TailOptions, out: &mut impl Write) -> anyhow::Result<usize> {
         .filter(|t| !t.partitions().is_empty())
         .with_context(|| format!("topic {} not found", opts.topic))?;
     let mut assignment = TopicPartitionList::new();
-    let start = if opts.from_beginning { Offset::Beginning } else { Offset::End };
+    let start = if opts.from_beginning {
+        Offset::Beginning
+    } else {
+        Offset::End
+    };
     for p in topic.partitions() {
         assignment.add_partition_offset(&opts.topic, p.id(), start)?;
     }
@@ -72,7 +76,12 @@ pub fn run(opts: &TailOptions, out: &mut impl Write) -> anyhow::Result<usize> {
             if let Some(headers) = msg.headers() {
                 let h: serde_json::Map<String, Value> = headers
                     .iter()
-                    .map(|h| (h.key.to_owned(), json!(String::from_utf8_lossy(h.value.unwrap_or_default()))))
+                    .map(|h| {
+                        (
+                            h.key.to_owned(),
+                            json!(String::from_utf8_lossy(h.value.unwrap_or_default())),
+                        )
+                    })
                     .collect();
                 map.insert("_headers".into(), Value::Object(h));
             }

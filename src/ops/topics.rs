@@ -38,7 +38,10 @@ pub async fn create(
         .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(replication)))
         .collect();
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-    let results = admin.create_topics(&new, &opts).await.context("CreateTopics request failed")?;
+    let results = admin
+        .create_topics(&new, &opts)
+        .await
+        .context("CreateTopics request failed")?;
     let (mut created, mut existing) = (Vec::new(), Vec::new());
     for result in results {
         match result {

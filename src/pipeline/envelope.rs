@@ -106,14 +106,32 @@ pub fn parse_event(index: usize, text: &str, limits: &Limits) -> Result<RawEvent
         message,
     };
     if text.len() > limits.max_event_bytes {
-        let message = format!("event is {} bytes; the limit is {}", text.len(), limits.max_event_bytes);
-        return Err(reject(RejectReason::TooLarge, "", message, sniff_event_id(text)));
+        let message = format!(
+            "event is {} bytes; the limit is {}",
+            text.len(),
+            limits.max_event_bytes
+        );
+        return Err(reject(
+            RejectReason::TooLarge,
+            "",
+            message,
+            sniff_event_id(text),
+        ));
     }
     // The bundle's own levels are not the event's: depth counts from the event object.
     let depth = json_depth(text.as_bytes());
     if depth > limits.max_depth + 1 {
-        let message = format!("event nests {} levels; the limit is {}", depth - 1, limits.max_depth);
-        return Err(reject(RejectReason::TooDeep, "", message, sniff_event_id(text)));
+        let message = format!(
+            "event nests {} levels; the limit is {}",
+            depth - 1,
+            limits.max_depth
+        );
+        return Err(reject(
+            RejectReason::TooDeep,
+            "",
+            message,
+            sniff_event_id(text),
+        ));
     }
     let env: EventEnvelope = match serde_json::from_str(text) {
         Ok(env) => env,
@@ -128,8 +146,14 @@ pub fn parse_event(index: usize, text: &str, limits: &Limits) -> Result<RawEvent
         Some(Value::String(s)) => match uuid::Uuid::try_parse(&s) {
             Ok(_) => s,
             Err(_) => {
-                let message = "event_id must be a UUID such as 0f8fad5b-d9cb-469f-a165-70867728950e".into();
-                return Err(reject(RejectReason::BadEventId, "/event_id", message, Some(s)));
+                let message =
+                    "event_id must be a UUID such as 0f8fad5b-d9cb-469f-a165-70867728950e".into();
+                return Err(reject(
+                    RejectReason::BadEventId,
+                    "/event_id",
+                    message,
+                    Some(s),
+                ));
             }
         },
         Some(_) => {
@@ -142,18 +166,29 @@ pub fn parse_event(index: usize, text: &str, limits: &Limits) -> Result<RawEvent
         Some(Value::String(s)) => s,
         None => {
             let message = "missing 'schema' (<name>/<major>, e.g. \"page_view/1\")".into();
-            return Err(reject(RejectReason::InvalidEnvelope, "/schema", message, id));
+            return Err(reject(
+                RejectReason::InvalidEnvelope,
+                "/schema",
+                message,
+                id,
+            ));
         }
         Some(_) => {
             let message = "'schema' must be a string like \"page_view/1\"".into();
-            return Err(reject(RejectReason::InvalidEnvelope, "/schema", message, id));
+            return Err(reject(
+                RejectReason::InvalidEnvelope,
+                "/schema",
+                message,
+                id,
+            ));
         }
     };
     let ts = match env.ts {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) if is_rfc3339(&s) => Some(s),
         Some(_) => {
-            let message = "ts must be an RFC 3339 timestamp such as 2026-11-21T11:59:58.120Z".into();
+            let message =
+                "ts must be an RFC 3339 timestamp such as 2026-11-21T11:59:58.120Z".into();
             return Err(reject(RejectReason::InvalidEnvelope, "/ts", message, id));
         }
     };
@@ -162,7 +197,12 @@ pub fn parse_event(index: usize, text: &str, limits: &Limits) -> Result<RawEvent
         Some(Value::Object(m)) => m,
         Some(_) => {
             let message = "context must be an object".into();
-            return Err(reject(RejectReason::InvalidEnvelope, "/context", message, id));
+            return Err(reject(
+                RejectReason::InvalidEnvelope,
+                "/context",
+                message,
+                id,
+            ));
         }
     };
     Ok(RawEvent {
@@ -191,7 +231,9 @@ fn sniff_event_id(text: &str) -> Option<String> {
     if text.len() > 1 << 20 {
         return None;
     }
-    serde_json::from_str::<Id>(text).ok().and_then(|i| i.event_id)
+    serde_json::from_str::<Id>(text)
+        .ok()
+        .and_then(|i| i.event_id)
 }
 
 /// The `schema` string of an event as sent, for dead letters (None if absent or unreadable).

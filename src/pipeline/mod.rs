@@ -8,8 +8,8 @@
 //! `DeadLetter` record plus a `Rejection` for the response. One bad event never costs the others.
 //! Each event's JSON is parsed exactly once.
 
-mod envelope;
 mod encode;
+mod envelope;
 
 pub use encode::{dead_letter_for_request, Collector};
 pub use envelope::{json_depth, Bundle, BundleError};
@@ -122,13 +122,17 @@ pub fn process(
     };
     for (index, raw_json) in bundle.events.iter().enumerate() {
         let text = raw_json.get();
-        let result = envelope::parse_event(index, text, &cfg.limits)
-            .and_then(|raw| validate(raw, registry));
+        let result =
+            envelope::parse_event(index, text, &cfg.limits).and_then(|raw| validate(raw, registry));
         match result {
             Ok(valid) => {
                 let name = valid.schema.name.clone();
-                out.records
-                    .push(encode::event_record(valid, &bundle.context, cfg, enrichment));
+                out.records.push(encode::event_record(
+                    valid,
+                    &bundle.context,
+                    cfg,
+                    enrichment,
+                ));
                 out.accepted += 1;
                 match out.accepted_by_schema.iter_mut().find(|(n, _)| *n == name) {
                     Some((_, count)) => *count += 1,
@@ -159,12 +163,25 @@ fn validate(raw: RawEvent, registry: &Registry) -> Result<ValidEvent, Rejection>
         message,
     };
     let Some(schema) = registry.get(&raw.schema) else {
-        let message = format!("no schema '{}' (expected <name>/<major> of a known schema)", raw.schema);
-        return Err(reject(&raw, RejectReason::UnknownSchema, "/schema", message));
+        let message = format!(
+            "no schema '{}' (expected <name>/<major> of a known schema)",
+            raw.schema
+        );
+        return Err(reject(
+            &raw,
+            RejectReason::UnknownSchema,
+            "/schema",
+            message,
+        ));
     };
     if let Err(v) = schema.validate(&raw.data) {
         let path = format!("/data{}", v.path);
-        return Err(reject(&raw, RejectReason::SchemaViolation, &path, v.message));
+        return Err(reject(
+            &raw,
+            RejectReason::SchemaViolation,
+            &path,
+            v.message,
+        ));
     }
     Ok(ValidEvent {
         raw,

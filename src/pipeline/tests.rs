@@ -56,9 +56,15 @@ fn accepted_event_becomes_a_thrift_record_keyed_by_visitor() {
     assert!(r.headers.contains(&("schema", "page_view/1".into())));
     assert!(r.headers.contains(&("event_id", ID.into())));
     let e: Event = from_compact_bytes(&r.payload).unwrap();
-    assert_eq!((e.event_id.as_str(), e.schema_name.as_str(), e.schema_major), (ID, "page_view", 1));
+    assert_eq!(
+        (e.event_id.as_str(), e.schema_name.as_str(), e.schema_major),
+        (ID, "page_view", 1)
+    );
     assert_eq!(e.ts.as_deref(), Some("2026-11-21T11:59:58.120Z"));
-    assert_eq!(from_thrift(&e.data).unwrap(), json!({"url": "https://e.com/a", "n": 1.5}));
+    assert_eq!(
+        from_thrift(&e.data).unwrap(),
+        json!({"url": "https://e.com/a", "n": 1.5})
+    );
     // Event context wins key by key; batch keys it doesn't override survive.
     assert_eq!(
         from_thrift(&e.context).unwrap(),
@@ -70,9 +76,12 @@ fn accepted_event_becomes_a_thrift_record_keyed_by_visitor() {
 
 #[test]
 fn key_falls_back_to_session_then_event_id() {
-    let p = run(&json!({"context": {"session_id": "s-9"}, "events": [{"schema": "page_view/1", "data": {"url": "u"}}]}));
+    let p = run(
+        &json!({"context": {"session_id": "s-9"}, "events": [{"schema": "page_view/1", "data": {"url": "u"}}]}),
+    );
     assert_eq!(p.records[0].key.as_deref(), Some(&b"s-9"[..]));
-    let p = run(&json!({"events": [{"schema": "page_view/1", "event_id": ID, "data": {"url": "u"}}]}));
+    let p =
+        run(&json!({"events": [{"schema": "page_view/1", "event_id": ID, "data": {"url": "u"}}]}));
     assert_eq!(p.records[0].key.as_deref(), Some(ID.as_bytes()));
 }
 
@@ -101,8 +110,11 @@ fn each_bad_event_is_rejected_alone_with_reason_and_path() {
         {"schema": "page_view/1", "data": {"url": "https://also-ok"}},
     ]}));
     assert_eq!(p.accepted, 2);
-    let got: Vec<(usize, &str, &str)> =
-        p.rejected.iter().map(|r| (r.index, r.reason.as_str(), r.path.as_str())).collect();
+    let got: Vec<(usize, &str, &str)> = p
+        .rejected
+        .iter()
+        .map(|r| (r.index, r.reason.as_str(), r.path.as_str()))
+        .collect();
     assert_eq!(
         got,
         vec![
@@ -129,23 +141,49 @@ fn each_bad_event_is_rejected_alone_with_reason_and_path() {
     assert_eq!(letters[0].path.as_deref(), Some("/data/url"));
     assert_eq!(letters[0].schema.as_deref(), Some("page_view/1"));
     let original: Value = serde_json::from_slice(&letters[0].original).unwrap();
-    assert_eq!(original, json!({"schema": "page_view/1", "data": {"url": 7}}));
+    assert_eq!(
+        original,
+        json!({"schema": "page_view/1", "data": {"url": 7}})
+    );
     assert_eq!(letters[2].event_id.as_deref(), Some("not-a-uuid"));
-    assert!(!letters[3].truncated || letters[3].original.len() == cfg().limits.dead_letter_max_bytes);
+    assert!(
+        !letters[3].truncated || letters[3].original.len() == cfg().limits.dead_letter_max_bytes
+    );
 }
 
 #[test]
 fn bundle_errors() {
-    assert!(matches!(Bundle::parse(b"{", 64), Err(BundleError::NotJson(_))));
-    assert!(matches!(Bundle::parse(b"[]", 64), Err(BundleError::NotABundle(_))));
-    assert!(matches!(Bundle::parse(b"{\"events\": 3}", 64), Err(BundleError::NotABundle(_))));
-    assert!(matches!(Bundle::parse(b"{\"events\": [], \"x\": 1}", 64), Err(BundleError::NotABundle(_))));
-    assert!(matches!(Bundle::parse(b"\xff\xfe", 64), Err(BundleError::NotJson(_))));
+    assert!(matches!(
+        Bundle::parse(b"{", 64),
+        Err(BundleError::NotJson(_))
+    ));
+    assert!(matches!(
+        Bundle::parse(b"[]", 64),
+        Err(BundleError::NotABundle(_))
+    ));
+    assert!(matches!(
+        Bundle::parse(b"{\"events\": 3}", 64),
+        Err(BundleError::NotABundle(_))
+    ));
+    assert!(matches!(
+        Bundle::parse(b"{\"events\": [], \"x\": 1}", 64),
+        Err(BundleError::NotABundle(_))
+    ));
+    assert!(matches!(
+        Bundle::parse(b"\xff\xfe", 64),
+        Err(BundleError::NotJson(_))
+    ));
     let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
-    assert!(matches!(Bundle::parse(deep.as_bytes(), 64), Err(BundleError::TooDeep(_))));
+    assert!(matches!(
+        Bundle::parse(deep.as_bytes(), 64),
+        Err(BundleError::TooDeep(_))
+    ));
 }
 
 #[test]
 fn depth_scan_ignores_brackets_in_strings() {
-    assert_eq!(json_depth(br#"{"a": "[[[[{{{", "b": [1, {"c": "\"]"}]}"#), 3);
+    assert_eq!(
+        json_depth(br#"{"a": "[[[[{{{", "b": [1, {"c": "\"]"}]}"#),
+        3
+    );
 }

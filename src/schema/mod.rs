@@ -71,7 +71,10 @@ fn truncate(mut s: String, max: usize) -> String {
 #[derive(Debug, thiserror::Error)]
 pub enum SchemaError {
     #[error("cannot read schema directory {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: {message}")]
     Invalid { path: PathBuf, message: String },
     #[error("no schemas found under {0} (expected <dir>/<name>/<major>.json)")]
@@ -120,7 +123,9 @@ impl Registry {
                     _ => {
                         return Err(SchemaError::Invalid {
                             path,
-                            message: "schema files are named <major>.json, major a positive integer".into(),
+                            message:
+                                "schema files are named <major>.json, major a positive integer"
+                                    .into(),
                         })
                     }
                 };
@@ -221,12 +226,18 @@ pub fn check(dir: &Path) -> Result<(usize, usize), Vec<String>> {
     let mut examples = 0;
     for schema in registry.schemas() {
         if schema.examples().is_empty() {
-            problems.push(format!("{}: no `examples`; add at least one valid payload", schema.id));
+            problems.push(format!(
+                "{}: no `examples`; add at least one valid payload",
+                schema.id
+            ));
         }
         for (i, example) in schema.examples().iter().enumerate() {
             examples += 1;
             if let Err(v) = schema.validate(example) {
-                problems.push(format!("{}: example {i} fails at '{}': {}", schema.id, v.path, v.message));
+                problems.push(format!(
+                    "{}: example {i} fails at '{}': {}",
+                    schema.id, v.path, v.message
+                ));
             }
         }
     }
@@ -256,7 +267,9 @@ mod tests {
         let r = registry();
         let s = r.get("page_view/1").unwrap();
         assert!(s.validate(&json!({"url": "https://x"})).is_ok());
-        let v = s.validate(&json!({"url": "https://x", "n": "seven"})).unwrap_err();
+        let v = s
+            .validate(&json!({"url": "https://x", "n": "seven"}))
+            .unwrap_err();
         assert_eq!(v.path, "/n");
         let v = s.validate(&json!({})).unwrap_err();
         assert_eq!(v.path, "");

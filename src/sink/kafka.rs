@@ -143,7 +143,8 @@ pub struct KafkaSink {
 impl KafkaSink {
     /// Creates the producer and a thread that checks broker metadata every `probe_every`.
     pub fn new(config: &ClientConfig, probe_every: Duration) -> Result<KafkaSink, KafkaError> {
-        let producer: ThreadedProducer<GatewayContext> = config.create_with_context(GatewayContext)?;
+        let producer: ThreadedProducer<GatewayContext> =
+            config.create_with_context(GatewayContext)?;
         let producer = Arc::new(producer);
         let ready = Arc::new(AtomicBool::new(false));
         let stop = Arc::new(AtomicBool::new(false));
@@ -188,7 +189,10 @@ impl KafkaSink {
             loop {
                 let mut headers = OwnedHeaders::new_with_capacity(rec.headers.len());
                 for (k, v) in &rec.headers {
-                    headers = headers.insert(Header { key: k, value: Some(v.as_bytes()) });
+                    headers = headers.insert(Header {
+                        key: k,
+                        value: Some(v.as_bytes()),
+                    });
                 }
                 let mut base = BaseRecord::with_opaque_to(&rec.topic, waiter.clone())
                     .payload(&rec.payload)
@@ -212,17 +216,27 @@ impl KafkaSink {
                 // Back-pressure: wait for the polling thread to drain the queue, up to the deadline.
                 if Instant::now() >= deadline {
                     let unsent = n - i;
-                    waiter.complete(unsent, Some(&KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)));
+                    waiter.complete(
+                        unsent,
+                        Some(&KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)),
+                    );
                     return Err(SinkError::QueueFull);
                 }
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
         }
-        if tokio::time::timeout_at(deadline, waiter.done.notified()).await.is_err() {
+        if tokio::time::timeout_at(deadline, waiter.done.notified())
+            .await
+            .is_err()
+        {
             return Err(SinkError::Timeout);
         }
         metrics::histogram!(m::PRODUCE_LATENCY).record(started.elapsed().as_secs_f64());
-        let first_error = waiter.first_error.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let first_error = waiter
+            .first_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
         match first_error {
             None => Ok(()),
             Some(e) => Err(classify(&e)),
@@ -231,7 +245,11 @@ impl KafkaSink {
 }
 
 impl Sink for KafkaSink {
-    fn send_batch(&self, records: Vec<Record>, deadline: Instant) -> BoxFuture<'_, Result<(), SinkError>> {
+    fn send_batch(
+        &self,
+        records: Vec<Record>,
+        deadline: Instant,
+    ) -> BoxFuture<'_, Result<(), SinkError>> {
         Box::pin(self.send(records, deadline))
     }
 

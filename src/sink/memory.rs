@@ -26,17 +26,32 @@ impl MemorySink {
 
     /// Everything acknowledged so far.
     pub fn records(&self) -> Vec<Record> {
-        self.records.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.records
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }
 
 impl Sink for MemorySink {
-    fn send_batch(&self, records: Vec<Record>, _deadline: Instant) -> BoxFuture<'_, Result<(), SinkError>> {
+    fn send_batch(
+        &self,
+        records: Vec<Record>,
+        _deadline: Instant,
+    ) -> BoxFuture<'_, Result<(), SinkError>> {
         Box::pin(async move {
-            if let Some(err) = self.fail_with.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+            if let Some(err) = self
+                .fail_with
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+            {
                 return Err(err);
             }
-            self.records.lock().unwrap_or_else(|p| p.into_inner()).extend(records);
+            self.records
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(records);
             Ok(())
         })
     }
@@ -46,6 +61,9 @@ impl Sink for MemorySink {
     }
 
     fn is_ready(&self) -> bool {
-        self.fail_with.lock().unwrap_or_else(|p| p.into_inner()).is_none()
+        self.fail_with
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_none()
     }
 }

@@ -62,7 +62,11 @@ impl SinkError {
 /// A destination for records.
 pub trait Sink: Send + Sync + 'static {
     /// Sends every record; resolves `Ok` once all are acknowledged, or an error by `deadline`.
-    fn send_batch(&self, records: Vec<Record>, deadline: Instant) -> BoxFuture<'_, Result<(), SinkError>>;
+    fn send_batch(
+        &self,
+        records: Vec<Record>,
+        deadline: Instant,
+    ) -> BoxFuture<'_, Result<(), SinkError>>;
     /// Waits until everything sent so far is acknowledged, up to `timeout`.
     fn flush(&self, timeout: Duration) -> BoxFuture<'_, Result<(), SinkError>>;
     /// Whether the destination is reachable (drives `/readyz`).

@@ -102,7 +102,9 @@ pub fn from_thrift(json: &Json) -> Result<Value, DecodeError> {
             TokenKind::NULL_VALUE => Some(Value::Null),
             TokenKind::FALSE_VALUE => Some(Value::Bool(false)),
             TokenKind::TRUE_VALUE => Some(Value::Bool(true)),
-            TokenKind::INT => Some(Value::from(t.int_value.ok_or(bad("INT without int_value"))?)),
+            TokenKind::INT => Some(Value::from(
+                t.int_value.ok_or(bad("INT without int_value"))?,
+            )),
             TokenKind::UINT => Some(Value::from(
                 t.int_value.ok_or(bad("UINT without int_value"))? as u64,
             )),
@@ -133,17 +135,15 @@ pub fn from_thrift(json: &Json) -> Result<Value, DecodeError> {
         let mut key = t.key.clone();
         i += 1;
         // Attach finished values to their parents, closing every container that is now full.
-        loop {
-            let Some((frame, frame_key)) = stack.last_mut() else {
-                break;
-            };
+        while let Some((frame, frame_key)) = stack.last_mut() {
             if let Some(v) = value.take() {
                 match frame {
                     Frame::Array(items, _) => items.push(v),
                     Frame::Object(members, _) => {
-                        let k = key
-                            .take()
-                            .ok_or(DecodeError::Malformed { index: i - 1, problem: "object member without key" })?;
+                        let k = key.take().ok_or(DecodeError::Malformed {
+                            index: i - 1,
+                            problem: "object member without key",
+                        })?;
                         members.insert(k, v);
                     }
                 }
@@ -194,7 +194,13 @@ mod tests {
         let kinds: Vec<_> = t.iter().map(|t| t.kind).collect();
         assert_eq!(
             kinds,
-            [TokenKind::OBJECT, TokenKind::ARRAY, TokenKind::INT, TokenKind::DOUBLE, TokenKind::NULL_VALUE]
+            [
+                TokenKind::OBJECT,
+                TokenKind::ARRAY,
+                TokenKind::INT,
+                TokenKind::DOUBLE,
+                TokenKind::NULL_VALUE
+            ]
         );
         assert_eq!(t[1].key.as_deref(), Some("a"));
         assert_eq!(t[4].key.as_deref(), Some("b"));
@@ -203,7 +209,16 @@ mod tests {
 
     #[test]
     fn edge_numbers_survive() {
-        let v = json!([i64::MIN, i64::MAX, u64::MAX, 0.1, -0.0, 1e308, 5e-324, 9007199254740993u64]);
+        let v = json!([
+            i64::MIN,
+            i64::MAX,
+            u64::MAX,
+            0.1,
+            -0.0,
+            1e308,
+            5e-324,
+            9007199254740993u64
+        ]);
         let back = roundtrip(&v);
         assert_eq!(back, v);
         assert!(back[2].is_u64() && back[0].is_i64());
@@ -211,14 +226,25 @@ mod tests {
 
     #[test]
     fn empty_containers_and_scalars_at_top() {
-        for v in [json!({}), json!([]), json!("x"), json!(null), json!([[[]], {"a": {}}])] {
+        for v in [
+            json!({}),
+            json!([]),
+            json!("x"),
+            json!(null),
+            json!([[[]], {"a": {}}]),
+        ] {
             assert_eq!(roundtrip(&v), v);
         }
     }
 
     #[test]
     fn malformed_token_lists_are_errors_not_panics() {
-        let obj = |len| Json { tokens: vec![Token { length: Some(len), ..token(TokenKind::OBJECT, None) }] };
+        let obj = |len| Json {
+            tokens: vec![Token {
+                length: Some(len),
+                ..token(TokenKind::OBJECT, None)
+            }],
+        };
         assert_eq!(from_thrift(&obj(1)), Err(DecodeError::Truncated));
         assert!(from_thrift(&obj(-1)).is_err());
         assert!(from_thrift(&Json { tokens: vec![] }).is_err());
@@ -226,7 +252,13 @@ mod tests {
         two.tokens.push(token(TokenKind::NULL_VALUE, None));
         assert_eq!(from_thrift(&two), Err(DecodeError::Trailing(1)));
         let keyless = Json {
-            tokens: vec![Token { length: Some(1), ..token(TokenKind::OBJECT, None) }, token(TokenKind::TRUE_VALUE, None)],
+            tokens: vec![
+                Token {
+                    length: Some(1),
+                    ..token(TokenKind::OBJECT, None)
+                },
+                token(TokenKind::TRUE_VALUE, None),
+            ],
         };
         assert!(from_thrift(&keyless).is_err());
     }
@@ -235,7 +267,11 @@ mod tests {
     fn depth_64_round_trips() {
         let mut v = json!("leaf");
         for i in 0..64 {
-            v = if i % 2 == 0 { json!([v]) } else { json!({"k": v}) };
+            v = if i % 2 == 0 {
+                json!([v])
+            } else {
+                json!({"k": v})
+            };
         }
         assert_eq!(roundtrip(&v), v);
     }

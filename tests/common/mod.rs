@@ -32,11 +32,17 @@ pub fn tansu_bin() -> PathBuf {
     candidates
         .into_iter()
         .find(|p| p.is_file())
-        .unwrap_or_else(|| panic!("the Tansu broker is not installed; install it with: {INSTALL_TANSU}"))
+        .unwrap_or_else(|| {
+            panic!("the Tansu broker is not installed; install it with: {INSTALL_TANSU}")
+        })
 }
 
 pub fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    StdListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A Tansu broker process, killed on drop.
@@ -50,16 +56,29 @@ pub struct Broker {
 impl Broker {
     /// Memory engine: fast, not durable.
     pub fn memory() -> Broker {
-        Broker::start_with(tempfile::tempdir().unwrap(), free_port(), "memory://tansu/".into())
+        Broker::start_with(
+            tempfile::tempdir().unwrap(),
+            free_port(),
+            "memory://tansu/".into(),
+        )
     }
 
     /// SQLite engine in a temp directory: durable across kill -9.
     pub fn sqlite() -> Broker {
-        Broker::start_with(tempfile::tempdir().unwrap(), free_port(), "sqlite://tansu.db".into())
+        Broker::start_with(
+            tempfile::tempdir().unwrap(),
+            free_port(),
+            "sqlite://tansu.db".into(),
+        )
     }
 
     fn start_with(dir: tempfile::TempDir, port: u16, engine: String) -> Broker {
-        let mut b = Broker { port, child: None, dir, engine };
+        let mut b = Broker {
+            port,
+            child: None,
+            dir,
+            engine,
+        };
         b.start();
         b
     }
@@ -83,7 +102,12 @@ impl Broker {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
         while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "tansu did not listen on {} within 30s: {}", self.port, self.log());
+            assert!(
+                Instant::now() < deadline,
+                "tansu did not listen on {} within 30s: {}",
+                self.port,
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -119,7 +143,10 @@ pub struct Topics {
 impl Topics {
     pub fn unique() -> Topics {
         let prefix = format!("t{}.", uuid::Uuid::new_v4().simple());
-        Topics { dead_letter: format!("{prefix}invalid"), prefix }
+        Topics {
+            dead_letter: format!("{prefix}invalid"),
+            prefix,
+        }
     }
 
     pub fn topic(&self, schema_name: &str) -> String {
@@ -129,8 +156,11 @@ impl Topics {
     /// Creates every topic the shipped schemas need.
     pub async fn create(&self, brokers: &str) {
         let registry = eventpipe::schema::Registry::load(&root().join("schemas")).unwrap();
-        let names = eventpipe::ops::topics::needed_topics(&registry, &self.prefix, &self.dead_letter);
-        eventpipe::ops::topics::create(brokers, &names, 2, 1).await.expect("creating topics");
+        let names =
+            eventpipe::ops::topics::needed_topics(&registry, &self.prefix, &self.dead_letter);
+        eventpipe::ops::topics::create(brokers, &names, 2, 1)
+            .await
+            .expect("creating topics");
     }
 }
 
@@ -146,9 +176,18 @@ pub struct Gateway {
 pub fn config(brokers: &str, topics: &Topics, extra: &[(&str, &str)]) -> Config {
     let mut env = vec![
         ("EVENTPIPE_KAFKA__BROKERS".to_string(), brokers.to_string()),
-        ("EVENTPIPE_KAFKA__TOPIC_PREFIX".to_string(), topics.prefix.clone()),
-        ("EVENTPIPE_KAFKA__DEAD_LETTER_TOPIC".to_string(), topics.dead_letter.clone()),
-        ("EVENTPIPE_SCHEMAS".to_string(), root().join("schemas").display().to_string()),
+        (
+            "EVENTPIPE_KAFKA__TOPIC_PREFIX".to_string(),
+            topics.prefix.clone(),
+        ),
+        (
+            "EVENTPIPE_KAFKA__DEAD_LETTER_TOPIC".to_string(),
+            topics.dead_letter.clone(),
+        ),
+        (
+            "EVENTPIPE_SCHEMAS".to_string(),
+            root().join("schemas").display().to_string(),
+        ),
         ("EVENTPIPE_SHUTDOWN_GRACE_SECS".to_string(), "0".to_string()),
         ("EVENTPIPE_COLLECTOR_ID".to_string(), "e2e-host".to_string()),
     ];
@@ -167,7 +206,12 @@ impl Gateway {
         let task = tokio::spawn(eventpipe::server::serve(config, public, admin, async {
             let _ = rx.await;
         }));
-        Gateway { addr, admin: admin_addr, stop: Some(tx), task: Some(task) }
+        Gateway {
+            addr,
+            admin: admin_addr,
+            stop: Some(tx),
+            task: Some(task),
+        }
     }
 
     pub fn url(&self) -> String {
@@ -179,7 +223,11 @@ impl Gateway {
         let client = reqwest::Client::new();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Ok(r) = client.get(format!("http://{}/readyz", self.admin)).send().await {
+            if let Ok(r) = client
+                .get(format!("http://{}/readyz", self.admin))
+                .send()
+                .await
+            {
                 if r.status() == 200 {
                     return;
                 }
@@ -210,7 +258,14 @@ pub fn consume(brokers: &str, topics: &[&str], dead_letter: &str, expect: usize)
     let mut cmd = Command::new("python3");
     cmd.arg(root().join("tests/py/consume.py"))
         .args(["--brokers", brokers, "--dead-letter-topic", dead_letter])
-        .args(["--expect", &expect.to_string(), "--idle", "1.5", "--timeout", "60"]);
+        .args([
+            "--expect",
+            &expect.to_string(),
+            "--idle",
+            "1.5",
+            "--timeout",
+            "60",
+        ]);
     for t in topics {
         cmd.args(["--topic", t]);
     }

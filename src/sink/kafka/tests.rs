@@ -18,14 +18,21 @@ fn record(i: usize) -> Record {
     }
 }
 
-fn sink(cluster: &MockCluster<'static, rdkafka::producer::DefaultProducerContext>, extra: &[(&str, &str)]) -> KafkaSink {
+fn sink(
+    cluster: &MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    extra: &[(&str, &str)],
+) -> KafkaSink {
     let mut overrides = BTreeMap::new();
     overrides.insert("message.timeout.ms".to_string(), "3000".to_string());
     overrides.insert("retry.backoff.ms".to_string(), "10".to_string());
     for (k, v) in extra {
         overrides.insert(k.to_string(), v.to_string());
     }
-    KafkaSink::new(&producer_config(&cluster.bootstrap_servers(), &overrides), Duration::from_millis(100)).unwrap()
+    KafkaSink::new(
+        &producer_config(&cluster.bootstrap_servers(), &overrides),
+        Duration::from_millis(100),
+    )
+    .unwrap()
 }
 
 fn cluster() -> MockCluster<'static, rdkafka::producer::DefaultProducerContext> {
@@ -53,16 +60,24 @@ async fn transient_produce_errors_are_retried_inside_the_producer() {
     let s = sink(&c, &[]);
     c.request_errors(
         RDKafkaApiKey::Produce,
-        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS, RDKafkaRespErr::RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT],
+        &[
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS,
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT,
+        ],
     );
-    s.send((0..10).map(record).collect(), deadline(10_000)).await.unwrap();
+    s.send((0..10).map(record).collect(), deadline(10_000))
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
 async fn permanent_errors_fail_the_batch_as_permanent() {
     let c = cluster();
     let s = sink(&c, &[]);
-    c.request_errors(RDKafkaApiKey::Produce, &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE]);
+    c.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE],
+    );
     let err = s.send(vec![record(1)], deadline(10_000)).await.unwrap_err();
     assert!(matches!(err, SinkError::Permanent(_)), "{err:?}");
 }
@@ -71,7 +86,11 @@ async fn permanent_errors_fail_the_batch_as_permanent() {
 async fn unauthorized_topic_is_permanent() {
     let c = cluster();
     let s = sink(&c, &[("topic.metadata.propagation.max.ms", "100")]);
-    c.topic_error(TOPIC, RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED).unwrap();
+    c.topic_error(
+        TOPIC,
+        RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED,
+    )
+    .unwrap();
     let err = s.send(vec![record(1)], deadline(10_000)).await.unwrap_err();
     assert!(matches!(err, SinkError::Permanent(_)), "{err:?}");
 }
@@ -85,7 +104,10 @@ async fn broker_down_times_out_at_the_deadline() {
     let started = Instant::now();
     let err = s.send(vec![record(1)], deadline(300)).await.unwrap_err();
     assert!(matches!(err, SinkError::Timeout), "{err:?}");
-    assert!(started.elapsed() < Duration::from_secs(2), "waited past the deadline");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "waited past the deadline"
+    );
     c.broker_up(1).unwrap();
     s.send(vec![record(2)], deadline(10_000)).await.unwrap();
 }
@@ -95,7 +117,8 @@ async fn slow_broker_past_the_deadline_is_a_timeout() {
     let c = cluster();
     let s = sink(&c, &[]);
     s.send(vec![record(0)], deadline(10_000)).await.unwrap();
-    c.broker_round_trip_time(1, Duration::from_millis(1500)).unwrap();
+    c.broker_round_trip_time(1, Duration::from_millis(1500))
+        .unwrap();
     let err = s.send(vec![record(1)], deadline(200)).await.unwrap_err();
     assert!(matches!(err, SinkError::Timeout), "{err:?}");
 }
@@ -105,7 +128,10 @@ async fn full_queue_is_back_pressure() {
     let c = cluster();
     let s = sink(&c, &[("queue.buffering.max.messages", "5")]);
     c.broker_down(1).unwrap();
-    let err = s.send((0..20).map(record).collect(), deadline(300)).await.unwrap_err();
+    let err = s
+        .send((0..20).map(record).collect(), deadline(300))
+        .await
+        .unwrap_err();
     assert!(matches!(err, SinkError::QueueFull), "{err:?}");
 }
 
@@ -125,9 +151,24 @@ fn classification() {
     use rdkafka::error::RDKafkaErrorCode as C;
     let e = |c| KafkaError::MessageProduction(c);
     assert!(matches!(classify(&e(C::QueueFull)), SinkError::QueueFull));
-    assert!(matches!(classify(&e(C::MessageTimedOut)), SinkError::Timeout));
-    assert!(matches!(classify(&e(C::UnknownTopicOrPartition)), SinkError::Permanent(_)));
-    assert!(matches!(classify(&e(C::TopicAuthorizationFailed)), SinkError::Permanent(_)));
-    assert!(matches!(classify(&e(C::NotEnoughReplicas)), SinkError::Retryable(_)));
-    assert!(matches!(classify(&e(C::BrokerTransportFailure)), SinkError::Retryable(_)));
+    assert!(matches!(
+        classify(&e(C::MessageTimedOut)),
+        SinkError::Timeout
+    ));
+    assert!(matches!(
+        classify(&e(C::UnknownTopicOrPartition)),
+        SinkError::Permanent(_)
+    ));
+    assert!(matches!(
+        classify(&e(C::TopicAuthorizationFailed)),
+        SinkError::Permanent(_)
+    ));
+    assert!(matches!(
+        classify(&e(C::NotEnoughReplicas)),
+        SinkError::Retryable(_)
+    ));
+    assert!(matches!(
+        classify(&e(C::BrokerTransportFailure)),
+        SinkError::Retryable(_)
+    ));
 }
