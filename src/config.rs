@@ -45,6 +45,19 @@ pub struct Config {
     /// so the load balancer notices first.
     #[serde(default = "default_shutdown_grace_secs")]
     pub shutdown_grace_secs: f64,
+    /// Benchmark-only switches; never set these in production.
+    #[serde(default)]
+    pub bench: BenchConfig,
+}
+
+/// Benchmark-only switches.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BenchConfig {
+    /// Cut the pipeline off: `POST /v1/events` reads the body and answers
+    /// `{"accepted":0,"rejected":[]}`. Measures the HTTP stack's ceiling.
+    #[serde(default)]
+    pub http_only: bool,
 }
 
 /// Kafka producer settings.

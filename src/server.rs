@@ -61,6 +61,7 @@ pub fn gateway(config: &Config, registry: Registry, sink: Arc<dyn Sink>) -> Arc<
         trusted_proxies: config.trusted_proxies.clone(),
         ack_timeout: Duration::from_millis(config.kafka.ack_timeout_ms),
         draining: Default::default(),
+        http_only: config.bench.http_only,
     })
 }
 

@@ -151,3 +151,12 @@ fn record_refused_request(gw: &AppState, err: &ApiError, body: &Bytes, enrichmen
         }
     });
 }
+
+/// Benchmark-only handler: the HTTP stack's ceiling (body read, nothing else).
+pub async fn read_and_discard(State(gw): State<AppState>, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    match read_limited(body, &parts.headers, gw.pipeline.limits.max_body_bytes).await {
+        Ok(_) => (StatusCode::OK, Json(json!({"accepted": 0, "rejected": []}))).into_response(),
+        Err((err, _)) => err.into_response(),
+    }
+}

@@ -32,14 +32,21 @@ pub struct Gateway {
     pub ack_timeout: Duration,
     /// Set when shutdown began; `/readyz` reports it.
     pub draining: AtomicBool,
+    /// Benchmark mode: read bodies and discard them (see `BenchConfig`).
+    pub http_only: bool,
 }
 
 pub type AppState = Arc<Gateway>;
 
 /// The public router.
 pub fn app(state: AppState, cors: &CorsConfig, request_timeout: Duration) -> Router {
+    let ingest = if state.http_only {
+        post(ingest::read_and_discard)
+    } else {
+        post(ingest::ingest)
+    };
     Router::new()
-        .route("/v1/events", post(ingest::ingest))
+        .route("/v1/events", ingest)
         .layer(cors_layer(cors))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
