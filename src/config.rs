@@ -45,9 +45,49 @@ pub struct Config {
     /// so the load balancer notices first.
     #[serde(default = "default_shutdown_grace_secs")]
     pub shutdown_grace_secs: f64,
+    #[serde(default)]
+    pub spool: SpoolConfig,
+    #[serde(default)]
+    pub dedup: DedupConfig,
     /// Benchmark-only switches; never set these in production.
     #[serde(default)]
     pub bench: BenchConfig,
+}
+
+/// The local spool (write-ahead log) used when Kafka cannot acknowledge in time.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpoolConfig {
+    /// Without the spool, a request Kafka can't acknowledge in time is answered 503.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Directory of segment files; one gateway process per directory (it is locked).
+    #[serde(default = "default_spool_dir")]
+    pub dir: PathBuf,
+    /// Appends are refused (503) once segments total this many bytes.
+    #[serde(default = "default_spool_max_bytes")]
+    pub max_bytes: u64,
+    /// Appends are refused (503) once the oldest spooled record is this old.
+    #[serde(default = "default_spool_max_age_secs")]
+    pub max_age_secs: u64,
+    /// Segment file size at which a new one starts.
+    #[serde(default = "default_spool_segment_bytes")]
+    pub segment_bytes: u64,
+    /// An idle segment is sealed (handed to the replayer) after this long.
+    #[serde(default = "default_spool_seal_after_ms")]
+    pub seal_after_ms: u64,
+    /// Records per replay batch (one batch in flight at a time).
+    #[serde(default = "default_spool_replay_batch")]
+    pub replay_batch_records: usize,
+}
+
+/// The per-host window of recently acknowledged client event ids.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DedupConfig {
+    /// Event ids remembered (about 40 bytes each); 0 turns deduplication off.
+    #[serde(default = "default_dedup_window")]
+    pub window: usize,
 }
 
 /// Benchmark-only switches.
@@ -181,6 +221,30 @@ fn default_request_timeout_ms() -> u64 {
 fn default_dead_letter_max_bytes() -> usize {
     64 << 10
 }
+fn default_true() -> bool {
+    true
+}
+fn default_spool_dir() -> PathBuf {
+    PathBuf::from("spool")
+}
+fn default_spool_max_bytes() -> u64 {
+    1 << 30
+}
+fn default_spool_max_age_secs() -> u64 {
+    24 * 3600
+}
+fn default_spool_segment_bytes() -> u64 {
+    16 << 20
+}
+fn default_spool_seal_after_ms() -> u64 {
+    500
+}
+fn default_spool_replay_batch() -> usize {
+    500
+}
+fn default_dedup_window() -> usize {
+    100_000
+}
 fn default_origins() -> Vec<String> {
     vec!["*".into()]
 }
@@ -199,6 +263,16 @@ impl Default for Limits {
     }
 }
 impl Default for CorsConfig {
+    fn default() -> Self {
+        empty_table()
+    }
+}
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        empty_table()
+    }
+}
+impl Default for DedupConfig {
     fn default() -> Self {
         empty_table()
     }
@@ -348,6 +422,12 @@ impl Config {
         }
         if self.kafka.ack_timeout_ms == 0 {
             return invalid("kafka.ack_timeout_ms", "must be positive");
+        }
+        if self.spool.segment_bytes < 4096 {
+            return invalid("spool.segment_bytes", "must be at least 4096");
+        }
+        if self.spool.replay_batch_records == 0 {
+            return invalid("spool.replay_batch_records", "must be positive");
         }
         if !(0.0..=3600.0).contains(&self.shutdown_grace_secs) {
             return invalid("shutdown_grace_secs", "must be between 0 and 3600");

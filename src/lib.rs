@@ -9,6 +9,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod dedup;
 pub mod http;
 pub mod metrics;
 pub mod ops;

@@ -56,3 +56,23 @@ pub fn recorder() -> PrometheusHandle {
         })
         .clone()
 }
+
+/// Producers replaced after a fatal librdkafka error.
+pub const PRODUCER_REPLACED: &str = "eventpipe_producer_replaced_total";
+/// Spool: bytes on disk, records waiting, age of the oldest record.
+pub const SPOOL_BYTES: &str = "eventpipe_spool_bytes";
+pub const SPOOL_RECORDS: &str = "eventpipe_spool_records";
+pub const SPOOL_OLDEST_AGE: &str = "eventpipe_spool_oldest_record_age_seconds";
+/// Spool: bytes per second the replayer delivered recently.
+pub const SPOOL_DRAIN_RATE: &str = "eventpipe_spool_drain_bytes_per_second";
+/// Spool: records replayed to Kafka and acknowledged.
+pub const SPOOL_REPLAYED: &str = "eventpipe_spool_replayed_records_total";
+/// Spool: fsync latency of one group commit, and how many appends shared it.
+pub const SPOOL_FSYNC_LATENCY: &str = "eventpipe_spool_fsync_seconds";
+pub const SPOOL_GROUP_SIZE: &str = "eventpipe_spool_group_commit_appends";
+/// Spool: disk errors (ENOSPC, EIO, ...) on write or fsync.
+pub const SPOOL_IO_ERRORS: &str = "eventpipe_spool_io_errors_total";
+/// Spool: bytes of sealed segments that could not be read back (never-acknowledged leftovers).
+pub const SPOOL_CORRUPT_BYTES: &str = "eventpipe_spool_corrupt_bytes_total";
+/// Retried events answered from the dedup window without producing them again.
+pub const DEDUP_HITS: &str = "eventpipe_dedup_hits_total";

@@ -26,7 +26,9 @@ use crate::config::{Config, TlsConfig};
 use crate::http::{self, Gateway};
 use crate::pipeline::{Collector, PipelineConfig};
 use crate::schema::Registry;
+use crate::sink::fallback::FallbackSink;
 use crate::sink::kafka::{producer_config, KafkaSink};
+use crate::sink::spool::{ReplayOptions, Spool, SpoolOptions};
 use crate::sink::Sink;
 use crate::{admin, metrics as m};
 
@@ -39,9 +41,43 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let registry = Registry::load(&config.schemas)?;
     let kafka = producer_config(&config.kafka.brokers, &config.kafka.librdkafka);
-    let sink =
+    let kafka =
         KafkaSink::new(&kafka, Duration::from_secs(2)).context("creating the Kafka producer")?;
-    serve_with_sink(config, registry, Arc::new(sink), public, admin, shutdown).await
+    let sink: Arc<dyn Sink> = if config.spool.enabled {
+        let s = &config.spool;
+        let spool = Spool::open(SpoolOptions {
+            dir: s.dir.clone(),
+            max_bytes: s.max_bytes,
+            max_age: Duration::from_secs(s.max_age_secs),
+            segment_bytes: s.segment_bytes,
+            seal_after: Duration::from_millis(s.seal_after_ms),
+            io_error_backoff: Duration::from_secs(1),
+        })
+        .with_context(|| {
+            format!(
+                "opening the spool directory {} (spool.dir)",
+                s.dir.display()
+            )
+        })?;
+        let stats = spool.stats();
+        if stats.records > 0 {
+            tracing::info!(
+                records = stats.records,
+                bytes = stats.bytes,
+                "spool holds records from an earlier run; replaying"
+            );
+        }
+        let replay = ReplayOptions {
+            batch_records: s.replay_batch_records,
+            batch_bytes: 4 << 20,
+            ack_timeout: Duration::from_millis(config.kafka.ack_timeout_ms),
+            max_backoff: Duration::from_secs(5),
+        };
+        Arc::new(FallbackSink::new(Arc::new(kafka), spool, replay))
+    } else {
+        Arc::new(kafka)
+    };
+    serve_with_sink(config, registry, sink, public, admin, shutdown).await
 }
 
 /// Builds the shared gateway state from config, registry and sink.
@@ -61,6 +97,7 @@ pub fn gateway(config: &Config, registry: Registry, sink: Arc<dyn Sink>) -> Arc<
         trusted_proxies: config.trusted_proxies.clone(),
         ack_timeout: Duration::from_millis(config.kafka.ack_timeout_ms),
         draining: Default::default(),
+        dedup: crate::dedup::DedupWindow::new(config.dedup.window),
         http_only: config.bench.http_only,
     })
 }

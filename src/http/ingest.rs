@@ -18,10 +18,8 @@ use super::error::ApiError;
 use super::AppState;
 use crate::metrics as m;
 use crate::pipeline::{self, dead_letter_for_request, Bundle};
+use crate::sink::{Delivered, RecordKind};
 use crate::thrift::Enrichment;
-
-/// Seconds a client is told to wait after a 503.
-const RETRY_AFTER_SECS: u64 = 2;
 
 pub async fn ingest(State(gw): State<AppState>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
@@ -101,33 +99,100 @@ async fn handle(
     if let Some(sent_at) = &bundle.sent_at {
         enrichment.sent_at = Some(sent_at.chars().take(64).collect());
     }
-    let processed = pipeline::process(&bundle, &gw.registry, &gw.pipeline, enrichment);
+    let mut processed = pipeline::process(&bundle, &gw.registry, &gw.pipeline, enrichment);
     let total = bundle.events.len();
     drop(bundle);
 
+    // Retries of events this host already made durable are answered without producing them.
+    let mut deduplicated = 0u64;
+    processed.records.retain(|r| match r.kind {
+        RecordKind::Event {
+            client_id: Some(id),
+        } if gw.dedup.contains(id) => {
+            deduplicated += 1;
+            false
+        }
+        _ => true,
+    });
+    let client_ids: Vec<u128> = processed
+        .records
+        .iter()
+        .filter_map(|r| match r.kind {
+            RecordKind::Event { client_id } => client_id,
+            RecordKind::DeadLetter => None,
+        })
+        .collect();
+
     let deadline = Instant::now() + gw.ack_timeout;
-    if let Err(cause) = gw.sink.send_batch(processed.records, deadline).await {
-        metrics::counter!(m::EVENTS, "outcome" => "refused", "reason" => cause.reason())
-            .increment(total as u64);
-        let err = ApiError::Unavailable {
-            cause,
-            retry_after_secs: RETRY_AFTER_SECS,
-        };
-        return Err((err, Bytes::new()));
+    let delivered = match gw.sink.send_batch(processed.records, deadline).await {
+        Ok(d) => d,
+        Err(cause) => {
+            metrics::counter!(m::EVENTS, "outcome" => "refused", "reason" => cause.reason())
+                .increment(total as u64);
+            let err = ApiError::Unavailable {
+                retry_after_secs: gw.sink.retry_after_secs(),
+                cause,
+            };
+            return Err((err, Bytes::new()));
+        }
+    };
+    gw.dedup.insert_all(client_ids);
+    count_outcomes(
+        &processed.accepted_by_schema,
+        &processed.rejected,
+        &delivered,
+        deduplicated,
+    );
+    if delivered.spooled_records > 0 {
+        let body = json!({
+            "accepted": processed.accepted,
+            "spooled": delivered.spooled_events,
+            "rejected": processed.rejected,
+        });
+        return Ok((StatusCode::ACCEPTED, Json(body)).into_response());
     }
-    for (schema, n) in &processed.accepted_by_schema {
-        metrics::counter!(m::EVENTS, "outcome" => "kafka", "reason" => "accepted", "schema" => schema.to_string())
-            .increment(*n as u64);
+    let body = json!({"accepted": processed.accepted, "rejected": processed.rejected});
+    Ok((StatusCode::OK, Json(body)).into_response())
+}
+
+/// Every event ends in exactly one outcome, counted per request (not per event).
+fn count_outcomes(
+    accepted_by_schema: &[(std::sync::Arc<str>, usize)],
+    rejected: &[pipeline::Rejection],
+    delivered: &Delivered,
+    deduplicated: u64,
+) {
+    let accepted: usize = accepted_by_schema.iter().map(|(_, n)| n).sum();
+    let spooled = delivered.spooled_events as u64;
+    if spooled > 0 {
+        metrics::counter!(m::EVENTS, "outcome" => "spool", "reason" => "kafka_unavailable")
+            .increment(spooled);
+    }
+    if deduplicated > 0 {
+        metrics::counter!(m::DEDUP_HITS).increment(deduplicated);
+        metrics::counter!(m::EVENTS, "outcome" => "deduplicated", "reason" => "retry")
+            .increment(deduplicated);
+    }
+    // Events that went to Kafka: attribute per schema when nothing was spooled or deduplicated
+    // (the common case); otherwise as one total, since which schema's events were spooled is
+    // not tracked.
+    let to_kafka = (accepted as u64).saturating_sub(spooled + deduplicated);
+    if to_kafka == accepted as u64 {
+        for (schema, n) in accepted_by_schema {
+            metrics::counter!(m::EVENTS, "outcome" => "kafka", "reason" => "accepted", "schema" => schema.to_string())
+                .increment(*n as u64);
+        }
+    } else if to_kafka > 0 {
+        metrics::counter!(m::EVENTS, "outcome" => "kafka", "reason" => "accepted", "schema" => "_mixed")
+            .increment(to_kafka);
     }
     let mut by_reason: BTreeMap<&'static str, u64> = BTreeMap::new();
-    for r in &processed.rejected {
+    for r in rejected {
         *by_reason.entry(r.reason.as_str()).or_default() += 1;
     }
     for (reason, n) in by_reason {
         metrics::counter!(m::EVENTS, "outcome" => "rejected", "reason" => reason).increment(n);
     }
-    let body = json!({"accepted": processed.accepted, "rejected": processed.rejected});
-    Ok((StatusCode::OK, Json(body)).into_response())
 }
 
 /// Writes a refused request to the dead-letter topic in the background: the client's answer does

@@ -32,6 +32,8 @@ pub struct Gateway {
     pub ack_timeout: Duration,
     /// Set when shutdown began; `/readyz` reports it.
     pub draining: AtomicBool,
+    /// Recently acknowledged client event ids (retries are answered without producing again).
+    pub dedup: crate::dedup::DedupWindow,
     /// Benchmark mode: read bodies and discard them (see `BenchConfig`).
     pub http_only: bool,
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 
 use super::{PipelineConfig, Rejection, ValidEvent};
-use crate::sink::Record;
+use crate::sink::{Record, RecordKind};
 use crate::thrift::{self, json::to_thrift, DeadLetter, Enrichment, Event};
 
 /// The gateway's identity, written into every record.
@@ -51,6 +51,9 @@ pub fn event_record(
             ("schema", valid.schema.id.to_string()),
             ("event_id", raw.event_id),
         ],
+        kind: RecordKind::Event {
+            client_id: raw.client_id,
+        },
     }
 }
 
@@ -106,6 +109,7 @@ pub fn dead_letter_for_event(
         key: rejection.event_id.clone().map(String::into_bytes),
         payload: thrift::to_compact_bytes(&letter),
         headers,
+        kind: RecordKind::DeadLetter,
     }
 }
 
@@ -138,5 +142,6 @@ pub fn dead_letter_for_request(
         key: None,
         payload: thrift::to_compact_bytes(&letter),
         headers: vec![("reason", reason.into())],
+        kind: RecordKind::DeadLetter,
     }
 }

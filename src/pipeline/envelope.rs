@@ -141,10 +141,10 @@ pub fn parse_event(index: usize, text: &str, limits: &Limits) -> Result<RawEvent
             return Err(reject(RejectReason::InvalidEnvelope, "", message, id));
         }
     };
-    let event_id = match env.event_id {
-        None | Some(Value::Null) => uuid::Uuid::new_v4().to_string(),
+    let (event_id, client_id) = match env.event_id {
+        None | Some(Value::Null) => (uuid::Uuid::new_v4().to_string(), None),
         Some(Value::String(s)) => match uuid::Uuid::try_parse(&s) {
-            Ok(_) => s,
+            Ok(u) => (s, Some(u.as_u128())),
             Err(_) => {
                 let message =
                     "event_id must be a UUID such as 0f8fad5b-d9cb-469f-a165-70867728950e".into();
@@ -208,6 +208,7 @@ pub fn parse_event(index: usize, text: &str, limits: &Limits) -> Result<RawEvent
     Ok(RawEvent {
         index,
         event_id,
+        client_id,
         schema,
         ts,
         context,

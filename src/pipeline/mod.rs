@@ -77,6 +77,8 @@ pub struct Rejection {
 pub struct RawEvent {
     pub index: usize,
     pub event_id: String,
+    /// The event id as a number when the client chose it (retries carry it again).
+    pub client_id: Option<u128>,
     /// `name/major` as sent.
     pub schema: String,
     pub ts: Option<String>,

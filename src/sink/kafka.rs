@@ -10,23 +10,28 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{
+    BaseRecord, DeliveryResult, Producer as _, ProducerContext, ThreadedProducer,
+};
 use rdkafka::{ClientContext, Statistics};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::{BoxFuture, Record, Sink, SinkError};
+use super::{BoxFuture, Delivered, Record, Sink, SinkError};
 use crate::metrics as m;
 
-/// Counts a request's deliveries down and wakes its waiter on the last one.
+/// Counts a request's deliveries down and wakes its waiter on the last one; remembers which
+/// records were acknowledged so only the others need the spool.
 pub struct BatchWaiter {
     remaining: AtomicUsize,
+    acked: Vec<AtomicBool>,
     first_error: Mutex<Option<KafkaError>>,
     done: Notify,
 }
@@ -35,6 +40,7 @@ impl BatchWaiter {
     fn new(n: usize) -> Self {
         BatchWaiter {
             remaining: AtomicUsize::new(n),
+            acked: (0..n).map(|_| AtomicBool::new(false)).collect(),
             first_error: Mutex::new(None),
             done: Notify::new(),
         }
@@ -52,10 +58,25 @@ impl BatchWaiter {
             self.done.notify_one();
         }
     }
+
+    fn unacked(&self) -> Vec<usize> {
+        (0..self.acked.len())
+            .filter(|&i| !self.acked[i].load(Ordering::Acquire))
+            .collect()
+    }
 }
 
-/// librdkafka callbacks: deliveries and statistics.
-pub struct GatewayContext;
+/// The delivery opaque: which request, which record.
+pub struct Slot {
+    waiter: Arc<BatchWaiter>,
+    index: usize,
+}
+
+/// librdkafka callbacks: deliveries, errors and statistics.
+pub struct GatewayContext {
+    /// Set when librdkafka reports a fatal error (e.g. the idempotent producer lost its state).
+    fatal: Arc<AtomicBool>,
+}
 
 impl ClientContext for GatewayContext {
     fn stats(&self, stats: Statistics) {
@@ -77,14 +98,36 @@ impl ClientContext for GatewayContext {
         }
         metrics::gauge!(m::BROKERS_UP).set(f64::from(up));
     }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) {
+            tracing::error!(%error, reason, "librdkafka fatal error: the producer will be replaced");
+            self.fatal.store(true, Ordering::SeqCst);
+        } else {
+            tracing::warn!(%error, reason, "librdkafka error");
+        }
+    }
 }
 
 impl ProducerContext for GatewayContext {
-    type DeliveryOpaque = Arc<BatchWaiter>;
+    type DeliveryOpaque = Box<Slot>;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, waiter: Arc<BatchWaiter>) {
-        waiter.complete(1, result.as_ref().err().map(|(e, _)| e));
+    fn delivery(&self, result: &DeliveryResult<'_>, slot: Box<Slot>) {
+        let error = result.as_ref().err().map(|(e, _)| e);
+        if error.is_none() {
+            slot.waiter.acked[slot.index].store(true, Ordering::Release);
+        }
+        slot.waiter.complete(1, error);
     }
+}
+
+/// What became of a batch handed to Kafka.
+#[derive(Debug, Default)]
+pub struct PartialOutcome {
+    /// Indices of records not acknowledged (failed, timed out, or never queued).
+    pub unacked: Vec<usize>,
+    /// Why, when some were not.
+    pub error: Option<SinkError>,
 }
 
 /// Sorts a librdkafka error into the sink's classes.
@@ -121,10 +164,10 @@ pub fn producer_config(brokers: &str, overrides: &BTreeMap<String, String>) -> C
         .set("compression.type", "lz4")
         .set("queue.buffering.max.messages", "500000")
         .set("queue.buffering.max.kbytes", "262144")
-        // The HTTP request gives up long before this; the message keeps retrying meanwhile so a
-        // client retry is likely to find it already written (the event id makes it a duplicate
-        // consumers can drop).
-        .set("message.timeout.ms", "120000")
+        // A request gives up (and spools) at its ack deadline; the message keeps retrying for
+        // this long meanwhile. Longer means more duplicates after an outage (spooled and later
+        // also delivered), shorter means more idempotent-producer epoch bumps.
+        .set("message.timeout.ms", "30000")
         .set("statistics.interval.ms", "5000")
         .set("client.id", "eventpipe");
     for (k, v) in overrides {
@@ -133,9 +176,26 @@ pub fn producer_config(brokers: &str, overrides: &BTreeMap<String, String>) -> C
     cfg
 }
 
+/// A producer and its fatal-error flag.
+struct ProducerHandle {
+    producer: ThreadedProducer<GatewayContext>,
+    fatal: Arc<AtomicBool>,
+}
+
+impl ProducerHandle {
+    fn create(config: &ClientConfig) -> Result<ProducerHandle, KafkaError> {
+        let fatal = Arc::new(AtomicBool::new(false));
+        let producer = config.create_with_context(GatewayContext {
+            fatal: fatal.clone(),
+        })?;
+        Ok(ProducerHandle { producer, fatal })
+    }
+}
+
 /// Produces records to Kafka and waits for their acknowledgements.
 pub struct KafkaSink {
-    producer: Arc<ThreadedProducer<GatewayContext>>,
+    config: ClientConfig,
+    current: RwLock<Arc<ProducerHandle>>,
     ready: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
 }
@@ -143,49 +203,103 @@ pub struct KafkaSink {
 impl KafkaSink {
     /// Creates the producer and a thread that checks broker metadata every `probe_every`.
     pub fn new(config: &ClientConfig, probe_every: Duration) -> Result<KafkaSink, KafkaError> {
-        let producer: ThreadedProducer<GatewayContext> =
-            config.create_with_context(GatewayContext)?;
-        let producer = Arc::new(producer);
-        let ready = Arc::new(AtomicBool::new(false));
-        let stop = Arc::new(AtomicBool::new(false));
-        {
-            let (producer, ready, stop) = (producer.clone(), ready.clone(), stop.clone());
-            std::thread::Builder::new()
-                .name("kafka-probe".into())
-                .spawn(move || {
-                    while !stop.load(Ordering::Relaxed) {
-                        let ok = producer
-                            .client()
-                            .fetch_metadata(None, Duration::from_secs(2))
-                            .map(|md| !md.brokers().is_empty())
-                            .unwrap_or(false);
-                        if ok != ready.swap(ok, Ordering::Relaxed) {
-                            tracing::info!(reachable = ok, "kafka metadata reachability changed");
-                        }
-                        let mut slept = Duration::ZERO;
-                        while slept < probe_every && !stop.load(Ordering::Relaxed) {
-                            std::thread::sleep(Duration::from_millis(50));
-                            slept += Duration::from_millis(50);
-                        }
+        let sink = KafkaSink {
+            config: config.clone(),
+            current: RwLock::new(Arc::new(ProducerHandle::create(config)?)),
+            ready: Arc::new(AtomicBool::new(false)),
+            stop: Arc::new(AtomicBool::new(false)),
+        };
+        // The probe is a separate metadata-only client, so replacing the producer can't strand it.
+        let probe: BaseConsumer = ClientConfig::new()
+            .set(
+                "bootstrap.servers",
+                config.get("bootstrap.servers").unwrap_or_default(),
+            )
+            .create()?;
+        let (ready, stop) = (sink.ready.clone(), sink.stop.clone());
+        std::thread::Builder::new()
+            .name("kafka-probe".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let ok = probe
+                        .fetch_metadata(None, Duration::from_secs(2))
+                        .map(|md| !md.brokers().is_empty())
+                        .unwrap_or(false);
+                    if ok != ready.swap(ok, Ordering::Relaxed) {
+                        tracing::info!(reachable = ok, "kafka metadata reachability changed");
                     }
-                })
-                .map_err(|e| KafkaError::ClientCreation(e.to_string()))?;
-        }
-        Ok(KafkaSink {
-            producer,
-            ready,
-            stop,
-        })
+                    let mut slept = Duration::ZERO;
+                    while slept < probe_every && !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(Duration::from_millis(50));
+                        slept += Duration::from_millis(50);
+                    }
+                }
+            })
+            .map_err(|e| KafkaError::ClientCreation(e.to_string()))?;
+        Ok(sink)
     }
 
-    async fn send(&self, records: Vec<Record>, deadline: Instant) -> Result<(), SinkError> {
-        if records.is_empty() {
-            return Ok(());
+    /// The current producer, replaced first if it hit a fatal error (e.g. the idempotent
+    /// producer's UNKNOWN_PRODUCER_ID after the broker lost its state). Records in flight on the
+    /// old one fail when it is dropped (librdkafka purges them), so their requests spool them.
+    fn producer(&self) -> Arc<ProducerHandle> {
+        let current = self
+            .current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if !current.fatal.load(Ordering::SeqCst) {
+            return current;
         }
+        let mut slot = self.current.write().unwrap_or_else(|p| p.into_inner());
+        if Arc::ptr_eq(&slot, &current) {
+            match ProducerHandle::create(&self.config) {
+                Ok(fresh) => {
+                    *slot = Arc::new(fresh);
+                    metrics::counter!(m::PRODUCER_REPLACED).increment(1);
+                    tracing::warn!("kafka producer replaced after a fatal error");
+                }
+                Err(e) => tracing::error!(error = %e, "could not replace the failed producer"),
+            }
+        }
+        slot.clone()
+    }
+
+    /// Raises a fatal error in the current producer, as librdkafka would (tests).
+    #[cfg(test)]
+    pub fn inject_fatal_error(&self) {
+        let current = self.producer();
+        let reason = std::ffi::CString::new("test").expect("no NUL");
+        // SAFETY: the client pointer is valid while `current` holds the producer.
+        unsafe {
+            rdkafka::bindings::rd_kafka_test_fatal_error(
+                current.producer.client().native_ptr(),
+                rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_UNKNOWN_PRODUCER_ID,
+                reason.as_ptr(),
+            );
+        }
+    }
+
+    /// Hands every record to the producer and waits, until `deadline`, for acknowledgements.
+    /// A full local queue is waited on for at most `queue_full_wait` before the remaining
+    /// records are reported unacknowledged.
+    pub async fn send_partial(
+        &self,
+        records: &[Record],
+        deadline: Instant,
+        queue_full_wait: Duration,
+    ) -> PartialOutcome {
+        if records.is_empty() {
+            return PartialOutcome::default();
+        }
+        let handle = self.producer();
+        let producer = &handle.producer;
         let n = records.len();
         let waiter = Arc::new(BatchWaiter::new(n));
         let started = Instant::now();
-        for (i, rec) in records.iter().enumerate() {
+        let give_up_on_full = deadline.min(Instant::now() + queue_full_wait);
+        let mut queue_full = false;
+        'records: for (i, rec) in records.iter().enumerate() {
             loop {
                 let mut headers = OwnedHeaders::new_with_capacity(rec.headers.len());
                 for (k, v) in &rec.headers {
@@ -194,13 +308,17 @@ impl KafkaSink {
                         value: Some(v.as_bytes()),
                     });
                 }
-                let mut base = BaseRecord::with_opaque_to(&rec.topic, waiter.clone())
+                let slot = Box::new(Slot {
+                    waiter: waiter.clone(),
+                    index: i,
+                });
+                let mut base = BaseRecord::with_opaque_to(&rec.topic, slot)
                     .payload(&rec.payload)
                     .headers(headers);
                 if let Some(key) = &rec.key {
                     base = base.key(key);
                 }
-                let full = match self.producer.send(base) {
+                let full = match producer.send(base) {
                     Ok(()) => false,
                     Err((e, _)) => match classify(&e) {
                         SinkError::QueueFull => true,
@@ -213,34 +331,59 @@ impl KafkaSink {
                 if !full {
                     break;
                 }
-                // Back-pressure: wait for the polling thread to drain the queue, up to the deadline.
-                if Instant::now() >= deadline {
-                    let unsent = n - i;
-                    waiter.complete(
-                        unsent,
-                        Some(&KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)),
-                    );
-                    return Err(SinkError::QueueFull);
+                if Instant::now() >= give_up_on_full {
+                    queue_full = true;
+                    let full = KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull);
+                    waiter.complete(n - i, Some(&full));
+                    break 'records;
                 }
+                // Back-pressure: let the polling thread drain the queue.
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
         }
-        if tokio::time::timeout_at(deadline, waiter.done.notified())
+        let timed_out = tokio::time::timeout_at(deadline, waiter.done.notified())
             .await
-            .is_err()
-        {
-            return Err(SinkError::Timeout);
+            .is_err();
+        let unacked = waiter.unacked();
+        if unacked.is_empty() {
+            metrics::histogram!(m::PRODUCE_LATENCY).record(started.elapsed().as_secs_f64());
+            return PartialOutcome::default();
         }
-        metrics::histogram!(m::PRODUCE_LATENCY).record(started.elapsed().as_secs_f64());
         let first_error = waiter
             .first_error
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take();
-        match first_error {
-            None => Ok(()),
-            Some(e) => Err(classify(&e)),
+        let error = if queue_full {
+            SinkError::QueueFull
+        } else if timed_out {
+            SinkError::Timeout
+        } else {
+            first_error
+                .map(|e| classify(&e))
+                .unwrap_or(SinkError::Timeout)
+        };
+        PartialOutcome {
+            unacked,
+            error: Some(error),
         }
+    }
+
+    async fn send(&self, records: Vec<Record>, deadline: Instant) -> Result<Delivered, SinkError> {
+        let wait = deadline.saturating_duration_since(Instant::now());
+        let outcome = self.send_partial(&records, deadline, wait).await;
+        match outcome.error {
+            None => Ok(Delivered::default()),
+            Some(e) => Err(e),
+        }
+    }
+
+    /// Waits until everything queued is delivered or `timeout` passes.
+    pub fn flush_blocking(&self, timeout: Duration) -> Result<(), SinkError> {
+        self.producer()
+            .producer
+            .flush(timeout)
+            .map_err(|e| classify(&e))
     }
 }
 
@@ -249,14 +392,14 @@ impl Sink for KafkaSink {
         &self,
         records: Vec<Record>,
         deadline: Instant,
-    ) -> BoxFuture<'_, Result<(), SinkError>> {
+    ) -> BoxFuture<'_, Result<Delivered, SinkError>> {
         Box::pin(self.send(records, deadline))
     }
 
     fn flush(&self, timeout: Duration) -> BoxFuture<'_, Result<(), SinkError>> {
-        let producer = self.producer.clone();
+        let handle = self.producer();
         Box::pin(async move {
-            tokio::task::spawn_blocking(move || producer.flush(timeout))
+            tokio::task::spawn_blocking(move || handle.producer.flush(timeout))
                 .await
                 .map_err(|_| SinkError::Closed)?
                 .map_err(|e| classify(&e))

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{BoxFuture, Record, Sink, SinkError};
+use super::{BoxFuture, Delivered, Record, Sink, SinkError};
 
 /// Keeps every acknowledged record in memory.
 #[derive(Default)]
@@ -38,7 +38,7 @@ impl Sink for MemorySink {
         &self,
         records: Vec<Record>,
         _deadline: Instant,
-    ) -> BoxFuture<'_, Result<(), SinkError>> {
+    ) -> BoxFuture<'_, Result<Delivered, SinkError>> {
         Box::pin(async move {
             if let Some(err) = self
                 .fail_with
@@ -52,7 +52,7 @@ impl Sink for MemorySink {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .extend(records);
-            Ok(())
+            Ok(Delivered::default())
         })
     }
 

@@ -15,6 +15,7 @@ fn record(i: usize) -> Record {
         key: Some(format!("k{i}").into_bytes()),
         payload: vec![i as u8; 100],
         headers: vec![("schema", "page_view/1".into())],
+        kind: crate::sink::RecordKind::DeadLetter,
     }
 }
 

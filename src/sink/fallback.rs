@@ -1,0 +1,234 @@
+//! Kafka first, the spool when Kafka can't acknowledge in time: the sink behind "2xx means
+//! durable".
+//!
+//! A request's records go to Kafka; whatever is not acknowledged by the ack deadline (timed out,
+//! retryable or permanent error, local queue full) is appended to the spool and fsynced, and the
+//! request is answered 202. If the spool refuses too (full, too old, disk error), the request
+//! gets 503 and nothing is reported accepted.
+//!
+//! A breaker avoids making every request wait out the deadline during an outage: after a
+//! failure, requests go straight to the spool until Kafka acknowledges something again — the
+//! replayer's batches are the probe — or, as a fallback, one request per `probe_every` tries
+//! Kafka.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::kafka::KafkaSink;
+use super::spool::{now_ms, spawn_replayer, ReplayOptions, ReplayTarget, Spool};
+use super::{BoxFuture, Delivered, Record, RecordKind, Sink, SinkError};
+use crate::metrics as m;
+
+/// Open/closed state of the Kafka path.
+pub struct Breaker {
+    /// When it opened (ms since epoch), 0 when closed.
+    opened_ms: AtomicI64,
+    last_probe_ms: AtomicI64,
+    probe_every: Duration,
+}
+
+impl Breaker {
+    pub fn new(probe_every: Duration) -> Breaker {
+        Breaker {
+            opened_ms: AtomicI64::new(0),
+            last_probe_ms: AtomicI64::new(0),
+            probe_every,
+        }
+    }
+
+    /// Whether this request should try Kafka.
+    pub fn allow(&self) -> bool {
+        if self.opened_ms.load(Ordering::Relaxed) == 0 {
+            return true;
+        }
+        let now = now_ms();
+        let last = self.last_probe_ms.load(Ordering::Relaxed);
+        now - last >= self.probe_every.as_millis() as i64
+            && self
+                .last_probe_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
+
+    pub fn success(&self) {
+        if self.opened_ms.swap(0, Ordering::Relaxed) != 0 {
+            tracing::info!("kafka acknowledges again: requests go to kafka first");
+        }
+    }
+
+    pub fn failure(&self) {
+        let now = now_ms().max(1);
+        if self
+            .opened_ms
+            .compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+        {
+            self.last_probe_ms.store(now, Ordering::Relaxed);
+            tracing::warn!("kafka did not acknowledge: requests go to the spool until it does");
+        }
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.opened_ms.load(Ordering::Relaxed) == 0
+    }
+}
+
+/// The replayer's view of Kafka: successes close the breaker, failures open it.
+struct ReplayToKafka {
+    kafka: Arc<KafkaSink>,
+    breaker: Arc<Breaker>,
+}
+
+impl ReplayTarget for ReplayToKafka {
+    fn produce<'a>(
+        &'a self,
+        records: &'a [Record],
+        deadline: Instant,
+    ) -> BoxFuture<'a, Vec<usize>> {
+        Box::pin(async move {
+            let out = self
+                .kafka
+                .send_partial(records, deadline, Duration::from_millis(200))
+                .await;
+            if out.unacked.is_empty() {
+                self.breaker.success();
+            } else {
+                self.breaker.failure();
+            }
+            out.unacked
+        })
+    }
+}
+
+/// Kafka with the spool behind it.
+pub struct FallbackSink {
+    kafka: Arc<KafkaSink>,
+    spool: Spool,
+    breaker: Arc<Breaker>,
+    replayer: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    gauges: tokio::task::JoinHandle<()>,
+}
+
+impl FallbackSink {
+    /// Wires Kafka and the spool and starts the replayer. Needs a Tokio runtime.
+    pub fn new(kafka: Arc<KafkaSink>, spool: Spool, replay: ReplayOptions) -> FallbackSink {
+        let breaker = Arc::new(Breaker::new(Duration::from_secs(5)));
+        let target = Arc::new(ReplayToKafka {
+            kafka: kafka.clone(),
+            breaker: breaker.clone(),
+        });
+        let replayer = spawn_replayer(&spool, target, replay);
+        let gauges = {
+            let spool = spool.clone();
+            tokio::spawn(async move {
+                loop {
+                    let s = spool.stats();
+                    metrics::gauge!(m::SPOOL_BYTES).set(s.bytes as f64);
+                    metrics::gauge!(m::SPOOL_RECORDS).set(s.records as f64);
+                    metrics::gauge!(m::SPOOL_OLDEST_AGE).set(s.oldest_age.as_secs_f64());
+                    metrics::gauge!(m::SPOOL_DRAIN_RATE).set(s.drain_bytes_per_sec);
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            })
+        };
+        FallbackSink {
+            kafka,
+            spool,
+            breaker,
+            replayer: std::sync::Mutex::new(Some(replayer)),
+            gauges,
+        }
+    }
+
+    pub fn spool(&self) -> &Spool {
+        &self.spool
+    }
+
+    async fn send(
+        &self,
+        mut records: Vec<Record>,
+        deadline: Instant,
+    ) -> Result<Delivered, SinkError> {
+        if records.is_empty() {
+            return Ok(Delivered::default());
+        }
+        let mut kafka_error = None;
+        if self.breaker.allow() {
+            let out = self
+                .kafka
+                .send_partial(&records, deadline, Duration::ZERO)
+                .await;
+            if out.unacked.is_empty() {
+                self.breaker.success();
+                return Ok(Delivered::default());
+            }
+            if !matches!(out.error, Some(SinkError::Permanent(_))) {
+                self.breaker.failure();
+            }
+            kafka_error = out.error;
+            let mut keep = out.unacked.into_iter().peekable();
+            let mut i = 0;
+            records.retain(|_| {
+                let wanted = keep.peek() == Some(&i);
+                if wanted {
+                    keep.next();
+                }
+                i += 1;
+                wanted
+            });
+        }
+        if let Err(spool_error) = self.spool.append(&records).await {
+            tracing::warn!(kafka = ?kafka_error, spool = %spool_error, "neither kafka nor the spool took the batch");
+            return Err(spool_error);
+        }
+        let spooled_events = records
+            .iter()
+            .filter(|r| matches!(r.kind, RecordKind::Event { .. }))
+            .count();
+        Ok(Delivered {
+            spooled_events,
+            spooled_records: records.len(),
+        })
+    }
+}
+
+impl Sink for FallbackSink {
+    fn send_batch(
+        &self,
+        records: Vec<Record>,
+        deadline: Instant,
+    ) -> BoxFuture<'_, Result<Delivered, SinkError>> {
+        Box::pin(self.send(records, deadline))
+    }
+
+    fn flush(&self, timeout: Duration) -> BoxFuture<'_, Result<(), SinkError>> {
+        self.kafka.flush(timeout)
+    }
+
+    /// Ready when Kafka is reachable and acknowledging, or the spool can take events.
+    fn is_ready(&self) -> bool {
+        (self.kafka.is_ready() && self.breaker.is_closed()) || self.spool.check_accepting().is_ok()
+    }
+
+    fn retry_after_secs(&self) -> u64 {
+        self.spool.retry_after_secs()
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            self.spool.close().await;
+            let replayer = self
+                .replayer
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
+            if let Some(r) = replayer {
+                let _ = tokio::time::timeout(Duration::from_secs(5), r).await;
+            }
+            self.gauges.abort();
+        })
+    }
+}
