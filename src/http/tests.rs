@@ -406,3 +406,68 @@ async fn data_round_trips_exactly() {
     let e: Event = from_compact_bytes(&h.sink.records()[0].payload).unwrap();
     assert_eq!(from_thrift(&e.data).unwrap(), data);
 }
+
+#[tokio::test]
+async fn spooled_events_are_answered_202_with_the_count() {
+    let h = harness();
+    h.sink.spool_all(true);
+    let bundle = json!({"events": [valid_event(), {"schema": "nope/1", "data": {}}]});
+    let (status, _, body) = send(&h, json_req(&bundle)).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(body["accepted"], 1);
+    assert_eq!(body["spooled"], 1);
+    assert_eq!(body["rejected"][0]["reason"], "unknown_schema");
+}
+
+#[tokio::test]
+async fn retried_event_ids_are_not_produced_twice() {
+    let h = harness();
+    let bundle =
+        json!({"events": [valid_event(), {"schema": "click/1", "data": {"element": "b"}}]});
+    let (status, _, body) = send(&h, json_req(&bundle)).await;
+    assert_eq!(
+        (status, body["accepted"].as_u64()),
+        (StatusCode::OK, Some(2))
+    );
+    assert_eq!(h.sink.records().len(), 2);
+    // The client retries (same event id); the id-less event gets a fresh id and goes again.
+    let (status, _, body) = send(&h, json_req(&bundle)).await;
+    assert_eq!(
+        (status, body["accepted"].as_u64()),
+        (StatusCode::OK, Some(2))
+    );
+    let records = h.sink.records();
+    assert_eq!(
+        records.len(),
+        3,
+        "the retried event with a client id was produced again"
+    );
+    let ids: Vec<&str> = records
+        .iter()
+        .filter_map(|r| {
+            r.headers
+                .iter()
+                .find(|(k, _)| *k == "event_id")
+                .map(|(_, v)| v.as_str())
+        })
+        .collect();
+    assert_eq!(ids.iter().filter(|id| **id == ID).count(), 1);
+}
+
+#[tokio::test]
+async fn refused_requests_are_not_remembered_as_acknowledged() {
+    let h = harness();
+    h.sink.fail_with(Some(SinkError::SpoolFull));
+    let bundle = json!({"events": [valid_event()]});
+    let (status, headers, _) = send(&h, json_req(&bundle)).await;
+    assert_eq!(status, 503);
+    assert!(headers.contains_key(header::RETRY_AFTER));
+    h.sink.fail_with(None);
+    let (status, _, _) = send(&h, json_req(&bundle)).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        h.sink.records().len(),
+        1,
+        "a refused event must be produced on retry"
+    );
+}

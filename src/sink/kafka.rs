@@ -74,7 +74,7 @@ pub struct Slot {
 
 /// librdkafka callbacks: deliveries, errors and statistics.
 pub struct GatewayContext {
-    /// Set when librdkafka reports a fatal error (e.g. the idempotent producer lost its state).
+    /// Set on every librdkafka error: "check whether this producer is now unusable".
     fatal: Arc<AtomicBool>,
 }
 
@@ -100,12 +100,10 @@ impl ClientContext for GatewayContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) {
-            tracing::error!(%error, reason, "librdkafka fatal error: the producer will be replaced");
-            self.fatal.store(true, Ordering::SeqCst);
-        } else {
-            tracing::warn!(%error, reason, "librdkafka error");
-        }
+        // librdkafka reports a fatal error with its underlying code (e.g. UnknownProducerId);
+        // whether it was fatal is asked of the client when the flag is next looked at.
+        tracing::warn!(%error, reason, "librdkafka error");
+        self.fatal.store(true, Ordering::SeqCst);
     }
 }
 
@@ -248,9 +246,17 @@ impl KafkaSink {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        if !current.fatal.load(Ordering::SeqCst) {
+        if !current.fatal.swap(false, Ordering::SeqCst) {
             return current;
         }
+        let Some((code, reason)) = current.producer.client().fatal_error() else {
+            return current;
+        };
+        tracing::error!(
+            ?code,
+            reason,
+            "librdkafka fatal error: replacing the producer"
+        );
         let mut slot = self.current.write().unwrap_or_else(|p| p.into_inner());
         if Arc::ptr_eq(&slot, &current) {
             match ProducerHandle::create(&self.config) {

@@ -12,6 +12,8 @@ use super::{BoxFuture, Delivered, Record, Sink, SinkError};
 pub struct MemorySink {
     records: Mutex<Vec<Record>>,
     fail_with: Mutex<Option<SinkError>>,
+    /// Report every record as spooled rather than acknowledged by Kafka.
+    spool_all: std::sync::atomic::AtomicBool,
 }
 
 impl MemorySink {
@@ -22,6 +24,13 @@ impl MemorySink {
     /// Makes every following batch fail with `err` (or succeed again with `None`).
     pub fn fail_with(&self, err: Option<SinkError>) {
         *self.fail_with.lock().unwrap_or_else(|p| p.into_inner()) = err;
+    }
+
+    /// Makes following batches report their records as spooled (as the fallback sink would
+    /// during a Kafka outage).
+    pub fn spool_all(&self, on: bool) {
+        self.spool_all
+            .store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Everything acknowledged so far.
@@ -51,7 +60,17 @@ impl Sink for MemorySink {
             self.records
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .extend(records);
+                .extend(records.iter().cloned());
+            if self.spool_all.load(std::sync::atomic::Ordering::Relaxed) {
+                let spooled_events = records
+                    .iter()
+                    .filter(|r| matches!(r.kind, super::RecordKind::Event { .. }))
+                    .count();
+                return Ok(Delivered {
+                    spooled_events,
+                    spooled_records: records.len(),
+                });
+            }
             Ok(Delivered::default())
         })
     }

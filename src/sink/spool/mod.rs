@@ -119,6 +119,8 @@ pub(crate) struct Shared {
     pub last_io_error_ms: AtomicI64,
     /// Bytes per second the replayer delivered recently (exponentially weighted), as f64 bits.
     pub drain_rate_bits: AtomicU64,
+    /// When the writer last refused an append for lack of room (ms since epoch), 0 never.
+    pub last_full_ms: AtomicI64,
     /// Group commits (fsyncs of appended data) so far.
     pub commits: AtomicU64,
     pub closed: AtomicBool,
@@ -183,6 +185,7 @@ impl Spool {
             last_io_error_ms: AtomicI64::new(0),
             drain_rate_bits: AtomicU64::new(0f64.to_bits()),
             commits: AtomicU64::new(0),
+            last_full_ms: AtomicI64::new(0),
             closed: AtomicBool::new(false),
             opts,
         });
@@ -215,7 +218,10 @@ impl Spool {
         if last_err != 0 && now_ms() - last_err < s.opts.io_error_backoff.as_millis() as i64 {
             return Err(SinkError::SpoolIo("recent disk error".into()));
         }
-        if s.bytes.load(Ordering::Relaxed) >= s.opts.max_bytes {
+        // Full means: at the limit, or an append was refused for room within the last second
+        // (the next one would likely be too, and `/readyz` should say so).
+        let refused_recently = now_ms() - s.last_full_ms.load(Ordering::Relaxed) < 1000;
+        if s.bytes.load(Ordering::Relaxed) >= s.opts.max_bytes || refused_recently {
             return Err(SinkError::SpoolFull);
         }
         if let Some(oldest) = s.oldest_ms() {

@@ -25,7 +25,7 @@ fn opts(dir: &Path) -> SpoolOptions {
 fn record(i: u32) -> Record {
     Record {
         topic: "events.page_view".into(),
-        key: if i % 3 == 0 {
+        key: if i.is_multiple_of(3) {
             None
         } else {
             Some(format!("k{i}").into_bytes())

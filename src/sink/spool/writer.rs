@@ -180,6 +180,7 @@ impl Writer {
                     // The byte limit is checked again here, in commit order, so concurrent
                     // requests cannot overshoot it together.
                     if admitted_bytes + bytes.len() as u64 > self.shared.opts.max_bytes {
+                        self.shared.last_full_ms.store(now_ms, Ordering::Relaxed);
                         let _ = reply.send(Err(SinkError::SpoolFull));
                         continue;
                     }

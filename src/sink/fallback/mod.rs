@@ -232,3 +232,6 @@ impl Sink for FallbackSink {
         })
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,213 @@
+//! The Kafka-then-spool sink against librdkafka's mock cluster: outages spool, recovery replays.
+
+use std::collections::BTreeMap;
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::DefaultProducerContext;
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+
+use super::*;
+use crate::sink::kafka::producer_config;
+use crate::sink::spool::SpoolOptions;
+
+const TOPIC: &str = "events.click";
+
+fn record(i: usize) -> Record {
+    Record {
+        topic: TOPIC.into(),
+        key: Some(format!("k{i}").into_bytes()),
+        payload: format!("event-{i}").into_bytes(),
+        headers: vec![("event_id", format!("id-{i}"))],
+        kind: RecordKind::Event { client_id: None },
+    }
+}
+
+struct Setup {
+    cluster: MockCluster<'static, DefaultProducerContext>,
+    sink: FallbackSink,
+    _dir: tempfile::TempDir,
+}
+
+fn setup(max_bytes: u64) -> Setup {
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic(TOPIC, 1, 1).unwrap();
+    let mut overrides = BTreeMap::new();
+    overrides.insert("message.timeout.ms".to_string(), "2000".to_string());
+    let kafka = KafkaSink::new(
+        &producer_config(&cluster.bootstrap_servers(), &overrides),
+        Duration::from_millis(100),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(SpoolOptions {
+        dir: dir.path().to_owned(),
+        max_bytes,
+        max_age: Duration::from_secs(3600),
+        segment_bytes: 1 << 20,
+        seal_after: Duration::from_millis(50),
+        io_error_backoff: Duration::from_millis(100),
+    })
+    .unwrap();
+    let replay = ReplayOptions {
+        batch_records: 100,
+        batch_bytes: 1 << 20,
+        ack_timeout: Duration::from_millis(1000),
+        max_backoff: Duration::from_millis(200),
+    };
+    let sink = FallbackSink::new(Arc::new(kafka), spool, replay);
+    Setup {
+        cluster,
+        sink,
+        _dir: dir,
+    }
+}
+
+fn deadline(ms: u64) -> Instant {
+    Instant::now() + Duration::from_millis(ms)
+}
+
+/// Reads every payload in the topic (the mock cluster's watermarks are accurate).
+fn topic_payloads(cluster: &MockCluster<'static, DefaultProducerContext>) -> Vec<String> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", cluster.bootstrap_servers())
+        .set("group.id", "check")
+        .create()
+        .unwrap();
+    let (_, high) = consumer
+        .fetch_watermarks(TOPIC, 0, Duration::from_secs(5))
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(TOPIC, 0, Offset::Beginning)
+        .unwrap();
+    consumer.assign(&tpl).unwrap();
+    let mut out = Vec::new();
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while (out.len() as i64) < high && std::time::Instant::now() < until {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+            out.push(String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned());
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthy_kafka_acknowledges_without_the_spool() {
+    let s = setup(1 << 20);
+    let d = s
+        .sink
+        .send_batch((0..10).map(record).collect(), deadline(5000))
+        .await
+        .unwrap();
+    assert_eq!(d, Delivered::default());
+    assert!(s.sink.spool().is_empty());
+    s.sink.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outage_spools_then_replays_everything_once_kafka_is_back() {
+    let s = setup(1 << 20);
+    s.sink
+        .send_batch(vec![record(0)], deadline(5000))
+        .await
+        .unwrap();
+    s.cluster.broker_down(1).unwrap();
+    let d = s
+        .sink
+        .send_batch((1..6).map(record).collect(), deadline(300))
+        .await
+        .unwrap();
+    assert_eq!((d.spooled_events, d.spooled_records), (5, 5));
+    // The breaker is open now: the next batch goes straight to the spool, without waiting.
+    let started = Instant::now();
+    let d = s
+        .sink
+        .send_batch((6..10).map(record).collect(), deadline(3000))
+        .await
+        .unwrap();
+    assert_eq!(d.spooled_events, 4);
+    assert!(
+        started.elapsed() < Duration::from_millis(1000),
+        "waited for a known-down kafka"
+    );
+    assert!(s.sink.is_ready(), "a spooling gateway still takes traffic");
+    s.cluster.broker_up(1).unwrap();
+    let until = Instant::now() + Duration::from_secs(20);
+    while !s.sink.spool().is_empty() && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        s.sink.spool().is_empty(),
+        "spool not drained: {:?}",
+        s.sink.spool().stats()
+    );
+    let landed: std::collections::HashSet<String> =
+        topic_payloads(&s.cluster).into_iter().collect();
+    for i in 0..10 {
+        assert!(
+            landed.contains(&format!("event-{i}")),
+            "event-{i} missing from kafka"
+        );
+    }
+    s.sink.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_down_and_spool_full_is_refused() {
+    let s = setup(300);
+    s.cluster.broker_down(1).unwrap();
+    let mut last = Ok(Delivered::default());
+    for i in 0..20 {
+        last = s.sink.send_batch(vec![record(i)], deadline(200)).await;
+        if last.is_err() {
+            break;
+        }
+    }
+    assert!(matches!(last, Err(SinkError::SpoolFull)), "{last:?}");
+    assert!(!s.sink.is_ready(), "full spool and no kafka: not ready");
+    s.sink.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fatal_producer_is_replaced_without_losing_requests() {
+    let s = setup(1 << 20);
+    s.sink
+        .send_batch(vec![record(0)], deadline(5000))
+        .await
+        .unwrap();
+    s.sink.kafka.inject_fatal_error();
+    // Whatever the fatal producer could not deliver is spooled; later requests use a new one.
+    let first = s
+        .sink
+        .send_batch(vec![record(1)], deadline(2000))
+        .await
+        .unwrap();
+    assert!(first.spooled_events <= 1);
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        let d = s
+            .sink
+            .send_batch(vec![record(2)], deadline(2000))
+            .await
+            .unwrap();
+        if d.spooled_events == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "never got back to kafka after the fatal error"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    while !s.sink.spool().is_empty() && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let landed = topic_payloads(&s.cluster);
+    for i in 0..3 {
+        assert!(
+            landed.contains(&format!("event-{i}")),
+            "event-{i} missing: {landed:?}"
+        );
+    }
+    s.sink.close().await;
+}
