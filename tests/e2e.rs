@@ -274,8 +274,12 @@ async fn admin_endpoints_and_metrics() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn broker_down_is_503_with_retry_after_and_readyz_false() {
-    let (mut broker, _topics, gw) = setup(&[("EVENTPIPE_KAFKA__ACK_TIMEOUT_MS", "1500")]).await;
+async fn without_spool_broker_down_is_503_with_retry_after_and_readyz_false() {
+    let (mut broker, _topics, gw) = setup(&[
+        ("EVENTPIPE_KAFKA__ACK_TIMEOUT_MS", "1500"),
+        ("EVENTPIPE_SPOOL__ENABLED", "false"),
+    ])
+    .await;
     broker.kill();
     let client = reqwest::Client::new();
     let resp = client
@@ -332,4 +336,45 @@ async fn shutdown_finishes_in_flight_requests_and_readyz_turns_false() {
     );
     let got = consume(&broker.brokers(), &[&topics.topic("click")], "", 5);
     assert_eq!(got.len(), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_outage_is_spooled_202_and_replayed_when_the_broker_returns() {
+    // SQLite engine: the broker's data and topics survive its restart.
+    let mut broker = Broker::sqlite();
+    let topics = Topics::unique();
+    topics.create(&broker.brokers()).await;
+    let gw = Gateway::start(common::config(
+        &broker.brokers(),
+        &topics,
+        &[("EVENTPIPE_KAFKA__ACK_TIMEOUT_MS", "1000")],
+    ))
+    .await;
+    gw.wait_ready().await;
+    let client = reqwest::Client::new();
+    let bundle = |ids: &[String]| {
+        json!({"events": ids.iter().map(|id| json!({"schema": "click/1", "event_id": id, "data": {"element": "b"}})).collect::<Vec<_>>()})
+    };
+    let before: Vec<String> = (0..3).map(|_| uuid::Uuid::new_v4().to_string()).collect();
+    let resp = client.post(gw.url()).json(&bundle(&before)).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+
+    broker.kill();
+    let during: Vec<String> = (0..4).map(|_| uuid::Uuid::new_v4().to_string()).collect();
+    let resp = client.post(gw.url()).json(&bundle(&during)).send().await.unwrap();
+    assert_eq!(resp.status(), 202, "a spooled request is answered 202");
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!((body["accepted"].as_u64(), body["spooled"].as_u64()), (Some(4), Some(4)));
+    let ready = client.get(format!("http://{}/readyz", gw.admin)).send().await.unwrap();
+    assert_eq!(ready.status(), 200, "a gateway that can spool stays ready");
+    let metrics = client.get(format!("http://{}/metrics", gw.admin)).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("eventpipe_events_total{outcome=\"spool\""), "{metrics}");
+
+    broker.start();
+    let got = consume(&broker.brokers(), &[&topics.topic("click")], "", 7);
+    let landed: std::collections::HashSet<String> =
+        got.iter().map(|r| r["value"]["event_id"].as_str().unwrap().to_string()).collect();
+    for id in before.iter().chain(&during) {
+        assert!(landed.contains(id), "{id} acknowledged but not in Kafka after the broker returned");
+    }
 }

@@ -2,6 +2,8 @@
 //! independent Python consumer. Each test gets fresh topics (a unique prefix).
 #![allow(dead_code)]
 
+pub mod fault;
+
 use std::net::{SocketAddr, TcpListener as StdListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -112,6 +114,18 @@ impl Broker {
         }
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("broker running").id()
+    }
+
+    /// SIGTERM and wait: the broker stops cleanly.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            fault::signal(c.id(), "TERM");
+            let _ = c.wait();
+        }
+    }
+
     pub fn brokers(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
@@ -190,6 +204,8 @@ pub fn config(brokers: &str, topics: &Topics, extra: &[(&str, &str)]) -> Config 
         ),
         ("EVENTPIPE_SHUTDOWN_GRACE_SECS".to_string(), "0".to_string()),
         ("EVENTPIPE_COLLECTOR_ID".to_string(), "e2e-host".to_string()),
+        // Each gateway gets its own spool directory (a directory has one owner at a time).
+        ("EVENTPIPE_SPOOL__DIR".to_string(), tempfile::tempdir().unwrap().keep().display().to_string()),
     ];
     for (k, v) in extra {
         env.push((k.to_string(), v.to_string()));

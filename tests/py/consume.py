@@ -96,6 +96,7 @@ def main():
     ap.add_argument("--expect", type=int, default=0)
     ap.add_argument("--idle", type=float, default=2.0)
     ap.add_argument("--timeout", type=float, default=60.0)
+    ap.add_argument("--ids-only", action="store_true", help="print only topic and event_id header")
     args = ap.parse_args()
 
     c = Consumer({"bootstrap.servers": args.brokers, "group.id": f"e2e-{os.getpid()}",
@@ -122,12 +123,16 @@ def main():
         last = time.time()
         seen += 1
         headers = {k: (v.decode() if v is not None else None) for k, v in (m.headers() or [])}
+        if args.ids_only:
+            print(m.topic(), headers.get("event_id", ""), flush=False)
+            continue
         print(json.dumps({
             "topic": m.topic(), "partition": m.partition(), "offset": m.offset(),
             "key": m.key().decode() if m.key() is not None else None,
             "headers": headers,
             "value": decode(m.value(), m.topic() == args.dead_letter_topic),
         }), flush=True)
+    sys.stdout.flush()
     c.close()
 
 

@@ -1,0 +1,196 @@
+//! The fault suite: load with unique event ids against a real gateway process and a durable
+//! Tansu broker (SQLite engine), faults injected during the load, then an audit of the topic
+//! with an independent consumer. Acknowledged-but-missing must be 0.
+//!
+//! Short form (CI): one round of each fault. Long form:
+//! `EVENTPIPE_FAULT_ROUNDS=10 cargo test --release --test fault -- --nocapture`.
+//! Every audit is appended as a JSON line to `target/fault-audit.jsonl`.
+
+mod common;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::fault::{audit, signal, spawn_load, FaultCounter, GatewayProc, Ledger};
+use common::{Broker, Topics};
+
+/// Scenarios run one at a time: they share two cores and measure behaviour under timing.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn rounds() -> usize {
+    std::env::var("EVENTPIPE_FAULT_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(1)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Fault {
+    KillGateway,
+    TermGateway,
+    KillBroker,
+    FreezeBroker,
+    StopBroker,
+    DiskFullWhileKafkaDown,
+}
+
+const SINGLE: [Fault; 5] = [Fault::KillGateway, Fault::TermGateway, Fault::KillBroker, Fault::FreezeBroker, Fault::StopBroker];
+
+/// A small filesystem for the spool: tmpfs when we may mount (root), else a tiny spool limit.
+struct SmallDisk {
+    dir: PathBuf,
+    mounted: bool,
+}
+
+impl SmallDisk {
+    fn new(base: &std::path::Path) -> SmallDisk {
+        let dir = base.join("small-spool");
+        std::fs::create_dir_all(&dir).unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=384k", "tmpfs"])
+            .arg(&dir)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        SmallDisk { dir, mounted }
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        if self.mounted {
+            let _ = std::process::Command::new("umount").arg("-l").arg(&self.dir).status();
+        }
+    }
+}
+
+async fn inject(fault: Fault, gw: &mut GatewayProc, broker: &mut Broker, faults: &FaultCounter) -> Option<bool> {
+    faults.inc();
+    match fault {
+        Fault::KillGateway => {
+            gw.kill9();
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            gw.start();
+        }
+        Fault::TermGateway => {
+            tokio::task::block_in_place(|| gw.terminate());
+            gw.start();
+        }
+        Fault::KillBroker => {
+            broker.kill();
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            broker.start();
+        }
+        Fault::FreezeBroker => {
+            signal(broker.pid(), "STOP");
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            signal(broker.pid(), "CONT");
+        }
+        Fault::StopBroker => {
+            broker.stop();
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            broker.start();
+        }
+        Fault::DiskFullWhileKafkaDown => {
+            broker.kill();
+            // Long enough for the small spool to fill; watch readiness go false.
+            let mut saw_unready = false;
+            for _ in 0..40 {
+                tokio::time::sleep(Duration::from_millis(150)).await;
+                if gw.ready().await == Some(false) {
+                    saw_unready = true;
+                }
+            }
+            broker.start();
+            return Some(saw_unready);
+        }
+    }
+    None
+}
+
+async fn scenario(name: &str, rounds: usize, plan: impl Fn(usize) -> Fault) {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let mut broker = Broker::sqlite();
+    let topics = Topics::unique();
+    topics.create(&broker.brokers()).await;
+    let work = tempfile::tempdir().unwrap();
+    let uses_disk = (0..rounds).any(|r| plan(r) == Fault::DiskFullWhileKafkaDown);
+    let disk = uses_disk.then(|| SmallDisk::new(work.path()));
+    let spool_dir = disk.as_ref().map(|d| d.dir.join("spool")).unwrap_or_else(|| work.path().join("spool"));
+    let mut extra = vec![];
+    if disk.as_ref().is_some_and(|d| !d.mounted) {
+        extra.push(("EVENTPIPE_SPOOL__MAX_BYTES", "262144"));
+    }
+    let mut gw = GatewayProc::new(&broker.brokers(), &topics, spool_dir, &extra);
+
+    let ledger = Arc::new(Ledger::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = spawn_load(gw.url(), 4, 10, Duration::from_millis(20), ledger.clone(), stop.clone());
+    let faults = FaultCounter::default();
+    let mut saw_unready = None;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for round in 0..rounds {
+        if let Some(s) = inject(plan(round), &mut gw, &mut broker, &faults).await {
+            saw_unready = Some(saw_unready.unwrap_or(false) || s);
+        }
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for task in load {
+        task.await.unwrap();
+    }
+    let drained = gw.wait_spool_empty(Duration::from_secs(120)).await;
+    assert!(drained, "{name}: spool did not drain: {}", gw.log_tail());
+    let topic = topics.topic("click");
+    let result = tokio::task::block_in_place(|| audit(name, faults.get(), &broker.brokers(), &topic, &ledger));
+    let line = serde_json::to_string(&result).unwrap();
+    println!("FAULT-AUDIT {line}");
+    let report = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/fault-audit.jsonl");
+    if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(report) {
+        let _ = writeln!(f, "{line}");
+    }
+    assert!(result.acked > 0, "{name}: nothing was acknowledged: {line}");
+    assert_eq!(result.acked_but_missing, 0, "{name}: acknowledged events missing from Kafka: {line}\n{}", gw.log_tail());
+    if let Some(disk) = &disk {
+        let refused = result.statuses.get("503").copied().unwrap_or(0);
+        assert!(refused > 0, "{name}: the full spool never refused a request (mounted={}): {line}", disk.mounted);
+        assert_eq!(saw_unready, Some(true), "{name}: /readyz never turned false with a full spool and no Kafka");
+    }
+    gw.terminate();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn gateway_kill_9_loses_nothing_acknowledged() {
+    scenario("gateway kill -9", rounds(), |_| Fault::KillGateway).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn gateway_sigterm_mid_load_loses_nothing_acknowledged() {
+    scenario("gateway SIGTERM", rounds(), |_| Fault::TermGateway).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn broker_kill_9_loses_nothing_acknowledged() {
+    scenario("broker kill -9", rounds(), |_| Fault::KillBroker).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn broker_frozen_past_the_ack_deadline_loses_nothing_acknowledged() {
+    scenario("broker SIGSTOP 3s", rounds(), |_| Fault::FreezeBroker).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn broker_unreachable_loses_nothing_acknowledged() {
+    scenario("broker stopped 2s", rounds(), |_| Fault::StopBroker).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn full_spool_disk_with_kafka_down_refuses_and_loses_nothing_acknowledged() {
+    scenario("spool disk full + broker down", rounds(), |_| Fault::DiskFullWhileKafkaDown).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mixed_faults_lose_nothing_acknowledged() {
+    // Deterministic mix: each round a different fault, cycling through all of them.
+    scenario("mixed", rounds() * SINGLE.len(), |round| SINGLE[round % SINGLE.len()]).await;
+}
