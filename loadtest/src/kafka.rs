@@ -1,0 +1,229 @@
+//! The Kafka side of a benchmark: the bare-producer ceiling and the count of what landed.
+//!
+//! The ceiling produces the very records the gateway would write for the generator's bodies
+//! (encoded once, up front, with the gateway's own `pipeline::process`) straight to the broker,
+//! with the gateway's producer settings (`sink::kafka::producer_config`: idempotent, acks=all,
+//! lz4, linger 5 ms) and at most as many messages in flight as the gateway can have (connections
+//! × events per request): what the gateway would reach if HTTP, JSON and validation were free.
+//!
+//! Counting reads every partition of the given topics from the beginning until no message came
+//! for `idle`. Tansu's memory engine reports a stale high watermark, so the watermark cannot tell
+//! when to stop.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use eventpipe::config::Limits;
+use eventpipe::pipeline::{self, Bundle, PipelineConfig};
+use eventpipe::schema::Registry;
+use eventpipe::sink::Record;
+use eventpipe::thrift::Enrichment;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+
+use crate::gen::Generator;
+
+/// Runs every template through the gateway's pipeline: the records it would produce.
+pub fn encode_templates(
+    gen: &Generator,
+    registry: &Registry,
+    topic_prefix: &str,
+    dead_letter_topic: &str,
+) -> anyhow::Result<Vec<Record>> {
+    let cfg = PipelineConfig {
+        limits: Limits::default(),
+        topic_prefix: topic_prefix.into(),
+        dead_letter_topic: dead_letter_topic.into(),
+    };
+    let enrichment = Enrichment {
+        received_at_ms: 1_795_000_000_000,
+        client_ip: Some("127.0.0.1".into()),
+        user_agent: Some("eventpipe-loadtest".into()),
+        collector_host: "loadtest".into(),
+        collector_version: env!("CARGO_PKG_VERSION").into(),
+        sent_at: None,
+        origin: None,
+    };
+    let mut records = Vec::new();
+    for t in &gen.templates {
+        let body = t.fresh_body();
+        let bundle = Bundle::parse(&body, cfg.limits.max_depth).context("template body")?;
+        let mut enrichment = enrichment.clone();
+        enrichment.sent_at = bundle.sent_at.clone();
+        records.extend(pipeline::process(&bundle, registry, &cfg, &enrichment).records);
+    }
+    Ok(records)
+}
+
+/// Counts acknowledgements.
+#[derive(Default)]
+struct Acks {
+    ok: AtomicU64,
+    failed: AtomicU64,
+}
+
+struct CeilingContext(Arc<Acks>);
+
+impl ClientContext for CeilingContext {}
+
+impl ProducerContext for CeilingContext {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        match result {
+            Ok(_) => self.0.ok.fetch_add(1, Ordering::Relaxed),
+            Err(_) => self.0.failed.fetch_add(1, Ordering::Relaxed),
+        };
+    }
+}
+
+/// What the bare producer reached.
+pub struct CeilingResult {
+    /// Acknowledged within the measured window.
+    pub events: u64,
+    pub payload_bytes: u64,
+    pub elapsed: Duration,
+    /// Every acknowledged record (warm-up and drain included), for the Kafka check.
+    pub total_acked: u64,
+    pub failed: u64,
+    /// This process's CPU seconds while producing.
+    pub cpu_secs: f64,
+}
+
+impl CeilingResult {
+    pub fn events_per_sec(&self) -> f64 {
+        self.events as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+/// Produces `records` round and round for `warmup + duration` with at most `max_in_flight`
+/// unacknowledged; blocking (run it on a plain thread).
+pub fn produce_ceiling(
+    brokers: &str,
+    records: &[Record],
+    max_in_flight: u64,
+    warmup: Duration,
+    duration: Duration,
+) -> anyhow::Result<CeilingResult> {
+    anyhow::ensure!(!records.is_empty(), "no records to produce");
+    let acks = Arc::new(Acks::default());
+    let config = eventpipe::sink::kafka::producer_config(brokers, &BTreeMap::new());
+    let producer: ThreadedProducer<CeilingContext> = config
+        .create_with_context(CeilingContext(acks.clone()))
+        .context("creating the producer")?;
+    let cpu0 = crate::procs::self_cpu_secs();
+    let t0 = Instant::now();
+    let window_start = t0 + warmup;
+    let end = window_start + duration;
+    let (mut sent, mut acked_at_start, mut payload_bytes) = (0u64, None, 0u64);
+    let mut i = 0usize;
+    while Instant::now() < end {
+        if acked_at_start.is_none() && Instant::now() >= window_start {
+            acked_at_start = Some(acks.ok.load(Ordering::Relaxed));
+        }
+        let done = acks.ok.load(Ordering::Relaxed) + acks.failed.load(Ordering::Relaxed);
+        if sent - done >= max_in_flight {
+            std::thread::sleep(Duration::from_micros(200));
+            continue;
+        }
+        let rec = &records[i % records.len()];
+        let mut headers = OwnedHeaders::new_with_capacity(rec.headers.len());
+        for (k, v) in &rec.headers {
+            headers = headers.insert(Header {
+                key: k,
+                value: Some(v.as_bytes()),
+            });
+        }
+        let mut base = BaseRecord::to(&rec.topic)
+            .payload(&rec.payload)
+            .headers(headers);
+        if let Some(key) = &rec.key {
+            base = base.key(key);
+        }
+        match producer.send(base) {
+            Ok(()) => {
+                sent += 1;
+                i += 1;
+                if acked_at_start.is_some() {
+                    payload_bytes += rec.payload.len() as u64;
+                }
+            }
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            Err((e, _)) => anyhow::bail!("produce failed: {e}"),
+        }
+    }
+    let acked_at_end = acks.ok.load(Ordering::Relaxed);
+    let elapsed = end.duration_since(window_start);
+    let cpu_secs = crate::procs::self_cpu_secs() - cpu0;
+    producer
+        .flush(Duration::from_secs(60))
+        .context("flushing the producer")?;
+    Ok(CeilingResult {
+        events: acked_at_end - acked_at_start.unwrap_or(0),
+        payload_bytes,
+        elapsed,
+        total_acked: acks.ok.load(Ordering::Relaxed),
+        failed: acks.failed.load(Ordering::Relaxed),
+        cpu_secs,
+    })
+}
+
+/// Messages per topic, read from the beginning of every partition until `idle` passes without
+/// one (or `max` in all). Blocking.
+pub fn count_messages(
+    brokers: &str,
+    topics: &[String],
+    idle: Duration,
+    max: Duration,
+) -> anyhow::Result<BTreeMap<String, u64>> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set(
+            "group.id",
+            format!("loadtest-count-{}", uuid::Uuid::new_v4()),
+        )
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .context("creating the consumer")?;
+    let mut assignment = TopicPartitionList::new();
+    for topic in topics {
+        let md = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .with_context(|| format!("metadata for {topic}"))?;
+        let partitions: BTreeSet<i32> = md
+            .topics()
+            .iter()
+            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+            .collect();
+        anyhow::ensure!(!partitions.is_empty(), "topic {topic} has no partitions");
+        for p in partitions {
+            assignment.add_partition_offset(topic, p, Offset::Beginning)?;
+        }
+    }
+    consumer.assign(&assignment)?;
+    let mut counts: BTreeMap<String, u64> = topics.iter().map(|t| (t.clone(), 0)).collect();
+    let started = Instant::now();
+    let mut last = Instant::now();
+    while last.elapsed() < idle && started.elapsed() < max {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(msg)) => {
+                *counts.entry(msg.topic().to_owned()).or_default() += 1;
+                last = Instant::now();
+            }
+            Some(Err(e)) => anyhow::bail!("consuming: {e}"),
+            None => {}
+        }
+    }
+    Ok(counts)
+}

@@ -1,0 +1,443 @@
+//! `eventpipe-loadtest`: load generator and benchmark suite for the eventpipe gateway.
+//!
+//! What it measures: events/s, request MB/s, latency (HDR histogram: p50/p99/p99.9), answers by
+//! HTTP status, gateway CPU seconds per million events and peak RSS (from `/proc`), and whether
+//! every acknowledged event reached Kafka (it reads the topics back and compares with the sum of
+//! `accepted` — and of `rejected`, against the dead-letter topic — over all 200 answers). It
+//! compares the gateway with two ceilings measured in the same run with the same events: a bare
+//! rdkafka producer writing the gateway's own pre-encoded records, and an HTTP-only gateway
+//! (`EVENTPIPE_BENCH__HTTP_ONLY=true`) that reads bodies and answers 200.
+//!
+//! How to run (see `loadtest/run.sh` and BENCHMARKS.md):
+//!
+//! ```sh
+//! cargo build --release -p eventpipe && cargo build --release -p eventpipe-loadtest
+//! target/release/eventpipe-loadtest suite --duration 20s            # broker + gateway + table
+//! target/release/eventpipe-loadtest sweep --connections 256,1024 --tls --gzip --idle 10000
+//! target/release/eventpipe-loadtest run --url http://127.0.0.1:8080/v1/events --rate 500
+//! ```
+//!
+//! Load: bundles of `--events-per-request` events (~`--event-bytes` each) of the shipped schemas,
+//! `--invalid-share` of them invalid, fresh UUID event ids, over `--connections` HTTP/1.1
+//! keep-alive connections, optionally gzip and TLS. Closed loop by default; `--rate` makes it an
+//! open loop whose latencies are measured from each request's intended send time.
+//! Nothing here is a test: timing belongs in this tool, never in `cargo test`.
+
+mod client;
+mod gen;
+mod kafka;
+mod load;
+mod procs;
+mod report;
+mod suite;
+mod sweep;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+
+use crate::client::{Target, Trust};
+use crate::gen::GenConfig;
+use crate::load::{LoadConfig, Mode};
+
+#[derive(Parser)]
+#[command(
+    name = "eventpipe-loadtest",
+    version,
+    about = "Load generator and benchmarks for eventpipe"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Load a running gateway; optionally check Kafka afterwards.
+    Run(RunArgs),
+    /// Start a broker and gateways, measure the gateway and both ceilings, print the table.
+    Suite(SuiteArgs),
+    /// Scaling sweep: vary one dimension at a time from the suite's baseline.
+    Sweep(SweepArgs),
+}
+
+/// What is sent.
+#[derive(Args, Clone)]
+struct Traffic {
+    /// Events per request.
+    #[arg(long, default_value_t = 50)]
+    events_per_request: usize,
+    /// Mean event size in bytes (sizes spread over 50%..150% of it).
+    #[arg(long, default_value_t = 500)]
+    event_bytes: usize,
+    /// Share of invalid events (they go to the dead-letter topic).
+    #[arg(long, default_value_t = 0.02)]
+    invalid_share: f64,
+    /// Distinct pre-built bodies (event ids are fresh in every request anyway).
+    #[arg(long, default_value_t = 64)]
+    templates: usize,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Measured time per run, e.g. 20s, 500ms, 1m.
+    #[arg(long, default_value = "20s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Unmeasured load before the measured window.
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    warmup: Duration,
+    /// Keep-alive connections.
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+}
+
+impl Traffic {
+    fn gen_config(&self) -> GenConfig {
+        GenConfig {
+            events_per_request: self.events_per_request,
+            event_bytes: self.event_bytes,
+            invalid_share: self.invalid_share,
+            schemas: gen::shipped_mix(),
+            templates: self.templates,
+            seed: self.seed,
+        }
+    }
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    traffic: Traffic,
+    /// `http(s)://host:port/v1/events`.
+    #[arg(long, default_value = "http://127.0.0.1:8080/v1/events")]
+    url: String,
+    /// Open loop at this many requests per second (default: closed loop).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// gzip request bodies.
+    #[arg(long)]
+    gzip: bool,
+    /// PEM with the CA (or self-signed certificate) to trust for https.
+    #[arg(long, conflicts_with = "insecure")]
+    ca: Option<PathBuf>,
+    /// Accept any server certificate.
+    #[arg(long)]
+    insecure: bool,
+    /// After the run, count the topics on these brokers and compare with what was acknowledged.
+    #[arg(long)]
+    verify_brokers: Option<String>,
+    #[arg(long, default_value = suite::PREFIX)]
+    topic_prefix: String,
+    #[arg(long, default_value = suite::DEAD_LETTER)]
+    dead_letter_topic: String,
+}
+
+/// Where the binaries and schemas are.
+#[derive(Args)]
+struct Setup {
+    /// Gateway binary (default: next to this binary, else target/release/eventpipe).
+    #[arg(long)]
+    gateway_bin: Option<PathBuf>,
+    /// Tansu binary (default: $TANSU_BIN, PATH, ~/.cargo/bin).
+    #[arg(long)]
+    tansu_bin: Option<PathBuf>,
+    /// Schema directory (default: the workspace's schemas/).
+    #[arg(long)]
+    schemas: Option<PathBuf>,
+    /// Partitions per topic.
+    #[arg(long, default_value_t = 3)]
+    partitions: u32,
+}
+
+#[derive(Args)]
+struct SuiteArgs {
+    #[command(flatten)]
+    traffic: Traffic,
+    #[command(flatten)]
+    setup: Setup,
+    /// Repetitions; with more than one, medians are printed too.
+    #[arg(long, default_value_t = 1)]
+    repeat: usize,
+    /// Open-loop rate as a share of the closed-loop peak's request rate.
+    #[arg(long, default_value_t = 0.7)]
+    open_load: f64,
+    #[arg(long)]
+    gzip: bool,
+    /// HTTPS with a generated self-signed certificate.
+    #[arg(long)]
+    tls: bool,
+}
+
+#[derive(Args)]
+struct SweepArgs {
+    #[command(flatten)]
+    traffic: Traffic,
+    #[command(flatten)]
+    setup: Setup,
+    /// Connection counts to try, e.g. 64,256,1024.
+    #[arg(long, value_delimiter = ',')]
+    sweep_connections: Vec<usize>,
+    /// Events per request to try, e.g. 1,50,500.
+    #[arg(long, value_delimiter = ',')]
+    sweep_events: Vec<usize>,
+    /// Schema counts to try (copies of page_view), e.g. 1,50.
+    #[arg(long, value_delimiter = ',')]
+    sweep_schemas: Vec<usize>,
+    /// Add a TLS point.
+    #[arg(long)]
+    tls: bool,
+    /// Add a gzip point.
+    #[arg(long)]
+    gzip: bool,
+    /// Measure this many idle keep-alive connections.
+    #[arg(long)]
+    idle: Option<usize>,
+    /// How long the idle connections are held before being used again.
+    #[arg(long, default_value = "12s", value_parser = parse_duration)]
+    idle_hold: Duration,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let fds = procs::raise_fd_limit();
+    match cli.command {
+        Command::Run(args) => run(args),
+        Command::Suite(args) => run_suite(args),
+        Command::Sweep(args) => run_sweep(args, fds),
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+fn run(args: RunArgs) -> anyhow::Result<()> {
+    let trust = match (&args.ca, args.insecure) {
+        (Some(ca), _) => Some(Trust::Ca(ca.clone())),
+        (None, true) => Some(Trust::Insecure),
+        (None, false) => None,
+    };
+    let target = Arc::new(Target::new(&args.url, trust.as_ref())?);
+    let gen = Arc::new(gen::Generator::new(&args.traffic.gen_config()));
+    let cfg = LoadConfig {
+        connections: args.traffic.connections,
+        mode: args.rate.map_or(Mode::Closed, Mode::Open),
+        warmup: args.traffic.warmup,
+        duration: args.traffic.duration,
+        gzip: args.gzip,
+    };
+    let cpu0 = procs::self_cpu_secs();
+    let r = runtime()?.block_on(load::run(target, gen, cfg))?;
+    println!(
+        "{:.0} events/s, {:.0} req/s, {:.2} MB/s on the wire, p50 {:.1} ms, p99 {:.1} ms, \
+         p99.9 {:.1} ms, max {:.1} ms",
+        r.events_per_sec(),
+        r.requests_per_sec(),
+        r.wire_mb_per_sec(),
+        r.ms(0.5),
+        r.ms(0.99),
+        r.ms(0.999),
+        r.latency.max() as f64 / 1000.0
+    );
+    println!(
+        "statuses {:?}, errors {:?}, unsent {}, unexpected rejections {}, loadtest CPU {:.1} s",
+        r.statuses,
+        r.errors,
+        r.unsent,
+        r.unexpected_rejections,
+        procs::self_cpu_secs() - cpu0
+    );
+    if let Some(brokers) = &args.verify_brokers {
+        let mut topics: Vec<String> = gen::shipped_mix()
+            .iter()
+            .map(|s| {
+                format!(
+                    "{}{}",
+                    args.topic_prefix,
+                    s.id.split('/').next().unwrap_or("")
+                )
+            })
+            .collect();
+        topics.dedup();
+        topics.push(args.dead_letter_topic.clone());
+        let counts = kafka::count_messages(
+            brokers,
+            &topics,
+            Duration::from_secs(3),
+            Duration::from_secs(300),
+        )?;
+        let dead = counts.get(&args.dead_letter_topic).copied().unwrap_or(0);
+        let check = report::Check {
+            acked_events: r.total_accepted,
+            found_events: counts.values().sum::<u64>() - dead,
+            acked_dead: r.total_rejected,
+            found_dead: dead,
+        };
+        println!("Kafka: {} {counts:?}", check.describe());
+        anyhow::ensure!(check.ok(), "acknowledged events are missing from Kafka");
+    }
+    Ok(())
+}
+
+fn bench(setup: &Setup, traffic: &Traffic) -> anyhow::Result<(suite::Bench, PathBuf)> {
+    let gateway_bin = match &setup.gateway_bin {
+        Some(p) => p.clone(),
+        None => procs::find_gateway()?,
+    };
+    let tansu_bin = match &setup.tansu_bin {
+        Some(p) => p.clone(),
+        None => procs::find_tansu()?,
+    };
+    let schemas = setup
+        .schemas
+        .clone()
+        .unwrap_or_else(|| procs::workspace_root().join("schemas"));
+    let schemas = schemas
+        .canonicalize()
+        .with_context(|| format!("schemas dir {}", schemas.display()))?;
+    let bench = suite::Bench {
+        gateway_bin,
+        tansu_bin,
+        dir: tempfile::Builder::new()
+            .prefix("eventpipe-loadtest")
+            .tempdir()?,
+        partitions: setup.partitions,
+        warmup: traffic.warmup,
+        duration: traffic.duration,
+        rt: runtime()?,
+    };
+    eprintln!(
+        "[setup] gateway {} | tansu {} | logs in {}",
+        bench.gateway_bin.display(),
+        bench.tansu_bin.display(),
+        bench.dir.path().display()
+    );
+    Ok((bench, schemas))
+}
+
+fn header(what: &str) {
+    println!("## {what}\n");
+    println!("- machine: {}", procs::machine());
+    println!(
+        "- command: `{}`",
+        std::env::args().collect::<Vec<_>>().join(" ")
+    );
+}
+
+fn workload_line(w: &suite::Workload, t: &Traffic) {
+    println!(
+        "- workload: {} events/request, mean body {:.0} B (~{:.0} B/event), {:.0}% invalid, \
+         {} s measured after {} s warm-up per phase\n",
+        t.events_per_request,
+        w.gen.mean_body_bytes(),
+        w.gen.mean_body_bytes() / w.gen.mean_events(),
+        t.invalid_share * 100.0,
+        t.duration.as_secs_f64(),
+        t.warmup.as_secs_f64()
+    );
+}
+
+fn run_suite(args: SuiteArgs) -> anyhow::Result<()> {
+    let (bench, schemas) = bench(&args.setup, &args.traffic)?;
+    let w = suite::Workload::new(schemas, args.traffic.gen_config());
+    let mut reps = Vec::new();
+    for i in 0..args.repeat.max(1) {
+        eprintln!("[suite] repetition {}/{}", i + 1, args.repeat.max(1));
+        let rows = suite::repetition(
+            &bench,
+            &w,
+            args.traffic.connections,
+            args.gzip,
+            args.tls,
+            args.open_load,
+        )?;
+        eprint!("{}", report::table(&rows));
+        reps.push(rows);
+    }
+    header("eventpipe benchmark suite");
+    workload_line(&w, &args.traffic);
+    for (i, rows) in reps.iter().enumerate() {
+        println!(
+            "### Run {}\n\n{}\n{}",
+            i + 1,
+            report::table(rows),
+            report::notes(rows)
+        );
+    }
+    let summary = if reps.len() > 1 {
+        let med = report::medians(&reps);
+        println!(
+            "### Median of {} runs\n\n{}",
+            reps.len(),
+            report::table(&med)
+        );
+        med
+    } else {
+        reps[0].clone()
+    };
+    println!("### Against the targets\n\n{}", report::verdict(&summary));
+    let failed = reps
+        .iter()
+        .flatten()
+        .any(|r| r.check.as_ref().is_some_and(|c| !c.ok()));
+    anyhow::ensure!(!failed, "acknowledged events are missing from Kafka");
+    Ok(())
+}
+
+fn run_sweep(args: SweepArgs, fds: u64) -> anyhow::Result<()> {
+    let (bench, schemas) = bench(&args.setup, &args.traffic)?;
+    let plan = sweep::SweepPlan {
+        connections: args.sweep_connections,
+        events_per_request: args.sweep_events,
+        schema_counts: args.sweep_schemas,
+        tls: args.tls,
+        gzip: args.gzip,
+        idle_connections: args.idle,
+        idle_hold: args.idle_hold,
+    };
+    let base = args.traffic.gen_config();
+    let (rows, idle) = sweep::run(&bench, &base, &schemas, args.traffic.connections, &plan)?;
+    header("eventpipe scaling sweep (closed loop)");
+    let w = suite::Workload::new(schemas, base);
+    workload_line(&w, &args.traffic);
+    println!("{}\n{}", report::table(&rows), report::notes(&rows));
+    if let Some(idle) = idle {
+        println!("Idle connections (open-file limit {fds}):\n\n{idle}");
+    }
+    Ok(())
+}
+
+/// `20s`, `500ms`, `2m`, or plain seconds.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => (&s[..i], &s[i..]),
+        None => (s, "s"),
+    };
+    let v: f64 = num.parse().map_err(|_| format!("bad duration {s:?}"))?;
+    let secs = match unit {
+        "ms" => v / 1000.0,
+        "s" => v,
+        "m" => v * 60.0,
+        _ => return Err(format!("bad duration unit in {s:?} (ms, s, m)")),
+    };
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration;
+    use std::time::Duration;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("20s"), Ok(Duration::from_secs(20)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert!(parse_duration("3h").is_err());
+    }
+}
