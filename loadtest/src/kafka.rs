@@ -12,7 +12,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -21,11 +21,13 @@ use eventpipe::pipeline::{self, Bundle, PipelineConfig};
 use eventpipe::schema::Registry;
 use eventpipe::sink::Record;
 use eventpipe::thrift::Enrichment;
+use hdrhistogram::Histogram;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::util::IntoOpaque;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use crate::gen::Generator;
@@ -107,6 +109,7 @@ impl CeilingResult {
 /// unacknowledged; blocking (run it on a plain thread).
 pub fn produce_ceiling(
     brokers: &str,
+    overrides: &BTreeMap<String, String>,
     records: &[Record],
     max_in_flight: u64,
     warmup: Duration,
@@ -114,7 +117,7 @@ pub fn produce_ceiling(
 ) -> anyhow::Result<CeilingResult> {
     anyhow::ensure!(!records.is_empty(), "no records to produce");
     let acks = Arc::new(Acks::default());
-    let config = eventpipe::sink::kafka::producer_config(brokers, &BTreeMap::new());
+    let config = eventpipe::sink::kafka::producer_config(brokers, overrides);
     let producer: ThreadedProducer<CeilingContext> = config
         .create_with_context(CeilingContext(acks.clone()))
         .context("creating the producer")?;
@@ -134,20 +137,7 @@ pub fn produce_ceiling(
             continue;
         }
         let rec = &records[i % records.len()];
-        let mut headers = OwnedHeaders::new_with_capacity(rec.headers.len());
-        for (k, v) in &rec.headers {
-            headers = headers.insert(Header {
-                key: k,
-                value: Some(v.as_bytes()),
-            });
-        }
-        let mut base = BaseRecord::to(&rec.topic)
-            .payload(&rec.payload)
-            .headers(headers);
-        if let Some(key) = &rec.key {
-            base = base.key(key);
-        }
-        match producer.send(base) {
+        match producer.send(base_record(rec, ())) {
             Ok(()) => {
                 sent += 1;
                 i += 1;
@@ -175,6 +165,117 @@ pub fn produce_ceiling(
         failed: acks.failed.load(Ordering::Relaxed),
         cpu_secs,
     })
+}
+
+/// The message the gateway would send for `rec`, with its headers.
+fn base_record<D: IntoOpaque>(rec: &Record, opaque: D) -> BaseRecord<'_, Vec<u8>, Vec<u8>, D> {
+    let mut headers = OwnedHeaders::new_with_capacity(rec.headers.len());
+    for (k, v) in &rec.headers {
+        headers = headers.insert(Header {
+            key: k,
+            value: Some(v.as_bytes()),
+        });
+    }
+    let mut base = BaseRecord::with_opaque_to(&rec.topic, opaque)
+        .payload(&rec.payload)
+        .headers(headers);
+    if let Some(key) = &rec.key {
+        base = base.key(key);
+    }
+    base
+}
+
+/// One batch of the open loop: counts its deliveries down, records its latency on the last.
+struct BatchAck {
+    remaining: AtomicU64,
+    due: Instant,
+    measured: bool,
+    latency: Arc<Mutex<Histogram<u64>>>,
+    failed: Arc<AtomicU64>,
+}
+
+struct BatchContext;
+
+impl ClientContext for BatchContext {}
+
+impl ProducerContext for BatchContext {
+    type DeliveryOpaque = Arc<BatchAck>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, batch: Arc<BatchAck>) {
+        if result.is_err() {
+            batch.failed.fetch_add(1, Ordering::Relaxed);
+        }
+        if batch.remaining.fetch_sub(1, Ordering::AcqRel) == 1 && batch.measured {
+            let micros = batch.due.elapsed().as_micros() as u64;
+            if let Ok(mut h) = batch.latency.lock() {
+                let _ = h.record(micros.max(1));
+            }
+        }
+    }
+}
+
+/// The latency floor: batches of `batch` records (one request's worth) produced at `rate`
+/// batches per second, each timed from its intended send time until its last acknowledgement,
+/// exactly as the gateway's answer waits for its last ack. Blocking.
+pub fn produce_open_loop(
+    brokers: &str,
+    overrides: &BTreeMap<String, String>,
+    records: &[Record],
+    batch: usize,
+    rate: f64,
+    warmup: Duration,
+    duration: Duration,
+) -> anyhow::Result<(Histogram<u64>, u64, u64)> {
+    anyhow::ensure!(records.len() >= batch && batch > 0, "not enough records");
+    let config = eventpipe::sink::kafka::producer_config(brokers, overrides);
+    let producer: ThreadedProducer<BatchContext> = config
+        .create_with_context(BatchContext)
+        .context("creating the producer")?;
+    let latency = Arc::new(Mutex::new(Histogram::new_with_bounds(1, 120_000_000, 3)?));
+    let failed = Arc::new(AtomicU64::new(0));
+    let t0 = Instant::now();
+    let (window_start, end) = (t0 + warmup, t0 + warmup + duration);
+    let batches = records.len() / batch;
+    let mut sent = 0u64;
+    for n in 0u64.. {
+        let due = t0 + Duration::from_secs_f64(n as f64 / rate);
+        if due >= end {
+            break;
+        }
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        let ack = Arc::new(BatchAck {
+            remaining: AtomicU64::new(batch as u64),
+            due,
+            measured: due >= window_start,
+            latency: latency.clone(),
+            failed: failed.clone(),
+        });
+        let first = (n as usize % batches) * batch;
+        for rec in &records[first..first + batch] {
+            let mut base = base_record(rec, ack.clone());
+            loop {
+                match producer.send(base) {
+                    Ok(()) => break,
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), b)) => {
+                        base = b;
+                        std::thread::sleep(Duration::from_micros(200));
+                    }
+                    Err((e, _)) => anyhow::bail!("produce failed: {e}"),
+                }
+            }
+            sent += 1;
+        }
+    }
+    producer
+        .flush(Duration::from_secs(60))
+        .context("flushing the producer")?;
+    let hist = latency
+        .lock()
+        .map_err(|_| anyhow::anyhow!("poisoned"))?
+        .clone();
+    Ok((hist, sent, failed.load(Ordering::Relaxed)))
 }
 
 /// Messages per topic, read from the beginning of every partition until `idle` passes without

@@ -62,15 +62,20 @@ pub struct LoadResult {
     pub unexpected_rejections: u64,
     /// The window's length: from its start to the last answer.
     pub elapsed: Duration,
-    /// Whole run (warm-up included): accepted and rejected counts of every 200.
+    /// Whole run (warm-up included): accepted (spooled included) and rejected counts of every
+    /// 200/202, and how many of the accepted were spooled.
     pub total_accepted: u64,
     pub total_rejected: u64,
+    pub total_spooled: u64,
     /// Whole run: events in requests answered 200 (as sent; the http-only handler does not count).
     pub total_events_answered: u64,
     /// Open loop: requests that were due but never sent (drain grace ran out).
     pub unsent: u64,
     /// Open loop: the rate asked for.
     pub target_rate: Option<f64>,
+    /// Per second of the window (by due time): requests and the slowest latency in µs, to tell
+    /// a stall from a uniformly slow run.
+    pub per_second: Vec<(u64, u64)>,
 }
 
 impl LoadResult {
@@ -88,9 +93,11 @@ impl LoadResult {
             elapsed: Duration::ZERO,
             total_accepted: 0,
             total_rejected: 0,
+            total_spooled: 0,
             total_events_answered: 0,
             unsent: 0,
             target_rate: None,
+            per_second: Vec::new(),
         }
     }
 
@@ -111,8 +118,25 @@ impl LoadResult {
         self.elapsed = self.elapsed.max(other.elapsed);
         self.total_accepted += other.total_accepted;
         self.total_rejected += other.total_rejected;
+        self.total_spooled += other.total_spooled;
         self.total_events_answered += other.total_events_answered;
         self.unsent += other.unsent;
+        if self.per_second.len() < other.per_second.len() {
+            self.per_second.resize(other.per_second.len(), (0, 0));
+        }
+        for (mine, theirs) in self.per_second.iter_mut().zip(other.per_second) {
+            mine.0 += theirs.0;
+            mine.1 = mine.1.max(theirs.1);
+        }
+    }
+
+    /// The slowest answer of each second, in ms, as one line.
+    pub fn max_per_second(&self) -> String {
+        self.per_second
+            .iter()
+            .map(|(_, max)| format!("{:.0}", *max as f64 / 1000.0))
+            .collect::<Vec<_>>()
+            .join(" ")
     }
 
     pub fn secs(&self) -> f64 {
@@ -137,15 +161,15 @@ impl LoadResult {
         self.latency.value_at_quantile(q) as f64 / 1000.0
     }
 
-    /// Requests that did not get a 200, and transport errors.
+    /// Requests answered neither 200 nor 202, and transport errors.
     pub fn failures(&self) -> u64 {
-        let non_200: u64 = self
+        let failed: u64 = self
             .statuses
             .iter()
-            .filter(|(s, _)| **s != 200)
+            .filter(|(s, _)| **s != 200 && **s != 202)
             .map(|(_, n)| n)
             .sum();
-        non_200 + self.errors.values().sum::<u64>()
+        failed + self.errors.values().sum::<u64>()
     }
 }
 
@@ -241,6 +265,7 @@ async fn worker(shared: Arc<Shared>, mut conn: Conn) -> LoadResult {
                 if let Some(a) = &reply.answer {
                     out.total_accepted += a.accepted;
                     out.total_rejected += a.rejected.len() as u64;
+                    out.total_spooled += a.spooled;
                     out.total_events_answered += template.events as u64;
                 }
                 if measured {
@@ -250,6 +275,12 @@ async fn worker(shared: Arc<Shared>, mut conn: Conn) -> LoadResult {
                     out.raw_bytes += raw_len;
                     let micros = (done - due).as_micros() as u64;
                     let _ = out.latency.record(micros.max(1));
+                    let second = (due - window_start).as_secs() as usize;
+                    if out.per_second.len() <= second {
+                        out.per_second.resize(second + 1, (0, 0));
+                    }
+                    out.per_second[second].0 += 1;
+                    out.per_second[second].1 = out.per_second[second].1.max(micros);
                     out.elapsed = out.elapsed.max(done - window_start);
                     if let Some(a) = reply.answer {
                         out.sent_events += template.events as u64;

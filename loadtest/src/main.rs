@@ -28,6 +28,7 @@ mod gen;
 mod kafka;
 mod load;
 mod procs;
+mod profile;
 mod report;
 mod suite;
 mod sweep;
@@ -62,6 +63,8 @@ enum Command {
     Suite(SuiteArgs),
     /// Scaling sweep: vary one dimension at a time from the suite's baseline.
     Sweep(SweepArgs),
+    /// perf-record the gateway under closed-loop load and summarise where its CPU goes.
+    Profile(ProfileArgs),
 }
 
 /// What is sent.
@@ -148,6 +151,10 @@ struct Setup {
     /// Partitions per topic.
     #[arg(long, default_value_t = 3)]
     partitions: u32,
+    /// A gateway config file (TOML); its `[kafka.librdkafka]` is applied to the bare producer
+    /// too, e.g. to compare `linger.ms` settings.
+    #[arg(long)]
+    gateway_config: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -175,6 +182,9 @@ struct SweepArgs {
     traffic: Traffic,
     #[command(flatten)]
     setup: Setup,
+    /// Open-loop rates to try, as shares of the baseline's peak request rate, e.g. 0.1,0.3,0.5.
+    #[arg(long, value_delimiter = ',')]
+    sweep_rates: Vec<f64>,
     /// Connection counts to try, e.g. 64,256,1024.
     #[arg(long, value_delimiter = ',')]
     sweep_connections: Vec<usize>,
@@ -198,6 +208,20 @@ struct SweepArgs {
     idle_hold: Duration,
 }
 
+#[derive(Args)]
+struct ProfileArgs {
+    #[command(flatten)]
+    traffic: Traffic,
+    #[command(flatten)]
+    setup: Setup,
+    /// Where perf writes its samples.
+    #[arg(long, default_value = "perf-gateway.data")]
+    out: PathBuf,
+    /// Lines per summary section.
+    #[arg(long, default_value_t = 30)]
+    top: usize,
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let fds = procs::raise_fd_limit();
@@ -205,6 +229,7 @@ fn main() -> anyhow::Result<()> {
         Command::Run(args) => run(args),
         Command::Suite(args) => run_suite(args),
         Command::Sweep(args) => run_sweep(args, fds),
+        Command::Profile(args) => run_profile(args),
     }
 }
 
@@ -250,6 +275,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         r.unexpected_rejections,
         procs::self_cpu_secs() - cpu0
     );
+    println!("slowest answer per second (ms): {}", r.max_per_second());
     if let Some(brokers) = &args.verify_brokers {
         let mut topics: Vec<String> = gen::shipped_mix()
             .iter()
@@ -298,9 +324,26 @@ fn bench(setup: &Setup, traffic: &Traffic) -> anyhow::Result<(suite::Bench, Path
     let schemas = schemas
         .canonicalize()
         .with_context(|| format!("schemas dir {}", schemas.display()))?;
+    let librdkafka = match &setup.gateway_config {
+        Some(path) => {
+            let path = path
+                .canonicalize()
+                .with_context(|| format!("gateway config {}", path.display()))?;
+            eventpipe::config::load(Some(&path), Vec::new(), Vec::new())?
+                .kafka
+                .librdkafka
+        }
+        None => Default::default(),
+    };
     let bench = suite::Bench {
         gateway_bin,
         tansu_bin,
+        gateway_config: setup
+            .gateway_config
+            .as_ref()
+            .map(|p| p.canonicalize())
+            .transpose()?,
+        librdkafka,
         dir: tempfile::Builder::new()
             .prefix("eventpipe-loadtest")
             .tempdir()?,
@@ -390,6 +433,7 @@ fn run_suite(args: SuiteArgs) -> anyhow::Result<()> {
 fn run_sweep(args: SweepArgs, fds: u64) -> anyhow::Result<()> {
     let (bench, schemas) = bench(&args.setup, &args.traffic)?;
     let plan = sweep::SweepPlan {
+        rates: args.sweep_rates,
         connections: args.sweep_connections,
         events_per_request: args.sweep_events,
         schema_counts: args.sweep_schemas,
@@ -407,6 +451,37 @@ fn run_sweep(args: SweepArgs, fds: u64) -> anyhow::Result<()> {
     if let Some(idle) = idle {
         println!("Idle connections (open-file limit {fds}):\n\n{idle}");
     }
+    Ok(())
+}
+
+fn run_profile(args: ProfileArgs) -> anyhow::Result<()> {
+    profile::available()?;
+    let (bench, schemas) = bench(&args.setup, &args.traffic)?;
+    let w = suite::Workload::new(schemas, args.traffic.gen_config());
+    let out = std::env::current_dir()?.join(&args.out);
+    let run = suite::GatewayRun {
+        label: "gateway, closed loop, under perf".into(),
+        http_only: false,
+        tls: false,
+        load: LoadConfig {
+            connections: args.traffic.connections,
+            mode: Mode::Closed,
+            warmup: args.traffic.warmup,
+            duration: args.traffic.duration,
+            gzip: false,
+        },
+        perf: Some(out.clone()),
+    };
+    let row = bench.gateway_phase(&w, &run)?;
+    header("where the gateway's CPU goes (perf, cpu-clock, DWARF call graphs)");
+    workload_line(&w, &args.traffic);
+    println!(
+        "{}\n{}",
+        report::table(std::slice::from_ref(&row)),
+        report::notes(&[row])
+    );
+    println!("{}", profile::summarise(&out, args.top)?);
+    println!("perf data: {}", out.display());
     Ok(())
 }
 

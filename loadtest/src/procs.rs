@@ -235,6 +235,8 @@ pub struct GatewayOptions<'a> {
     pub dead_letter: &'a str,
     pub http_only: bool,
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// A TOML config file (`--config`).
+    pub config: Option<&'a Path>,
     pub log_dir: &'a Path,
 }
 
@@ -258,6 +260,7 @@ pub fn start_gateway(o: &GatewayOptions<'_>) -> anyhow::Result<Gateway> {
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
     let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse()?;
     let log = log_file(o.log_dir, "gateway.log")?;
+    let spool_dir = o.log_dir.join(format!("spool-{port}"));
     let mut cmd = Command::new(o.bin);
     cmd.arg("serve")
         .args(["--brokers", o.brokers])
@@ -270,8 +273,14 @@ pub fn start_gateway(o: &GatewayOptions<'_>) -> anyhow::Result<Gateway> {
         .env("EVENTPIPE_LOG", "warn")
         .env("EVENTPIPE_SHUTDOWN_GRACE_SECS", "0")
         .env("EVENTPIPE_BENCH__HTTP_ONLY", o.http_only.to_string())
+        // One spool directory per gateway process (it is locked), never in the caller's cwd.
+        .env("EVENTPIPE_SPOOL__DIR", spool_dir)
+        .current_dir(o.log_dir)
         .stdout(log.try_clone()?)
         .stderr(log);
+    if let Some(config) = o.config {
+        cmd.arg("--config").arg(config);
+    }
     if let Some((cert, key)) = &o.tls {
         cmd.arg("--tls-cert").arg(cert).arg("--tls-key").arg(key);
     }

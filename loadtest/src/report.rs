@@ -154,9 +154,9 @@ pub fn medians(reps: &[Vec<Row>]) -> Vec<Row> {
 }
 
 /// The verdict against the issue's targets, from one set of suite rows
-/// (producer, HTTP ceiling, closed-loop gateway, open-loop gateway).
+/// (producer, HTTP ceiling, closed-loop gateway, open-loop gateway, producer floor).
 pub fn verdict(rows: &[Row]) -> String {
-    let [producer, http, peak, open] = rows else {
+    let [producer, http, peak, open, floor] = rows else {
         return String::new();
     };
     let pct = |a: f64, b: f64| 100.0 * a / b.max(1e-9);
@@ -170,12 +170,14 @@ pub fn verdict(rows: &[Row]) -> String {
     format!(
         "- gateway peak / bare producer: {r_prod:.0}% (target ≥ 60%: {})\n\
          - gateway peak / HTTP ceiling: {:.0}%\n\
-         - open loop p99 at {:.0} req/s: {p99:.1} ms (target ≤ 25 ms: {})\n\
+         - open loop p99 at {:.0} req/s: {p99:.1} ms (target ≤ 25 ms: {}); the bare producer's \
+         p99 at the same rate: {:.1} ms\n\
          - gateway peak RSS: {rss:.0} MiB (target ≤ 150 MiB: {})\n",
         mark(r_prod >= 60.0),
         pct(peak.events_per_sec, http.events_per_sec),
         open.requests_per_sec.unwrap_or(f64::NAN),
         mark(p99 <= 25.0),
+        floor.latency_ms.map_or(f64::NAN, |l| l[1]),
         mark(rss <= 150.0),
     )
 }

@@ -1,7 +1,7 @@
 //! The suite: one command that measures the gateway against its two ceilings, with the same
 //! generated events and the same broker set-up, and prints the table for BENCHMARKS.md.
 //!
-//! Per repetition, four phases, each on a fresh Tansu broker (memory engine) so no phase pays for
+//! Per repetition, five phases, each on a fresh Tansu broker (memory engine) so no phase pays for
 //! data an earlier one left behind:
 //! 1. bare producer: the gateway's records, pre-encoded, produced with rdkafka (no HTTP);
 //! 2. HTTP ceiling: the same requests to a gateway with `bench.http_only` (body read, 200);
@@ -33,6 +33,9 @@ pub struct Bench {
     pub tansu_bin: PathBuf,
     pub dir: tempfile::TempDir,
     pub partitions: u32,
+    /// `--config` for every gateway; its `[kafka.librdkafka]` applies to the bare producer too.
+    pub gateway_config: Option<PathBuf>,
+    pub librdkafka: std::collections::BTreeMap<String, String>,
     pub warmup: Duration,
     pub duration: Duration,
     pub rt: tokio::runtime::Runtime,
@@ -76,6 +79,8 @@ pub struct GatewayRun {
     pub http_only: bool,
     pub tls: bool,
     pub load: LoadConfig,
+    /// `perf record` the gateway during the measured window into this file.
+    pub perf: Option<PathBuf>,
 }
 
 impl Bench {
@@ -104,7 +109,14 @@ impl Bench {
         let records = kafka::encode_templates(&w.gen, &registry, PREFIX, DEAD_LETTER)?;
         let in_flight = (connections * w.gen_cfg.events_per_request).max(1) as u64;
         let broker_cpu0 = broker.cpu_secs();
-        let r = kafka::produce_ceiling(&brokers, &records, in_flight, self.warmup, self.duration)?;
+        let r = kafka::produce_ceiling(
+            &brokers,
+            &self.librdkafka,
+            &records,
+            in_flight,
+            self.warmup,
+            self.duration,
+        )?;
         let broker_cpu = broker.cpu_secs() - broker_cpu0;
         let (topics, dl) = w.topics();
         let mut all = topics.clone();
@@ -132,6 +144,43 @@ impl Bench {
         })
     }
 
+    /// Phase 5: the latency floor, the bare producer at the open loop's request rate.
+    pub fn producer_floor(&self, w: &Workload, rate: f64) -> anyhow::Result<Row> {
+        let (broker, brokers) = self.broker(w)?;
+        let registry = eventpipe::schema::Registry::load(&w.schemas_dir)?;
+        let records = kafka::encode_templates(&w.gen, &registry, PREFIX, DEAD_LETTER)?;
+        let batch = w.gen_cfg.events_per_request;
+        let broker_cpu0 = broker.cpu_secs();
+        let (hist, sent, failed) = kafka::produce_open_loop(
+            &brokers,
+            &self.librdkafka,
+            &records,
+            batch,
+            rate,
+            self.warmup,
+            self.duration,
+        )?;
+        let broker_cpu = broker.cpu_secs() - broker_cpu0;
+        let ms = |q| hist.value_at_quantile(q) as f64 / 1000.0;
+        let secs = self.duration.as_secs_f64();
+        Ok(Row {
+            label: "bare producer, open loop at the same rate".into(),
+            events_per_sec: hist.len() as f64 * batch as f64 / secs,
+            mb_per_sec: f64::NAN,
+            latency_ms: Some([ms(0.5), ms(0.99), ms(0.999)]),
+            gateway_cpu_per_m: None,
+            broker_cpu_per_m: broker_cpu * 1e6 / sent.max(1) as f64,
+            peak_rss_mib: None,
+            failures: failed,
+            requests_per_sec: Some(hist.len() as f64 / secs),
+            check: None,
+            note: format!(
+                "batches of {batch} records at {rate:.0}/s, each timed from its due time to its \
+                 last ack: the latency floor of this broker and producer configuration"
+            ),
+        })
+    }
+
     /// Phases 2-4: a gateway process under HTTP load.
     pub fn gateway_phase(&self, w: &Workload, run: &GatewayRun) -> anyhow::Result<Row> {
         let (broker, brokers) = self.broker(w)?;
@@ -148,15 +197,29 @@ impl Bench {
             dead_letter: DEAD_LETTER,
             http_only: run.http_only,
             tls: tls.clone(),
+            config: self.gateway_config.as_deref(),
             log_dir: self.log_dir(),
         })?;
         let trust = tls.map(|(cert, _)| Trust::Ca(cert));
         let target = Arc::new(Target::new(&gw.url(), trust.as_ref())?);
         let (gw_cpu0, broker_cpu0) = (gw.proc.cpu_secs(), broker.cpu_secs());
         let self_cpu0 = procs::self_cpu_secs();
+        let perf = run.perf.clone().map(|out| {
+            let (pid, delay) = (gw.proc.pid(), run.load.warmup);
+            let duration = run.load.duration.min(Duration::from_secs(10));
+            std::thread::spawn(move || {
+                crate::profile::record(pid, &out, delay, duration).and_then(|mut c| Ok(c.wait()?))
+            })
+        });
         let result = self
             .rt
             .block_on(load::run(target, w.gen.clone(), run.load.clone()))?;
+        if let Some(handle) = perf {
+            let status = handle
+                .join()
+                .map_err(|_| anyhow::anyhow!("perf thread panicked"))??;
+            anyhow::ensure!(status.success(), "perf record failed: {status}");
+        }
         let gw_cpu = gw.proc.cpu_secs() - gw_cpu0;
         let broker_cpu = broker.cpu_secs() - broker_cpu0;
         let self_cpu = procs::self_cpu_secs() - self_cpu0;
@@ -193,6 +256,9 @@ impl Bench {
         if result.unsent > 0 {
             note.push_str(&format!(", {} due requests never sent", result.unsent));
         }
+        if result.total_spooled > 0 {
+            note.push_str(&format!(", {} events spooled (202)", result.total_spooled));
+        }
         if result.unexpected_rejections > 0 {
             note.push_str(&format!(
                 ", {} unexpected rejections",
@@ -205,6 +271,10 @@ impl Bench {
         for (kind, n) in &result.errors {
             note.push_str(&format!(", {n} {kind} errors"));
         }
+        note.push_str(&format!(
+            "; slowest answer per second (ms): {}",
+            result.max_per_second()
+        ));
         drop(broker);
         Ok(Row {
             label: run.label.clone(),
@@ -263,6 +333,7 @@ pub fn repetition(
             http_only: true,
             tls,
             load: closed.clone(),
+            perf: None,
         },
     )?);
     eprintln!("[suite] gateway, closed loop (peak) ...");
@@ -273,6 +344,7 @@ pub fn repetition(
             http_only: false,
             tls,
             load: closed.clone(),
+            perf: None,
         },
     )?;
     let rate = peak.requests_per_sec.unwrap_or(1.0) * open_load;
@@ -288,7 +360,10 @@ pub fn repetition(
                 mode: Mode::Open(rate),
                 ..closed
             },
+            perf: None,
         },
     )?);
+    eprintln!("[suite] bare producer, open loop at {rate:.0} batches/s ...");
+    rows.push(bench.producer_floor(w, rate)?);
     Ok(rows)
 }

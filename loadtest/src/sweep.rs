@@ -18,6 +18,8 @@ use crate::suite::{Bench, GatewayRun, Workload, DEAD_LETTER, PREFIX};
 
 /// What to sweep; empty lists are skipped.
 pub struct SweepPlan {
+    /// Open-loop rates as shares of the baseline's peak request rate (a latency curve).
+    pub rates: Vec<f64>,
     pub connections: Vec<usize>,
     pub events_per_request: Vec<usize>,
     pub schema_counts: Vec<usize>,
@@ -49,14 +51,16 @@ pub fn run(
         http_only: false,
         tls,
         load,
+        perf: None,
     };
     let mut rows = Vec::new();
-    let mut measure = |w: &Workload, run: GatewayRun| -> anyhow::Result<()> {
+    let measure = |rows: &mut Vec<Row>, w: &Workload, run: GatewayRun| {
         eprintln!("[sweep] {} ...", run.label);
         rows.push(bench.gateway_phase(w, &run)?);
-        Ok(())
+        anyhow::Ok(())
     };
     measure(
+        &mut rows,
         &workload,
         point(
             format!(
@@ -67,8 +71,18 @@ pub fn run(
             closed(base_connections),
         ),
     )?;
+    let peak_rate = rows[0].requests_per_sec.unwrap_or(1.0);
+    for &share in &plan.rates {
+        let mut load = closed(base_connections);
+        load.mode = Mode::Open(peak_rate * share);
+        let label = format!("open loop at {:.0}% of baseline peak", share * 100.0);
+        measure(&mut rows, &workload, point(label, false, load))?;
+        eprintln!("[sweep] bare producer at the same rate ...");
+        rows.push(bench.producer_floor(&workload, peak_rate * share)?);
+    }
     for &c in &plan.connections {
         measure(
+            &mut rows,
             &workload,
             point(format!("connections = {c}"), false, closed(c)),
         )?;
@@ -82,7 +96,7 @@ pub fn run(
             },
         );
         let label = format!("events/request = {n}");
-        measure(&w, point(label, false, closed(base_connections)))?;
+        measure(&mut rows, &w, point(label, false, closed(base_connections)))?;
     }
     for &count in &plan.schema_counts {
         let dir = tempfile::tempdir()?;
@@ -95,16 +109,20 @@ pub fn run(
             },
         );
         let label = format!("schemas = {count} (page_view copies)");
-        measure(&w, point(label, false, closed(base_connections)))?;
+        measure(&mut rows, &w, point(label, false, closed(base_connections)))?;
     }
     if plan.tls {
         let label = "TLS on (rustls, HTTP/1.1)".to_string();
-        measure(&workload, point(label, true, closed(base_connections)))?;
+        measure(
+            &mut rows,
+            &workload,
+            point(label, true, closed(base_connections)),
+        )?;
     }
     if plan.gzip {
         let mut load = closed(base_connections);
         load.gzip = true;
-        measure(&workload, point("gzip on".into(), false, load))?;
+        measure(&mut rows, &workload, point("gzip on".into(), false, load))?;
     }
     let idle = match plan.idle_connections {
         Some(n) => Some(idle_connections(bench, base, shipped, n, plan.idle_hold)?),
@@ -158,6 +176,7 @@ fn idle_connections(
         dead_letter: DEAD_LETTER,
         http_only: false,
         tls: None,
+        config: bench.gateway_config.as_deref(),
         log_dir: &log_dir,
     })?;
     let target = Arc::new(Target::new(&gw.url(), None::<&Trust>)?);
