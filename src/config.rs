@@ -73,7 +73,7 @@ pub struct SpoolConfig {
     /// Segment file size at which a new one starts.
     #[serde(default = "default_spool_segment_bytes")]
     pub segment_bytes: u64,
-    /// An idle segment is sealed (handed to the replayer) after this long.
+    /// A segment is sealed (handed to the replayer) this long after its first append.
     #[serde(default = "default_spool_seal_after_ms")]
     pub seal_after_ms: u64,
     /// Records per replay batch (one batch in flight at a time).

@@ -76,3 +76,14 @@ pub const SPOOL_IO_ERRORS: &str = "eventpipe_spool_io_errors_total";
 pub const SPOOL_CORRUPT_BYTES: &str = "eventpipe_spool_corrupt_bytes_total";
 /// Retried events answered from the dedup window without producing them again.
 pub const DEDUP_HITS: &str = "eventpipe_dedup_hits_total";
+
+/// Rate limit for repetitive log lines: true at most once a second per `last` cell.
+pub fn log_allowed(last: &std::sync::atomic::AtomicI64) -> bool {
+    use std::sync::atomic::Ordering;
+    let now = crate::sink::spool::now_ms();
+    let prev = last.load(Ordering::Relaxed);
+    now - prev >= 1000
+        && last
+            .compare_exchange(prev, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+}

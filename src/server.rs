@@ -70,7 +70,7 @@ pub async fn serve(
         let replay = ReplayOptions {
             batch_records: s.replay_batch_records,
             batch_bytes: 4 << 20,
-            ack_timeout: Duration::from_millis(config.kafka.ack_timeout_ms),
+            ack_timeout: Duration::from_millis(message_timeout_ms(&config) + 5_000),
             max_backoff: Duration::from_secs(5),
         };
         Arc::new(FallbackSink::new(Arc::new(kafka), spool, replay))
@@ -78,6 +78,16 @@ pub async fn serve(
         Arc::new(kafka)
     };
     serve_with_sink(config, registry, sink, public, admin, shutdown).await
+}
+
+/// The producer's `message.timeout.ms`: ours unless the raw librdkafka map overrides it.
+fn message_timeout_ms(config: &Config) -> u64 {
+    config
+        .kafka
+        .librdkafka
+        .get("message.timeout.ms")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(crate::sink::kafka::MESSAGE_TIMEOUT_MS)
 }
 
 /// Builds the shared gateway state from config, registry and sink.

@@ -352,29 +352,59 @@ async fn broker_outage_is_spooled_202_and_replayed_when_the_broker_returns() {
     .await;
     gw.wait_ready().await;
     let client = reqwest::Client::new();
-    let bundle = |ids: &[String]| {
-        json!({"events": ids.iter().map(|id| json!({"schema": "click/1", "event_id": id, "data": {"element": "b"}})).collect::<Vec<_>>()})
-    };
+    let bundle = |ids: &[String]| json!({"events": ids.iter().map(|id| json!({"schema": "click/1", "event_id": id, "data": {"element": "b"}})).collect::<Vec<_>>()});
     let before: Vec<String> = (0..3).map(|_| uuid::Uuid::new_v4().to_string()).collect();
-    let resp = client.post(gw.url()).json(&bundle(&before)).send().await.unwrap();
+    let resp = client
+        .post(gw.url())
+        .json(&bundle(&before))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
 
     broker.kill();
     let during: Vec<String> = (0..4).map(|_| uuid::Uuid::new_v4().to_string()).collect();
-    let resp = client.post(gw.url()).json(&bundle(&during)).send().await.unwrap();
+    let resp = client
+        .post(gw.url())
+        .json(&bundle(&during))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 202, "a spooled request is answered 202");
     let body: Value = resp.json().await.unwrap();
-    assert_eq!((body["accepted"].as_u64(), body["spooled"].as_u64()), (Some(4), Some(4)));
-    let ready = client.get(format!("http://{}/readyz", gw.admin)).send().await.unwrap();
+    assert_eq!(
+        (body["accepted"].as_u64(), body["spooled"].as_u64()),
+        (Some(4), Some(4))
+    );
+    let ready = client
+        .get(format!("http://{}/readyz", gw.admin))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(ready.status(), 200, "a gateway that can spool stays ready");
-    let metrics = client.get(format!("http://{}/metrics", gw.admin)).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("eventpipe_events_total{outcome=\"spool\""), "{metrics}");
+    let metrics = client
+        .get(format!("http://{}/metrics", gw.admin))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("eventpipe_events_total{outcome=\"spool\""),
+        "{metrics}"
+    );
 
     broker.start();
     let got = consume(&broker.brokers(), &[&topics.topic("click")], "", 7);
-    let landed: std::collections::HashSet<String> =
-        got.iter().map(|r| r["value"]["event_id"].as_str().unwrap().to_string()).collect();
+    let landed: std::collections::HashSet<String> = got
+        .iter()
+        .map(|r| r["value"]["event_id"].as_str().unwrap().to_string())
+        .collect();
     for id in before.iter().chain(&during) {
-        assert!(landed.contains(id), "{id} acknowledged but not in Kafka after the broker returned");
+        assert!(
+            landed.contains(id),
+            "{id} acknowledged but not in Kafka after the broker returned"
+        );
     }
 }

@@ -15,13 +15,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::fault::{audit, signal, spawn_load, FaultCounter, GatewayProc, Ledger};
-use common::{Broker, Topics};
+use common::proxy::Proxy;
+use common::{free_port, Broker, Topics};
 
 /// Scenarios run one at a time: they share two cores and measure behaviour under timing.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn rounds() -> usize {
-    std::env::var("EVENTPIPE_FAULT_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(1)
+    std::env::var("EVENTPIPE_FAULT_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -30,11 +34,17 @@ enum Fault {
     TermGateway,
     KillBroker,
     FreezeBroker,
-    StopBroker,
+    CutBroker,
     DiskFullWhileKafkaDown,
 }
 
-const SINGLE: [Fault; 5] = [Fault::KillGateway, Fault::TermGateway, Fault::KillBroker, Fault::FreezeBroker, Fault::StopBroker];
+const SINGLE: [Fault; 5] = [
+    Fault::KillGateway,
+    Fault::TermGateway,
+    Fault::KillBroker,
+    Fault::FreezeBroker,
+    Fault::CutBroker,
+];
 
 /// A small filesystem for the spool: tmpfs when we may mount (root), else a tiny spool limit.
 struct SmallDisk {
@@ -59,12 +69,21 @@ impl SmallDisk {
 impl Drop for SmallDisk {
     fn drop(&mut self) {
         if self.mounted {
-            let _ = std::process::Command::new("umount").arg("-l").arg(&self.dir).status();
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.dir)
+                .status();
         }
     }
 }
 
-async fn inject(fault: Fault, gw: &mut GatewayProc, broker: &mut Broker, faults: &FaultCounter) -> Option<bool> {
+async fn inject(
+    fault: Fault,
+    gw: &mut GatewayProc,
+    broker: &mut Broker,
+    proxy: &Proxy,
+    faults: &FaultCounter,
+) -> Option<bool> {
     faults.inc();
     match fault {
         Fault::KillGateway => {
@@ -86,10 +105,12 @@ async fn inject(fault: Fault, gw: &mut GatewayProc, broker: &mut Broker, faults:
             tokio::time::sleep(Duration::from_secs(3)).await;
             signal(broker.pid(), "CONT");
         }
-        Fault::StopBroker => {
-            broker.stop();
+        Fault::CutBroker => {
+            // Tansu does not exit on SIGTERM while clients stay connected, so "unreachable" is a
+            // network cut: every connection dropped, new ones refused.
+            proxy.cut();
             tokio::time::sleep(Duration::from_secs(2)).await;
-            broker.start();
+            proxy.restore();
         }
         Fault::DiskFullWhileKafkaDown => {
             broker.kill();
@@ -110,13 +131,23 @@ async fn inject(fault: Fault, gw: &mut GatewayProc, broker: &mut Broker, faults:
 
 async fn scenario(name: &str, rounds: usize, plan: impl Fn(usize) -> Fault) {
     let _one = ONE_AT_A_TIME.lock().await;
-    let mut broker = Broker::sqlite();
+    // Clients reach the broker through a proxy, so the network between them can be cut.
+    let proxy_port = free_port();
+    let mut broker = Broker::sqlite_behind(proxy_port);
+    let proxy = Proxy::start(
+        format!("127.0.0.1:{proxy_port}").parse().unwrap(),
+        format!("127.0.0.1:{}", broker.port).parse().unwrap(),
+    )
+    .await;
     let topics = Topics::unique();
     topics.create(&broker.brokers()).await;
     let work = tempfile::tempdir().unwrap();
     let uses_disk = (0..rounds).any(|r| plan(r) == Fault::DiskFullWhileKafkaDown);
     let disk = uses_disk.then(|| SmallDisk::new(work.path()));
-    let spool_dir = disk.as_ref().map(|d| d.dir.join("spool")).unwrap_or_else(|| work.path().join("spool"));
+    let spool_dir = disk
+        .as_ref()
+        .map(|d| d.dir.join("spool"))
+        .unwrap_or_else(|| work.path().join("spool"));
     let mut extra = vec![];
     if disk.as_ref().is_some_and(|d| !d.mounted) {
         extra.push(("EVENTPIPE_SPOOL__MAX_BYTES", "262144"));
@@ -125,12 +156,19 @@ async fn scenario(name: &str, rounds: usize, plan: impl Fn(usize) -> Fault) {
 
     let ledger = Arc::new(Ledger::default());
     let stop = Arc::new(AtomicBool::new(false));
-    let load = spawn_load(gw.url(), 4, 10, Duration::from_millis(20), ledger.clone(), stop.clone());
+    let load = spawn_load(
+        gw.url(),
+        4,
+        10,
+        Duration::from_millis(20),
+        ledger.clone(),
+        stop.clone(),
+    );
     let faults = FaultCounter::default();
     let mut saw_unready = None;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     for round in 0..rounds {
-        if let Some(s) = inject(plan(round), &mut gw, &mut broker, &faults).await {
+        if let Some(s) = inject(plan(round), &mut gw, &mut broker, &proxy, &faults).await {
             saw_unready = Some(saw_unready.unwrap_or(false) || s);
         }
         tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -142,19 +180,38 @@ async fn scenario(name: &str, rounds: usize, plan: impl Fn(usize) -> Fault) {
     let drained = gw.wait_spool_empty(Duration::from_secs(120)).await;
     assert!(drained, "{name}: spool did not drain: {}", gw.log_tail());
     let topic = topics.topic("click");
-    let result = tokio::task::block_in_place(|| audit(name, faults.get(), &broker.brokers(), &topic, &ledger));
+    let result = tokio::task::block_in_place(|| {
+        audit(name, faults.get(), &broker.brokers(), &topic, &ledger)
+    });
     let line = serde_json::to_string(&result).unwrap();
     println!("FAULT-AUDIT {line}");
     let report = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/fault-audit.jsonl");
-    if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(report) {
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(report)
+    {
         let _ = writeln!(f, "{line}");
     }
     assert!(result.acked > 0, "{name}: nothing was acknowledged: {line}");
-    assert_eq!(result.acked_but_missing, 0, "{name}: acknowledged events missing from Kafka: {line}\n{}", gw.log_tail());
+    assert_eq!(
+        result.acked_but_missing,
+        0,
+        "{name}: acknowledged events missing from Kafka: {line}\n{}",
+        gw.log_tail()
+    );
     if let Some(disk) = &disk {
         let refused = result.statuses.get("503").copied().unwrap_or(0);
-        assert!(refused > 0, "{name}: the full spool never refused a request (mounted={}): {line}", disk.mounted);
-        assert_eq!(saw_unready, Some(true), "{name}: /readyz never turned false with a full spool and no Kafka");
+        assert!(
+            refused > 0,
+            "{name}: the full spool never refused a request (mounted={}): {line}",
+            disk.mounted
+        );
+        assert_eq!(
+            saw_unready,
+            Some(true),
+            "{name}: /readyz never turned false with a full spool and no Kafka"
+        );
     }
     gw.terminate();
 }
@@ -181,16 +238,22 @@ async fn broker_frozen_past_the_ack_deadline_loses_nothing_acknowledged() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn broker_unreachable_loses_nothing_acknowledged() {
-    scenario("broker stopped 2s", rounds(), |_| Fault::StopBroker).await;
+    scenario("broker unreachable 2s", rounds(), |_| Fault::CutBroker).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn full_spool_disk_with_kafka_down_refuses_and_loses_nothing_acknowledged() {
-    scenario("spool disk full + broker down", rounds(), |_| Fault::DiskFullWhileKafkaDown).await;
+    scenario("spool disk full + broker down", rounds(), |_| {
+        Fault::DiskFullWhileKafkaDown
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn mixed_faults_lose_nothing_acknowledged() {
     // Deterministic mix: each round a different fault, cycling through all of them.
-    scenario("mixed", rounds() * SINGLE.len(), |round| SINGLE[round % SINGLE.len()]).await;
+    scenario("mixed", rounds() * SINGLE.len(), |round| {
+        SINGLE[round % SINGLE.len()]
+    })
+    .await;
 }

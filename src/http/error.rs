@@ -8,6 +8,8 @@ use serde_json::json;
 
 use crate::sink::SinkError;
 
+static LAST_UNAVAILABLE_LOG: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+
 /// Why a request as a whole was not accepted.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -69,8 +71,12 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
         if status.is_server_error() {
+            // During an outage every request fails the same way: say so once a second, and let
+            // the metrics count them all.
             if let ApiError::Unavailable { cause, .. } = &self {
-                tracing::error!(error = %cause, "request refused: sink unavailable");
+                if crate::metrics::log_allowed(&LAST_UNAVAILABLE_LOG) {
+                    tracing::error!(error = %cause, "requests refused: kafka and spool unavailable (logged at most once a second)");
+                }
             }
         } else {
             tracing::debug!(code = self.code(), error = %self, "request refused");

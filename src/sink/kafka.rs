@@ -18,7 +18,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{
-    BaseRecord, DeliveryResult, Producer as _, ProducerContext, ThreadedProducer,
+    BaseRecord, DeliveryResult, Producer as _, ProducerContext, PurgeConfig, ThreadedProducer,
 };
 use rdkafka::{ClientContext, Statistics};
 use tokio::sync::Notify;
@@ -152,6 +152,9 @@ pub fn classify(err: &KafkaError) -> SinkError {
     }
 }
 
+/// How long librdkafka keeps retrying a message before failing it.
+pub const MESSAGE_TIMEOUT_MS: u64 = 30_000;
+
 /// The producer settings we rely on; `overrides` (the config's raw librdkafka map) win.
 pub fn producer_config(brokers: &str, overrides: &BTreeMap<String, String>) -> ClientConfig {
     let mut cfg = ClientConfig::new();
@@ -165,7 +168,7 @@ pub fn producer_config(brokers: &str, overrides: &BTreeMap<String, String>) -> C
         // A request gives up (and spools) at its ack deadline; the message keeps retrying for
         // this long meanwhile. Longer means more duplicates after an outage (spooled and later
         // also delivered), shorter means more idempotent-producer epoch bumps.
-        .set("message.timeout.ms", "30000")
+        .set("message.timeout.ms", MESSAGE_TIMEOUT_MS.to_string())
         .set("statistics.interval.ms", "5000")
         .set("client.id", "eventpipe");
     for (k, v) in overrides {
@@ -382,6 +385,15 @@ impl KafkaSink {
             None => Ok(Delivered::default()),
             Some(e) => Err(e),
         }
+    }
+
+    /// Drops every record still waiting in the local queue (not those already sent to a broker);
+    /// their requests see a failure and spool them. Used when Kafka is found unavailable, so a
+    /// spooled record does not also linger in the queue and reach Kafka twice.
+    pub fn purge_queued(&self) {
+        self.producer()
+            .producer
+            .purge(PurgeConfig::default().queue());
     }
 
     /// Waits until everything queued is delivered or `timeout` passes.

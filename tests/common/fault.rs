@@ -33,17 +33,37 @@ pub struct GatewayProc {
 }
 
 impl GatewayProc {
-    pub fn new(brokers: &str, topics: &Topics, spool_dir: PathBuf, extra: &[(&str, &str)]) -> GatewayProc {
+    pub fn new(
+        brokers: &str,
+        topics: &Topics,
+        spool_dir: PathBuf,
+        extra: &[(&str, &str)],
+    ) -> GatewayProc {
         let (port, admin_port) = (free_port(), free_port());
         let mut env: Vec<(String, String)> = vec![
             ("EVENTPIPE_LISTEN".into(), format!("127.0.0.1:{port}")),
-            ("EVENTPIPE_ADMIN_LISTEN".into(), format!("127.0.0.1:{admin_port}")),
+            (
+                "EVENTPIPE_ADMIN_LISTEN".into(),
+                format!("127.0.0.1:{admin_port}"),
+            ),
             ("EVENTPIPE_KAFKA__BROKERS".into(), brokers.into()),
-            ("EVENTPIPE_KAFKA__TOPIC_PREFIX".into(), topics.prefix.clone()),
-            ("EVENTPIPE_KAFKA__DEAD_LETTER_TOPIC".into(), topics.dead_letter.clone()),
+            (
+                "EVENTPIPE_KAFKA__TOPIC_PREFIX".into(),
+                topics.prefix.clone(),
+            ),
+            (
+                "EVENTPIPE_KAFKA__DEAD_LETTER_TOPIC".into(),
+                topics.dead_letter.clone(),
+            ),
             ("EVENTPIPE_KAFKA__ACK_TIMEOUT_MS".into(), "1000".into()),
-            ("EVENTPIPE_SCHEMAS".into(), root().join("schemas").display().to_string()),
-            ("EVENTPIPE_SPOOL__DIR".into(), spool_dir.display().to_string()),
+            (
+                "EVENTPIPE_SCHEMAS".into(),
+                root().join("schemas").display().to_string(),
+            ),
+            (
+                "EVENTPIPE_SPOOL__DIR".into(),
+                spool_dir.display().to_string(),
+            ),
             ("EVENTPIPE_SHUTDOWN_GRACE_SECS".into(), "0.5".into()),
             ("EVENTPIPE_LOG".into(), "info".into()),
         ];
@@ -51,14 +71,28 @@ impl GatewayProc {
             env.retain(|(key, _)| key != k);
             env.push((k.to_string(), v.to_string()));
         }
-        let log = spool_dir.with_extension("log");
-        let mut g = GatewayProc { port, admin_port, spool_dir, env, child: None, log };
+        // Logs outlive the test's temp dirs, for post-mortems: target/fault-logs/<port>.log
+        let logs = root().join("target/fault-logs");
+        std::fs::create_dir_all(&logs).unwrap();
+        let log = logs.join(format!("gateway-{port}.log"));
+        let mut g = GatewayProc {
+            port,
+            admin_port,
+            spool_dir,
+            env,
+            child: None,
+            log,
+        };
         g.start();
         g
     }
 
     pub fn start(&mut self) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_eventpipe"))
             .arg("serve")
             .envs(self.env.iter().cloned())
@@ -69,10 +103,18 @@ impl GatewayProc {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 panic!("gateway exited at start-up ({status}): {}", self.log_tail());
             }
-            assert!(Instant::now() < deadline, "gateway did not listen: {}", self.log_tail());
+            assert!(
+                Instant::now() < deadline,
+                "gateway did not listen: {}",
+                self.log_tail()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -99,10 +141,17 @@ impl GatewayProc {
             let deadline = Instant::now() + Duration::from_secs(60);
             loop {
                 if let Some(status) = c.try_wait().unwrap() {
-                    assert!(status.success(), "gateway exited {status} after SIGTERM: {}", self.log_tail());
+                    assert!(
+                        status.success(),
+                        "gateway exited {status} after SIGTERM: {}",
+                        self.log_tail()
+                    );
                     return;
                 }
-                assert!(Instant::now() < deadline, "gateway did not exit after SIGTERM");
+                assert!(
+                    Instant::now() < deadline,
+                    "gateway did not exit after SIGTERM"
+                );
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
@@ -132,7 +181,9 @@ impl GatewayProc {
                     .and_then(|l| l.rsplit(' ').next())
                     .and_then(|v| v.parse::<f64>().ok())
             };
-            if gauge("eventpipe_spool_records") == Some(0.0) && gauge("eventpipe_spool_bytes") == Some(0.0) {
+            if gauge("eventpipe_spool_records") == Some(0.0)
+                && gauge("eventpipe_spool_bytes") == Some(0.0)
+            {
                 return true;
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
@@ -143,7 +194,11 @@ impl GatewayProc {
     pub fn log_tail(&self) -> String {
         let log = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
+        format!(
+            "(full log: {})\n{}",
+            self.log.display(),
+            lines[lines.len().saturating_sub(20)..].join("\n")
+        )
     }
 }
 
@@ -228,7 +283,14 @@ pub fn audit(scenario: &str, faults: u64, brokers: &str, topic: &str, ledger: &L
     let out = Command::new("python3")
         .arg(root().join("tests/py/consume.py"))
         .args(["--brokers", brokers, "--topic", topic, "--ids-only"])
-        .args(["--expect", &acked.len().to_string(), "--idle", "3", "--timeout", "180"])
+        .args([
+            "--expect",
+            &acked.len().to_string(),
+            "--idle",
+            "3",
+            "--timeout",
+            "180",
+        ])
         .output()
         .expect("python3 for the independent consumer");
     assert!(

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod fault;
+pub mod proxy;
 
 use std::net::{SocketAddr, TcpListener as StdListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -50,6 +51,8 @@ pub fn free_port() -> u16 {
 /// A Tansu broker process, killed on drop.
 pub struct Broker {
     pub port: u16,
+    /// The address clients are told to use (a proxy's, when there is one).
+    pub advertised_port: u16,
     pub child: Option<Child>,
     pub dir: tempfile::TempDir,
     engine: String,
@@ -74,9 +77,23 @@ impl Broker {
         )
     }
 
+    /// SQLite engine advertising `advertised_port` (where a proxy forwards to it).
+    pub fn sqlite_behind(advertised_port: u16) -> Broker {
+        let mut b = Broker {
+            port: free_port(),
+            advertised_port,
+            child: None,
+            dir: tempfile::tempdir().unwrap(),
+            engine: "sqlite://tansu.db".into(),
+        };
+        b.start();
+        b
+    }
+
     fn start_with(dir: tempfile::TempDir, port: u16, engine: String) -> Broker {
         let mut b = Broker {
             port,
+            advertised_port: port,
             child: None,
             dir,
             engine,
@@ -85,16 +102,63 @@ impl Broker {
         b
     }
 
+    /// Starts the broker and waits until it listens. A restart right after `kill -9` can find
+    /// the port still held (Tansu binds without SO_REUSEADDR and then idles with no listener),
+    /// so a start that logs AddrInUse is retried.
     pub fn start(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let log_start = std::fs::metadata(self.log_path())
+                .map(|m| m.len())
+                .unwrap_or(0);
+            self.spawn();
+            loop {
+                if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                    return;
+                }
+                if let Some(status) = self
+                    .child
+                    .as_mut()
+                    .and_then(|c| c.try_wait().ok().flatten())
+                {
+                    panic!("tansu exited at start ({status}): {}", self.log());
+                }
+                let log = self.log();
+                if log
+                    .get(log_start as usize..)
+                    .is_some_and(|l| l.contains("AddrInUse"))
+                {
+                    self.kill();
+                    std::thread::sleep(Duration::from_millis(500));
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "tansu did not listen on {} within 60s: {}",
+                    self.port,
+                    self.log()
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    fn spawn(&mut self) {
         let url = format!("tcp://127.0.0.1:{}", self.port);
+        let advertised = format!("tcp://127.0.0.1:{}", self.advertised_port);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.dir.path().join("tansu.log"))
+            .open(self.log_path())
             .unwrap();
         let child = Command::new(tansu_bin())
             .arg("broker")
-            .args(["--listener-url", &url, "--advertised-listener-url", &url])
+            .args([
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &advertised,
+            ])
             .args(["--storage-engine", &self.engine])
             .current_dir(self.dir.path())
             .stdout(log.try_clone().unwrap())
@@ -102,34 +166,18 @@ impl Broker {
             .spawn()
             .unwrap_or_else(|e| panic!("starting tansu: {e}; install it with: {INSTALL_TANSU}"));
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "tansu did not listen on {} within 30s: {}",
-                self.port,
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
     }
 
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("broker running").id()
     }
 
-    /// SIGTERM and wait: the broker stops cleanly.
-    pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            fault::signal(c.id(), "TERM");
-            let _ = c.wait();
-        }
-    }
-
+    /// The address clients use (the proxy's, when there is one).
     pub fn brokers(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("127.0.0.1:{}", self.advertised_port)
     }
 
+    /// `kill -9`: the broker dies mid-whatever it was doing.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
@@ -137,8 +185,15 @@ impl Broker {
         }
     }
 
+    /// Broker logs outlive the test's temp dirs: target/fault-logs/tansu-<port>.log
+    pub fn log_path(&self) -> PathBuf {
+        let dir = root().join("target/fault-logs");
+        std::fs::create_dir_all(&dir).unwrap();
+        dir.join(format!("tansu-{}.log", self.port))
+    }
+
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("tansu.log")).unwrap_or_default()
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 }
 
@@ -205,7 +260,10 @@ pub fn config(brokers: &str, topics: &Topics, extra: &[(&str, &str)]) -> Config 
         ("EVENTPIPE_SHUTDOWN_GRACE_SECS".to_string(), "0".to_string()),
         ("EVENTPIPE_COLLECTOR_ID".to_string(), "e2e-host".to_string()),
         // Each gateway gets its own spool directory (a directory has one owner at a time).
-        ("EVENTPIPE_SPOOL__DIR".to_string(), tempfile::tempdir().unwrap().keep().display().to_string()),
+        (
+            "EVENTPIPE_SPOOL__DIR".to_string(),
+            tempfile::tempdir().unwrap().keep().display().to_string(),
+        ),
     ];
     for (k, v) in extra {
         env.push((k.to_string(), v.to_string()));

@@ -59,16 +59,18 @@ impl Breaker {
         }
     }
 
-    pub fn failure(&self) {
+    /// Opens the breaker; true if it was closed until now.
+    pub fn failure(&self) -> bool {
         let now = now_ms().max(1);
-        if self
+        let opened = self
             .opened_ms
             .compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed)
-            .is_ok()
-        {
+            .is_ok();
+        if opened {
             self.last_probe_ms.store(now, Ordering::Relaxed);
             tracing::warn!("kafka did not acknowledge: requests go to the spool until it does");
         }
+        opened
     }
 
     pub fn is_closed(&self) -> bool {
@@ -95,8 +97,8 @@ impl ReplayTarget for ReplayToKafka {
                 .await;
             if out.unacked.is_empty() {
                 self.breaker.success();
-            } else {
-                self.breaker.failure();
+            } else if self.breaker.failure() {
+                self.kafka.purge_queued();
             }
             out.unacked
         })
@@ -165,8 +167,10 @@ impl FallbackSink {
                 self.breaker.success();
                 return Ok(Delivered::default());
             }
-            if !matches!(out.error, Some(SinkError::Permanent(_))) {
-                self.breaker.failure();
+            // Kafka is down or stuck: what waits in the producer queue is about to be (or has
+            // been) spooled by its request, so drop it there rather than deliver it twice.
+            if !matches!(out.error, Some(SinkError::Permanent(_))) && self.breaker.failure() {
+                self.kafka.purge_queued();
             }
             kafka_error = out.error;
             let mut keep = out.unacked.into_iter().peekable();
@@ -181,7 +185,7 @@ impl FallbackSink {
             });
         }
         if let Err(spool_error) = self.spool.append(&records).await {
-            tracing::warn!(kafka = ?kafka_error, spool = %spool_error, "neither kafka nor the spool took the batch");
+            tracing::debug!(kafka = ?kafka_error, spool = %spool_error, "neither kafka nor the spool took the batch");
             return Err(spool_error);
         }
         let spooled_events = records

@@ -11,8 +11,9 @@
 //! # Files
 //! `DIR/<seq>.seg`, `seq` a zero-padded 20-digit counter, oldest first. At most one segment is
 //! *active* (being appended to, owned by the writer thread); the others are *sealed* (immutable,
-//! owned by the replayer). Segments are sealed when they reach `segment_bytes`, when they have
-//! been idle for `seal_after`, and at shutdown. `DIR/<seq>.ack` is the replayer's checkpoint for
+//! owned by the replayer). Segments are sealed when they reach `segment_bytes`, when their first
+//! record is `seal_after` old (so steady traffic can't keep the replayer waiting), and at
+//! shutdown. `DIR/<seq>.ack` is the replayer's checkpoint for
 //! `<seq>.seg`: the decimal byte offset up to which every record is acknowledged by Kafka.
 //! `DIR/LOCK` holds an exclusive `flock` so two processes never share a spool.
 //!
@@ -86,7 +87,7 @@ pub struct SpoolOptions {
     pub max_age: Duration,
     /// Seal the active segment at this size.
     pub segment_bytes: u64,
-    /// Seal the active segment after this long without appends, so the replayer can take it.
+    /// Seal the active segment this long after its first append, so the replayer can take it.
     pub seal_after: Duration,
     /// After a disk error, refuse appends this long before trying the disk again.
     pub io_error_backoff: Duration,

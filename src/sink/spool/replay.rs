@@ -1,7 +1,9 @@
 //! The replayer: drains sealed segments to Kafka, oldest first, one bounded batch in flight at a
-//! time so live traffic keeps most of the producer. A batch is retried (only its unacknowledged
-//! records) with exponential backoff until Kafka takes it; then the checkpoint moves past it.
-//! A segment is deleted once its last batch is acknowledged.
+//! time so live traffic keeps most of the producer. A batch waits for a definite answer for every
+//! record (acknowledged, or failed after librdkafka's own `message.timeout.ms`), so a record is
+//! never queued in the producer twice by the replayer; failed records are retried with
+//! exponential backoff until Kafka takes them, then the checkpoint moves past the batch. A
+//! segment is deleted once its last batch is acknowledged.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -26,6 +28,8 @@ pub trait ReplayTarget: Send + Sync + 'static {
 pub struct ReplayOptions {
     pub batch_records: usize,
     pub batch_bytes: usize,
+    /// How long to wait for a batch: longer than the producer's `message.timeout.ms`, so each
+    /// record's fate is known before it is sent again.
     pub ack_timeout: Duration,
     pub max_backoff: Duration,
 }
@@ -78,7 +82,11 @@ async fn run(shared: Arc<Shared>, target: Arc<dyn ReplayTarget>, opts: ReplayOpt
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .pop_front();
-        shared.bytes.fetch_sub(segment.len, Ordering::Relaxed);
+        let _ = shared
+            .bytes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+                Some(b.saturating_sub(segment.len))
+            });
     }
 }
 
@@ -131,9 +139,11 @@ async fn replay_segment(
             let unacked = target.produce(&pending, deadline).await;
             let delivered = pending.len() - unacked.len();
             metrics::counter!(m::SPOOL_REPLAYED).increment(delivered as u64);
-            shared
+            let _ = shared
                 .records
-                .fetch_sub(delivered as u64, Ordering::Relaxed);
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |r| {
+                    Some(r.saturating_sub(delivered as u64))
+                });
             if unacked.is_empty() {
                 break;
             }

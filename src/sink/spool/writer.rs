@@ -80,7 +80,8 @@ struct Active {
     file: File,
     len: u64,
     first_ms: i64,
-    last_append: Instant,
+    /// When the first record went in (the seal clock starts then).
+    first_append: Option<Instant>,
 }
 
 struct Writer {
@@ -118,7 +119,7 @@ impl Writer {
             let first = match rx.recv_timeout(tick) {
                 Ok(cmd) => cmd,
                 Err(RecvTimeoutError::Timeout) => {
-                    self.seal_if_idle();
+                    self.seal_if_due();
                     continue;
                 }
                 Err(RecvTimeoutError::Disconnected) => {
@@ -149,15 +150,19 @@ impl Writer {
                 return;
             }
             self.commit(group);
+            self.seal_if_due();
         }
     }
 
-    fn seal_if_idle(&mut self) {
-        let idle = self
-            .active
-            .as_ref()
-            .is_some_and(|a| a.len > 0 && a.last_append.elapsed() >= self.shared.opts.seal_after);
-        if idle {
+    /// Seals the active segment once it has held data for `seal_after` — idle or not — so the
+    /// replayer never waits behind a segment that steady traffic keeps open.
+    fn seal_if_due(&mut self) {
+        let due = self.active.as_ref().is_some_and(|a| {
+            a.len > 0
+                && a.first_append
+                    .is_some_and(|t| t.elapsed() >= self.shared.opts.seal_after)
+        });
+        if due {
             let _ = self.seal();
         }
     }
@@ -252,7 +257,7 @@ impl Writer {
             .as_mut()
             .expect("active segment exists after a write");
         active.len += added;
-        active.last_append = Instant::now();
+        active.first_append.get_or_insert_with(Instant::now);
         if active.first_ms == 0 {
             active.first_ms = first_ms;
             self.shared
@@ -267,7 +272,10 @@ impl Writer {
     }
 
     fn disk_error(&self, e: std::io::Error) -> SinkError {
-        tracing::error!(error = %e, dir = %self.shared.opts.dir.display(), "spool write failed");
+        static LAST: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+        if m::log_allowed(&LAST) {
+            tracing::error!(error = %e, dir = %self.shared.opts.dir.display(), "spool write failed (logged at most once a second)");
+        }
         metrics::counter!(m::SPOOL_IO_ERRORS).increment(1);
         self.shared
             .last_io_error_ms
@@ -295,7 +303,7 @@ impl Writer {
                 file,
                 len: 0,
                 first_ms: 0,
-                last_append: Instant::now(),
+                first_append: None,
             });
         }
         Ok(self.active.as_mut().expect("just created"))
@@ -329,8 +337,15 @@ impl Writer {
     fn seal_after_error(&mut self) {
         if let Some(a) = self.active.as_mut() {
             // We no longer know the file's length; take it from the file system (the replayer
-            // reads only the valid prefix anyway).
-            a.len = a.file.metadata().map(|m| m.len()).unwrap_or(a.len);
+            // reads only the valid prefix anyway) and account for the extra bytes, so the
+            // replayer's subtraction at deletion balances.
+            let on_disk = a.file.metadata().map(|m| m.len()).unwrap_or(a.len);
+            if on_disk > a.len {
+                self.shared
+                    .bytes
+                    .fetch_add(on_disk - a.len, Ordering::Relaxed);
+                a.len = on_disk;
+            }
         }
         let _ = self.seal();
     }
