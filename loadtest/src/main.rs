@@ -65,6 +65,36 @@ enum Command {
     Sweep(SweepArgs),
     /// perf-record the gateway under closed-loop load and summarise where its CPU goes.
     Profile(ProfileArgs),
+    /// Bare producer against running brokers: the gateway's records, no HTTP.
+    Produce(ProduceArgs),
+}
+
+#[derive(Args)]
+struct ProduceArgs {
+    #[command(flatten)]
+    traffic: Traffic,
+    #[arg(long, default_value = "127.0.0.1:9092")]
+    brokers: String,
+    /// Schema directory (default: the workspace's schemas/).
+    #[arg(long)]
+    schemas: Option<PathBuf>,
+    /// Open loop at this many batches (requests' worth of records) per second; default: as fast
+    /// as `--connections` × events per request in flight allow.
+    #[arg(long)]
+    rate: Option<f64>,
+    #[arg(long, default_value = suite::PREFIX)]
+    topic_prefix: String,
+    #[arg(long, default_value = suite::DEAD_LETTER)]
+    dead_letter_topic: String,
+    /// librdkafka property overriding the gateway's producer settings, e.g. linger.ms=1.
+    #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    overrides: Vec<(String, String)>,
+}
+
+fn parse_key_value(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))
 }
 
 /// What is sent.
@@ -230,6 +260,7 @@ fn main() -> anyhow::Result<()> {
         Command::Suite(args) => run_suite(args),
         Command::Sweep(args) => run_sweep(args, fds),
         Command::Profile(args) => run_profile(args),
+        Command::Produce(args) => run_produce(args),
     }
 }
 
@@ -482,6 +513,61 @@ fn run_profile(args: ProfileArgs) -> anyhow::Result<()> {
     );
     println!("{}", profile::summarise(&out, args.top)?);
     println!("perf data: {}", out.display());
+    Ok(())
+}
+
+fn run_produce(args: ProduceArgs) -> anyhow::Result<()> {
+    let schemas = args
+        .schemas
+        .unwrap_or_else(|| procs::workspace_root().join("schemas"));
+    let registry = eventpipe::schema::Registry::load(&schemas)?;
+    let gen = gen::Generator::new(&args.traffic.gen_config());
+    let records =
+        kafka::encode_templates(&gen, &registry, &args.topic_prefix, &args.dead_letter_topic)?;
+    let t = &args.traffic;
+    let overrides: std::collections::BTreeMap<String, String> =
+        args.overrides.into_iter().collect();
+    match args.rate {
+        Some(rate) => {
+            let (h, sent, failed) = kafka::produce_open_loop(
+                &args.brokers,
+                &overrides,
+                &records,
+                t.events_per_request,
+                rate,
+                t.warmup,
+                t.duration,
+            )?;
+            let ms = |q| h.value_at_quantile(q) as f64 / 1000.0;
+            println!(
+                "{} batches of {} acknowledged in the window; batch latency p50 {:.1} ms, p99 {:.1} \
+                 ms, p99.9 {:.1} ms, max {:.1} ms; {sent} records sent, {failed} failed",
+                h.len(),
+                t.events_per_request,
+                ms(0.5),
+                ms(0.99),
+                ms(0.999),
+                h.max() as f64 / 1000.0
+            );
+        }
+        None => {
+            let in_flight = (t.connections * t.events_per_request) as u64;
+            let r = kafka::produce_ceiling(
+                &args.brokers,
+                &overrides,
+                &records,
+                in_flight,
+                t.warmup,
+                t.duration,
+            )?;
+            println!(
+                "{:.0} records/s acknowledged, {} failed, producer CPU {:.1} s",
+                r.events_per_sec(),
+                r.failed,
+                r.cpu_secs
+            );
+        }
+    }
     Ok(())
 }
 

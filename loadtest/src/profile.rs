@@ -60,7 +60,7 @@ fn report(data: &Path, args: &[&str]) -> anyhow::Result<String> {
 fn rows(text: &str) -> impl Iterator<Item = String> + '_ {
     text.lines()
         .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-        .map(|l| l.trim_end().to_owned())
+        .map(|l| l.trim_end_matches([' ', '-']).to_owned())
 }
 
 /// Frames that only say "a future was polled" or "a thread ran": everything is under them.

@@ -82,10 +82,10 @@ pub fn table(rows: &[Row]) -> String {
         let [p50, p99, p999] = r.latency_ms.map_or([None; 3], |l| l.map(Some));
         let _ = writeln!(
             s,
-            "| {} | {:.0} | {:.1} | {} | {} | {} | {} | {:.1} | {} | {} | {} |",
+            "| {} | {:.0} | {} | {} | {} | {} | {} | {:.1} | {} | {} | {} |",
             r.label,
             r.events_per_sec,
-            r.mb_per_sec,
+            opt(Some(r.mb_per_sec), 1),
             opt(p50, 1),
             opt(p99, 1),
             opt(p999, 1),
