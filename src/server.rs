@@ -121,13 +121,15 @@ pub async fn serve_with_sink(
     admin_listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
+    // Install the metrics recorder before anything records.
+    let prometheus = m::recorder();
     let tls = config.tls.as_ref().map(tls_acceptor).transpose()?;
     metrics::gauge!(m::SCHEMAS_LOADED).set(registry.len() as f64);
     let gw = gateway(&config, registry, sink.clone());
     let router = http::app(gw.clone(), &config.cors, config.limits.request_timeout());
 
     let (admin_stop_tx, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let admin_router = admin::router(gw.clone(), m::recorder());
+    let admin_router = admin::router(gw.clone(), prometheus);
     let admin_task = tokio::spawn(async move {
         axum::serve(admin_listener, admin_router)
             .with_graceful_shutdown(async {

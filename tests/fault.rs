@@ -177,12 +177,32 @@ async fn scenario(name: &str, rounds: usize, plan: impl Fn(usize) -> Fault) {
     for task in load {
         task.await.unwrap();
     }
-    let drained = gw.wait_spool_empty(Duration::from_secs(120)).await;
-    assert!(drained, "{name}: spool did not drain: {}", gw.log_tail());
+    let mut broker_repairs = 0;
+    let started = std::time::Instant::now();
+    let drained = loop {
+        if gw.wait_spool_empty(Duration::from_secs(10)).await {
+            break true;
+        }
+        if broker.storage_crashed() {
+            broker_repairs += 1;
+            broker.kill();
+            broker.start();
+        }
+        if started.elapsed() > Duration::from_secs(150) {
+            break false;
+        }
+    };
+    assert!(
+        drained,
+        "{name}: spool did not drain: {} (broker log {})",
+        gw.log_tail(),
+        broker.log_path().display()
+    );
     let topic = topics.topic("click");
-    let result = tokio::task::block_in_place(|| {
+    let mut result = tokio::task::block_in_place(|| {
         audit(name, faults.get(), &broker.brokers(), &topic, &ledger)
     });
+    result.broker_repairs = broker_repairs;
     let line = serde_json::to_string(&result).unwrap();
     println!("FAULT-AUDIT {line}");
     let report = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/fault-audit.jsonl");

@@ -274,6 +274,8 @@ pub struct Audit {
     pub duplicates: usize,
     pub unacked_but_present: usize,
     pub statuses: HashMap<String, u64>,
+    /// Extra broker restarts the harness made because Tansu's storage task had crashed.
+    pub broker_repairs: u64,
 }
 
 /// Reads the topic from the beginning with the independent consumer and compares with the ledger.
@@ -313,6 +315,7 @@ pub fn audit(scenario: &str, faults: u64, brokers: &str, topic: &str, ledger: &L
         duplicates: seen.values().map(|n| (*n as usize).saturating_sub(1)).sum(),
         unacked_but_present: seen.keys().filter(|id| !acked.contains(*id)).count(),
         statuses: ledger.statuses.lock().unwrap().clone(),
+        broker_repairs: 0,
     }
 }
 

@@ -97,6 +97,8 @@ def main():
     ap.add_argument("--idle", type=float, default=2.0)
     ap.add_argument("--timeout", type=float, default=60.0)
     ap.add_argument("--ids-only", action="store_true", help="print only topic and event_id header")
+    ap.add_argument("--want", action="append", default=[], help="keep reading until this event_id is seen")
+    ap.add_argument("--want-file", help="file of event_ids (one per line) to wait for")
     args = ap.parse_args()
 
     c = Consumer({"bootstrap.servers": args.brokers, "group.id": f"e2e-{os.getpid()}",
@@ -109,10 +111,17 @@ def main():
             sys.exit(2)
         parts += [TopicPartition(t, p, OFFSET_BEGINNING) for p in md.topics[t].partitions]
     c.assign(parts)
+    want = set(args.want)
+    if args.want_file:
+        with open(args.want_file) as f:
+            want |= {line.strip() for line in f if line.strip()}
     seen = 0
     start = last = time.time()
     while time.time() - start < args.timeout:
-        if seen >= args.expect and time.time() - last >= args.idle:
+        # Duplicates make a message count unreliable: with --want, wait for the ids themselves.
+        if seen >= args.expect and not want and time.time() - last >= args.idle:
+            break
+        if want and time.time() - start >= args.timeout:
             break
         m = c.poll(0.2)
         if m is None:
@@ -123,6 +132,7 @@ def main():
         last = time.time()
         seen += 1
         headers = {k: (v.decode() if v is not None else None) for k, v in (m.headers() or [])}
+        want.discard(headers.get("event_id"))
         if args.ids_only:
             print(m.topic(), headers.get("event_id", ""), flush=False)
             continue
