@@ -97,6 +97,62 @@ fn status_kib(pid: u32, field: &str) -> Option<u64> {
         .ok()
 }
 
+/// CPU used on the machine by everything except the processes being measured and this one:
+/// a benchmark on a shared machine should say when something else competed for the cores.
+pub struct OtherLoad {
+    pids: Vec<u32>,
+    started: Instant,
+    busy0: f64,
+    ours0: f64,
+}
+
+impl OtherLoad {
+    pub fn start(pids: &[u32]) -> OtherLoad {
+        OtherLoad {
+            pids: pids.to_vec(),
+            started: Instant::now(),
+            busy0: system_busy_secs(),
+            ours0: ours(pids),
+        }
+    }
+
+    /// Average cores used by other processes since `start`.
+    pub fn cores(&self) -> f64 {
+        let busy = system_busy_secs() - self.busy0;
+        let mine = ours(&self.pids) - self.ours0;
+        ((busy - mine) / self.started.elapsed().as_secs_f64()).max(0.0)
+    }
+}
+
+fn ours(pids: &[u32]) -> f64 {
+    let children: f64 = pids
+        .iter()
+        .filter_map(|p| cpu_secs(&format!("/proc/{p}/stat")))
+        .sum();
+    children + self_cpu_secs()
+}
+
+/// Busy CPU seconds of the whole machine (all but idle and iowait), from /proc/stat.
+fn system_busy_secs() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(cpu) = stat.lines().next() else {
+        return f64::NAN;
+    };
+    let ticks: Vec<u64> = cpu
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal ...
+    let busy: u64 = ticks
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 4 && *i < 8)
+        .map(|(_, v)| v)
+        .sum();
+    busy as f64 / clock_ticks()
+}
+
 /// This process's CPU seconds.
 pub fn self_cpu_secs() -> f64 {
     cpu_secs("/proc/self/stat").unwrap_or(f64::NAN)

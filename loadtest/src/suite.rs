@@ -109,6 +109,7 @@ impl Bench {
         let records = kafka::encode_templates(&w.gen, &registry, PREFIX, DEAD_LETTER)?;
         let in_flight = (connections * w.gen_cfg.events_per_request).max(1) as u64;
         let broker_cpu0 = broker.cpu_secs();
+        let other = procs::OtherLoad::start(&[broker.pid()]);
         let r = kafka::produce_ceiling(
             &brokers,
             &self.librdkafka,
@@ -118,6 +119,7 @@ impl Bench {
             self.duration,
         )?;
         let broker_cpu = broker.cpu_secs() - broker_cpu0;
+        let other_cores = other.cores();
         let (topics, dl) = w.topics();
         let mut all = topics.clone();
         all.push(dl);
@@ -140,7 +142,10 @@ impl Bench {
                 acked_dead: 0,
                 found_dead: 0,
             }),
-            note: format!("{in_flight} messages in flight max; CPU column = producer process"),
+            note: format!(
+                "{in_flight} messages in flight max; CPU column = producer process{}",
+                other_note(other_cores)
+            ),
         })
     }
 
@@ -151,6 +156,7 @@ impl Bench {
         let records = kafka::encode_templates(&w.gen, &registry, PREFIX, DEAD_LETTER)?;
         let batch = w.gen_cfg.events_per_request;
         let broker_cpu0 = broker.cpu_secs();
+        let other = procs::OtherLoad::start(&[broker.pid()]);
         let (hist, sent, failed) = kafka::produce_open_loop(
             &brokers,
             &self.librdkafka,
@@ -176,7 +182,8 @@ impl Bench {
             check: None,
             note: format!(
                 "batches of {batch} records at {rate:.0}/s, each timed from its due time to its \
-                 last ack: the latency floor of this broker and producer configuration"
+                 last ack: the latency floor of this broker and producer configuration{}",
+                other_note(other.cores())
             ),
         })
     }
@@ -204,6 +211,7 @@ impl Bench {
         let target = Arc::new(Target::new(&gw.url(), trust.as_ref())?);
         let (gw_cpu0, broker_cpu0) = (gw.proc.cpu_secs(), broker.cpu_secs());
         let self_cpu0 = procs::self_cpu_secs();
+        let other = procs::OtherLoad::start(&[gw.proc.pid(), broker.pid()]);
         let perf = run.perf.clone().map(|out| {
             let (pid, delay) = (gw.proc.pid(), run.load.warmup);
             let duration = run.load.duration.min(Duration::from_secs(10));
@@ -223,6 +231,7 @@ impl Bench {
         let gw_cpu = gw.proc.cpu_secs() - gw_cpu0;
         let broker_cpu = broker.cpu_secs() - broker_cpu0;
         let self_cpu = procs::self_cpu_secs() - self_cpu0;
+        let other_cores = other.cores();
         let peak_rss = gw.proc.peak_rss_mib();
         drop(gw);
         // CPU covers warm-up and window, so it is divided by the events of both.
@@ -271,6 +280,7 @@ impl Bench {
         for (kind, n) in &result.errors {
             note.push_str(&format!(", {n} {kind} errors"));
         }
+        note.push_str(&other_note(other_cores));
         note.push_str(&format!(
             "; slowest answer per second (ms): {}",
             result.max_per_second()
@@ -303,6 +313,15 @@ impl Bench {
             Duration::from_secs(300),
         )
         .context("counting messages in Kafka")
+    }
+}
+
+/// Says how much CPU other processes took during a phase, if it matters.
+fn other_note(cores: f64) -> String {
+    if cores >= 0.05 {
+        format!("; other processes used {cores:.2} cores meanwhile")
+    } else {
+        String::new()
     }
 }
 
