@@ -116,8 +116,9 @@ pub struct KafkaConfig {
     /// How long a request waits for Kafka's acknowledgements before it is answered 503.
     #[serde(default = "default_ack_timeout_ms")]
     pub ack_timeout_ms: u64,
-    /// Raw librdkafka properties, passed straight through (they override ours).
-    #[serde(default)]
+    /// Raw librdkafka properties, passed straight through (they override ours). Numbers and
+    /// booleans are accepted as written (`linger.ms = 10`) and handed over as text.
+    #[serde(default, deserialize_with = "scalars_as_strings")]
     pub librdkafka: BTreeMap<String, String>,
 }
 
@@ -171,6 +172,32 @@ pub struct CorsConfig {
     /// Preflight cache lifetime in seconds.
     #[serde(default = "default_cors_max_age")]
     pub max_age_secs: u64,
+}
+
+fn scalars_as_strings<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<String, String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Scalar {
+        S(String),
+        I(i64),
+        F(f64),
+        B(bool),
+    }
+    let raw = BTreeMap::<String, Scalar>::deserialize(d)?;
+    Ok(raw
+        .into_iter()
+        .map(|(k, v)| {
+            let v = match v {
+                Scalar::S(s) => s,
+                Scalar::I(i) => i.to_string(),
+                Scalar::F(f) => f.to_string(),
+                Scalar::B(b) => b.to_string(),
+            };
+            (k, v)
+        })
+        .collect())
 }
 
 fn default_listen() -> SocketAddr {
@@ -487,6 +514,16 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.kafka.topic_prefix, "file.");
+        let raw = load(
+            None,
+            env(&[("EVENTPIPE_KAFKA__LIBRDKAFKA__linger.ms", "10")]),
+            vec![],
+        )
+        .unwrap();
+        assert_eq!(
+            raw.kafka.librdkafka.get("linger.ms").map(String::as_str),
+            Some("10")
+        );
         assert_eq!(c.kafka.brokers, "flag:3");
         assert_eq!(c.limits.max_events, 9);
     }

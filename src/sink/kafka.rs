@@ -18,7 +18,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{
-    BaseRecord, DeliveryResult, Producer as _, ProducerContext, PurgeConfig, ThreadedProducer,
+    BaseRecord, DeliveryResult, Producer as _, ProducerContext, ThreadedProducer,
 };
 use rdkafka::{ClientContext, Statistics};
 use tokio::sync::Notify;
@@ -385,15 +385,6 @@ impl KafkaSink {
             None => Ok(Delivered::default()),
             Some(e) => Err(e),
         }
-    }
-
-    /// Drops every record still waiting in the local queue (not those already sent to a broker);
-    /// their requests see a failure and spool them. Used when Kafka is found unavailable, so a
-    /// spooled record does not also linger in the queue and reach Kafka twice.
-    pub fn purge_queued(&self) {
-        self.producer()
-            .producer
-            .purge(PurgeConfig::default().queue());
     }
 
     /// Waits until everything queued is delivered or `timeout` passes.

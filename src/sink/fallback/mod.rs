@@ -97,8 +97,8 @@ impl ReplayTarget for ReplayToKafka {
                 .await;
             if out.unacked.is_empty() {
                 self.breaker.success();
-            } else if self.breaker.failure() {
-                self.kafka.purge_queued();
+            } else {
+                self.breaker.failure();
             }
             out.unacked
         })
@@ -167,10 +167,8 @@ impl FallbackSink {
                 self.breaker.success();
                 return Ok(Delivered::default());
             }
-            // Kafka is down or stuck: what waits in the producer queue is about to be (or has
-            // been) spooled by its request, so drop it there rather than deliver it twice.
-            if !matches!(out.error, Some(SinkError::Permanent(_))) && self.breaker.failure() {
-                self.kafka.purge_queued();
+            if !matches!(out.error, Some(SinkError::Permanent(_))) {
+                self.breaker.failure();
             }
             kafka_error = out.error;
             let mut keep = out.unacked.into_iter().peekable();
