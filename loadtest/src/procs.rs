@@ -103,6 +103,7 @@ pub struct OtherLoad {
     pids: Vec<u32>,
     started: Instant,
     busy0: f64,
+    steal0: f64,
     ours0: f64,
 }
 
@@ -111,16 +112,20 @@ impl OtherLoad {
         OtherLoad {
             pids: pids.to_vec(),
             started: Instant::now(),
-            busy0: system_busy_secs(),
+            busy0: system_secs(&[0, 1, 2, 5, 6]),
+            steal0: system_secs(&[7]),
             ours0: ours(pids),
         }
     }
 
-    /// Average cores used by other processes since `start`.
-    pub fn cores(&self) -> f64 {
-        let busy = system_busy_secs() - self.busy0;
+    /// Average cores used by other processes, and taken by the hypervisor (steal), since
+    /// `start`.
+    pub fn cores(&self) -> (f64, f64) {
+        let secs = self.started.elapsed().as_secs_f64();
+        let busy = system_secs(&[0, 1, 2, 5, 6]) - self.busy0;
         let mine = ours(&self.pids) - self.ours0;
-        ((busy - mine) / self.started.elapsed().as_secs_f64()).max(0.0)
+        let steal = system_secs(&[7]) - self.steal0;
+        (((busy - mine) / secs).max(0.0), steal / secs)
     }
 }
 
@@ -132,8 +137,9 @@ fn ours(pids: &[u32]) -> f64 {
     children + self_cpu_secs()
 }
 
-/// Busy CPU seconds of the whole machine (all but idle and iowait), from /proc/stat.
-fn system_busy_secs() -> f64 {
+/// CPU seconds of the whole machine in the given /proc/stat columns (0 user, 1 nice, 2 system,
+/// 3 idle, 4 iowait, 5 irq, 6 softirq, 7 steal).
+fn system_secs(columns: &[usize]) -> f64 {
     let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
     let Some(cpu) = stat.lines().next() else {
         return f64::NAN;
@@ -143,14 +149,8 @@ fn system_busy_secs() -> f64 {
         .skip(1)
         .filter_map(|v| v.parse().ok())
         .collect();
-    // user nice system idle iowait irq softirq steal ...
-    let busy: u64 = ticks
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| *i != 3 && *i != 4 && *i < 8)
-        .map(|(_, v)| v)
-        .sum();
-    busy as f64 / clock_ticks()
+    let sum: u64 = columns.iter().filter_map(|&c| ticks.get(c)).sum();
+    sum as f64 / clock_ticks()
 }
 
 /// This process's CPU seconds.

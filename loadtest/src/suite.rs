@@ -316,13 +316,18 @@ impl Bench {
     }
 }
 
-/// Says how much CPU other processes took during a phase, if it matters.
-fn other_note(cores: f64) -> String {
-    if cores >= 0.05 {
-        format!("; other processes used {cores:.2} cores meanwhile")
-    } else {
-        String::new()
+/// Says how much CPU other processes and the hypervisor took during a phase, if it matters.
+fn other_note((other, steal): (f64, f64)) -> String {
+    let mut s = String::new();
+    if other >= 0.05 {
+        s.push_str(&format!(
+            "; other processes used {other:.2} cores meanwhile"
+        ));
     }
+    if steal >= 0.05 {
+        s.push_str(&format!("; hypervisor steal {steal:.2} cores"));
+    }
+    s
 }
 
 /// One repetition of the four phases; returns the rows in order.
