@@ -97,7 +97,8 @@ fn status_kib(pid: u32, field: &str) -> Option<u64> {
         .ok()
 }
 
-/// CPU used on the machine by everything except the processes being measured and this one:
+/// CPU used on the machine by everything except the processes being measured and this one
+/// (user + system time; interrupt time, mostly loopback networking, is left out), and steal:
 /// a benchmark on a shared machine should say when something else competed for the cores.
 pub struct OtherLoad {
     pids: Vec<u32>,
@@ -112,7 +113,7 @@ impl OtherLoad {
         OtherLoad {
             pids: pids.to_vec(),
             started: Instant::now(),
-            busy0: system_secs(&[0, 1, 2, 5, 6]),
+            busy0: system_secs(&[0, 1, 2]),
             steal0: system_secs(&[7]),
             ours0: ours(pids),
         }
@@ -122,7 +123,7 @@ impl OtherLoad {
     /// `start`.
     pub fn cores(&self) -> (f64, f64) {
         let secs = self.started.elapsed().as_secs_f64();
-        let busy = system_secs(&[0, 1, 2, 5, 6]) - self.busy0;
+        let busy = system_secs(&[0, 1, 2]) - self.busy0;
         let mine = ours(&self.pids) - self.ours0;
         let steal = system_secs(&[7]) - self.steal0;
         (((busy - mine) / secs).max(0.0), steal / secs)
