@@ -156,11 +156,20 @@ async fn scenario(name: &str, rounds: usize, plan: impl Fn(usize) -> Fault) {
 
     let ledger = Arc::new(Ledger::default());
     let stop = Arc::new(AtomicBool::new(false));
+    // Tansu's SQLite engine slows down as a topic grows (a fetch on a few tens of thousands of
+    // records can take a minute), so longer runs send a little slower.
+    let pause = if rounds > SINGLE.len() {
+        60
+    } else if rounds > 1 {
+        40
+    } else {
+        20
+    };
     let load = spawn_load(
         gw.url(),
         4,
         10,
-        Duration::from_millis(20),
+        Duration::from_millis(pause),
         ledger.clone(),
         stop.clone(),
     );

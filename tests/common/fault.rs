@@ -93,7 +93,12 @@ impl GatewayProc {
             .append(true)
             .open(&self.log)
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_eventpipe"))
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_eventpipe"));
+        // The gateway reads every EVENTPIPE_* variable as config: pass only ours.
+        for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("EVENTPIPE_")) {
+            cmd.env_remove(key);
+        }
+        let child = cmd
             .arg("serve")
             .envs(self.env.iter().cloned())
             .stdout(Stdio::null())
@@ -276,23 +281,35 @@ pub struct Audit {
     pub statuses: HashMap<String, u64>,
     /// Extra broker restarts the harness made because Tansu's storage task had crashed.
     pub broker_repairs: u64,
+    /// What the independent consumer said on stderr (errors while reading), cut short.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub consumer_errors: String,
 }
 
 /// Reads the topic from the beginning with the independent consumer and compares with the ledger.
 pub fn audit(scenario: &str, faults: u64, brokers: &str, topic: &str, ledger: &Ledger) -> Audit {
     let acked = ledger.acked.lock().unwrap().clone();
     let sent = ledger.sent.lock().unwrap().len();
+    let want_file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        want_file.path(),
+        acked.iter().cloned().collect::<Vec<_>>().join("\n"),
+    )
+    .unwrap();
+    // Reads until every acknowledged id is seen (a message count can be met early by
+    // duplicates), then until idle; gives up after the timeout.
     let out = Command::new("python3")
         .arg(root().join("tests/py/consume.py"))
-        .args(["--brokers", brokers, "--topic", topic, "--ids-only"])
         .args([
-            "--expect",
-            &acked.len().to_string(),
-            "--idle",
-            "3",
-            "--timeout",
-            "180",
+            "--brokers",
+            brokers,
+            "--topic",
+            topic,
+            "--ids-only",
+            "--want-file",
         ])
+        .arg(want_file.path())
+        .args(["--idle", "3", "--timeout", "400"])
         .output()
         .expect("python3 for the independent consumer");
     assert!(
@@ -316,6 +333,10 @@ pub fn audit(scenario: &str, faults: u64, brokers: &str, topic: &str, ledger: &L
         unacked_but_present: seen.keys().filter(|id| !acked.contains(*id)).count(),
         statuses: ledger.statuses.lock().unwrap().clone(),
         broker_repairs: 0,
+        consumer_errors: String::from_utf8_lossy(&out.stderr)
+            .chars()
+            .take(2000)
+            .collect(),
     }
 }
 

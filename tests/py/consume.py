@@ -101,8 +101,11 @@ def main():
     ap.add_argument("--want-file", help="file of event_ids (one per line) to wait for")
     args = ap.parse_args()
 
+    # Tansu's SQLite engine can take over a minute to answer a fetch on a large topic: a slow
+    # answer must not be abandoned and re-sent.
     c = Consumer({"bootstrap.servers": args.brokers, "group.id": f"e2e-{os.getpid()}",
-                  "enable.auto.commit": False, "enable.partition.eof": False})
+                  "enable.auto.commit": False, "enable.partition.eof": False,
+                  "socket.timeout.ms": 300000})
     md = c.list_topics(timeout=10)
     parts = []
     for t in args.topic:
