@@ -27,8 +27,6 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("unsupported Content-Encoding '{0}': send gzip, deflate, zstd, br or none")]
     UnsupportedEncoding(String),
-    #[error("the request body was not received in time")]
-    BodyTimeout,
     #[error("events could not be stored right now; retry later")]
     Unavailable {
         cause: SinkError,
@@ -47,7 +45,6 @@ impl ApiError {
             ApiError::TooManyEvents { .. } => "too_many_events",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::UnsupportedEncoding(_) => "unsupported_encoding",
-            ApiError::BodyTimeout => "body_timeout",
             ApiError::Unavailable { .. } => "unavailable",
         }
     }
@@ -61,7 +58,6 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) | ApiError::UnsupportedEncoding(_) => {
                 StatusCode::UNSUPPORTED_MEDIA_TYPE
             }
-            ApiError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
