@@ -328,3 +328,29 @@ pub fn count_messages(
     }
     Ok(counts)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gen::{shipped_mix, GenConfig};
+
+    #[test]
+    fn the_ceiling_produces_what_the_gateway_would() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas");
+        let registry = Registry::load(&root).unwrap();
+        let gen = Generator::new(&GenConfig {
+            events_per_request: 50,
+            event_bytes: 500,
+            invalid_share: 0.05,
+            schemas: shipped_mix(),
+            templates: 8,
+            seed: 3,
+        });
+        let records = encode_templates(&gen, &registry, "p.", "p.invalid").unwrap();
+        assert_eq!(records.len(), 8 * 50, "one record per event");
+        let invalid: usize = gen.templates.iter().map(|t| t.invalid).sum();
+        let dead = records.iter().filter(|r| &*r.topic == "p.invalid").count();
+        assert_eq!(dead, invalid, "each invalid event becomes a dead letter");
+        assert!(records.iter().all(|r| r.topic.starts_with("p.")));
+    }
+}

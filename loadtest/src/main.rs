@@ -15,6 +15,8 @@
 //! target/release/eventpipe-loadtest suite --duration 20s            # broker + gateway + table
 //! target/release/eventpipe-loadtest sweep --connections 256,1024 --tls --gzip --idle 10000
 //! target/release/eventpipe-loadtest run --url http://127.0.0.1:8080/v1/events --rate 500
+//! target/release/eventpipe-loadtest profile --duration 10s   # perf record of the gateway
+//! target/release/eventpipe-loadtest produce --brokers 127.0.0.1:9092 --rate 100
 //! ```
 //!
 //! Load: bundles of `--events-per-request` events (~`--event-bytes` each) of the shipped schemas,
@@ -23,6 +25,7 @@
 //! open loop whose latencies are measured from each request's intended send time.
 //! Nothing here is a test: timing belongs in this tool, never in `cargo test`.
 
+mod args;
 mod client;
 mod gen;
 mod kafka;
@@ -40,6 +43,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
+use crate::args::{parse_duration, parse_key_value};
 use crate::client::{Target, Trust};
 use crate::gen::GenConfig;
 use crate::load::{LoadConfig, Mode};
@@ -89,12 +93,6 @@ struct ProduceArgs {
     /// librdkafka property overriding the gateway's producer settings, e.g. linger.ms=1.
     #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_key_value)]
     overrides: Vec<(String, String)>,
-}
-
-fn parse_key_value(s: &str) -> Result<(String, String), String> {
-    s.split_once('=')
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))
 }
 
 /// What is sent.
@@ -569,36 +567,4 @@ fn run_produce(args: ProduceArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-/// `20s`, `500ms`, `2m`, or plain seconds.
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
-        Some(i) => (&s[..i], &s[i..]),
-        None => (s, "s"),
-    };
-    let v: f64 = num.parse().map_err(|_| format!("bad duration {s:?}"))?;
-    let secs = match unit {
-        "ms" => v / 1000.0,
-        "s" => v,
-        "m" => v * 60.0,
-        _ => return Err(format!("bad duration unit in {s:?} (ms, s, m)")),
-    };
-    Ok(Duration::from_secs_f64(secs))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_duration;
-    use std::time::Duration;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("20s"), Ok(Duration::from_secs(20)));
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
-        assert!(parse_duration("3h").is_err());
-    }
 }
