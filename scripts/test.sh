@@ -6,4 +6,4 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 export PATH="$HOME/.cargo/bin:$PATH"
 cargo run --quiet -- schemas check schemas
-cargo test --all-targets -- --test-threads=4 "$@"
+cargo test --workspace --all-targets -- --test-threads=4 "$@"
