@@ -30,6 +30,11 @@ tansu_ok() {
   [[ -x "$bin" ]] && "$bin" --version 2>/dev/null | grep -q "$TANSU_VERSION"
 }
 if ! tansu_ok; then
+  # Build tools some of Tansu's C/C++ dependencies may look for (cheap when already present).
+  if command -v apt-get >/dev/null; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq && apt-get install -y -qq cmake pkg-config libssl-dev zlib1g-dev >/dev/null || true
+  fi
   echo "setup: cargo install tansu $TANSU_VERSION (takes ~10 minutes)"
   cargo install tansu --version "$TANSU_VERSION" --locked --features dynostore,libsql
 fi
