@@ -92,14 +92,16 @@ fn message_timeout_ms(config: &Config) -> u64 {
 
 /// Builds the shared gateway state from config, registry and sink.
 pub fn gateway(config: &Config, registry: Registry, sink: Arc<dyn Sink>) -> Arc<Gateway> {
+    let pipeline = PipelineConfig::new(
+        config.limits.clone(),
+        &config.kafka.topic_prefix,
+        &config.kafka.dead_letter_topic,
+        &registry,
+    );
     Arc::new(Gateway {
         registry: Arc::new(registry),
         sink,
-        pipeline: PipelineConfig {
-            limits: config.limits.clone(),
-            topic_prefix: config.kafka.topic_prefix.clone(),
-            dead_letter_topic: config.kafka.dead_letter_topic.as_str().into(),
-        },
+        pipeline,
         collector: Collector {
             host: config.collector_host(),
             version: env!("CARGO_PKG_VERSION").into(),

@@ -44,7 +44,7 @@ pub fn event_record(
         enrichment: enrichment.clone(),
     };
     Record {
-        topic: Arc::from(format!("{}{}", cfg.topic_prefix, valid.schema.name)),
+        topic: cfg.topic(&valid.schema.name),
         key: Some(key.into_bytes()),
         payload: thrift::to_compact_bytes(&event),
         headers: vec![

@@ -18,6 +18,10 @@ pub struct Bundle<'a> {
     pub context: Map<String, Value>,
     #[serde(borrow)]
     pub events: Vec<&'a RawValue>,
+    /// Deepest nesting anywhere in the body (from the scan `parse` does anyway). When it is
+    /// within the event limit, no event needs a depth scan of its own.
+    #[serde(skip)]
+    pub depth: usize,
 }
 
 /// Deepest body accepted at all: bundle object + events array + event object + 120 levels.
@@ -42,18 +46,21 @@ impl<'a> Bundle<'a> {
         // body may nest further; past this cap (below serde_json's recursion limit of 128) the
         // whole body is refused.
         let depth_cap = BODY_DEPTH_CAP.max(max_depth + 3);
-        if json_depth(body) > depth_cap {
+        let depth = json_depth(body);
+        if depth > depth_cap {
             return Err(BundleError::TooDeep(depth_cap));
         }
         let text = std::str::from_utf8(body)
             .map_err(|e| BundleError::NotJson(format!("not UTF-8: {e}")))?;
-        serde_json::from_str::<Bundle<'a>>(text).map_err(|e| {
+        let mut bundle = serde_json::from_str::<Bundle<'a>>(text).map_err(|e| {
             if e.is_syntax() || e.is_eof() {
                 BundleError::NotJson(e.to_string())
             } else {
                 BundleError::NotABundle(e.to_string())
             }
-        })
+        })?;
+        bundle.depth = depth;
+        Ok(bundle)
     }
 }
 
@@ -97,7 +104,16 @@ struct EventEnvelope {
 }
 
 /// Parses and checks one event's envelope.
-pub fn parse_event(index: usize, text: &str, limits: &Limits) -> Result<RawEvent, Rejection> {
+///
+/// `body_depth` is the deepest nesting of the whole body: an event sits three levels down
+/// (bundle, events array, event), so when the body is within `max_depth + 3` no event can exceed
+/// the limit and the per-event scan is skipped.
+pub fn parse_event(
+    index: usize,
+    text: &str,
+    limits: &Limits,
+    body_depth: usize,
+) -> Result<RawEvent, Rejection> {
     let reject = |reason, path: &str, message: String, event_id: Option<String>| Rejection {
         index,
         event_id,
@@ -119,7 +135,11 @@ pub fn parse_event(index: usize, text: &str, limits: &Limits) -> Result<RawEvent
         ));
     }
     // The bundle's own levels are not the event's: depth counts from the event object.
-    let depth = json_depth(text.as_bytes());
+    let depth = if body_depth > limits.max_depth + 3 {
+        json_depth(text.as_bytes())
+    } else {
+        0
+    };
     if depth > limits.max_depth + 1 {
         let message = format!(
             "event nests {} levels; the limit is {}",

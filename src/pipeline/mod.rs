@@ -105,8 +105,41 @@ pub struct Processed {
 /// Settings the pipeline needs, fixed at start-up.
 pub struct PipelineConfig {
     pub limits: Limits,
-    pub topic_prefix: String,
     pub dead_letter_topic: std::sync::Arc<str>,
+    /// `<prefix><name>` for every schema name, built once: events share the Arc, no per-event
+    /// string building.
+    topics: std::collections::HashMap<std::sync::Arc<str>, std::sync::Arc<str>>,
+}
+
+impl PipelineConfig {
+    pub fn new(
+        limits: Limits,
+        topic_prefix: &str,
+        dead_letter_topic: &str,
+        registry: &Registry,
+    ) -> Self {
+        let topics = registry
+            .names()
+            .into_iter()
+            .map(|name| {
+                let topic = std::sync::Arc::from(format!("{topic_prefix}{name}"));
+                (name, topic)
+            })
+            .collect();
+        PipelineConfig {
+            limits,
+            dead_letter_topic: dead_letter_topic.into(),
+            topics,
+        }
+    }
+
+    /// The topic of a schema name from the registry the config was built with.
+    pub fn topic(&self, schema_name: &str) -> std::sync::Arc<str> {
+        self.topics
+            .get(schema_name)
+            .cloned()
+            .expect("every registry schema has a topic")
+    }
 }
 
 /// Runs every event of a parsed bundle through the stages.
@@ -124,8 +157,8 @@ pub fn process(
     };
     for (index, raw_json) in bundle.events.iter().enumerate() {
         let text = raw_json.get();
-        let result =
-            envelope::parse_event(index, text, &cfg.limits).and_then(|raw| validate(raw, registry));
+        let result = envelope::parse_event(index, text, &cfg.limits, bundle.depth)
+            .and_then(|raw| validate(raw, registry));
         match result {
             Ok(valid) => {
                 let name = valid.schema.name.clone();

@@ -14,12 +14,12 @@ fn registry() -> Registry {
 }
 
 fn cfg() -> PipelineConfig {
-    let c = Config::default();
-    PipelineConfig {
-        limits: c.limits,
-        topic_prefix: "events.".into(),
-        dead_letter_topic: "events.invalid".into(),
-    }
+    PipelineConfig::new(
+        Config::default().limits,
+        "events.",
+        "events.invalid",
+        &registry(),
+    )
 }
 
 fn enrichment() -> Enrichment {
