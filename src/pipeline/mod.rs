@@ -51,15 +51,6 @@ impl RejectReason {
             RejectReason::TooDeep => "too_deep",
         }
     }
-
-    pub const ALL: [RejectReason; 6] = [
-        RejectReason::InvalidEnvelope,
-        RejectReason::BadEventId,
-        RejectReason::UnknownSchema,
-        RejectReason::SchemaViolation,
-        RejectReason::TooLarge,
-        RejectReason::TooDeep,
-    ];
 }
 
 /// One rejected event, as reported to the client.

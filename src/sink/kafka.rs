@@ -386,14 +386,6 @@ impl KafkaSink {
             Some(e) => Err(e),
         }
     }
-
-    /// Waits until everything queued is delivered or `timeout` passes.
-    pub fn flush_blocking(&self, timeout: Duration) -> Result<(), SinkError> {
-        self.producer()
-            .producer
-            .flush(timeout)
-            .map_err(|e| classify(&e))
-    }
 }
 
 impl Sink for KafkaSink {

@@ -67,7 +67,7 @@ mod replay;
 mod segment;
 mod writer;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -288,10 +288,6 @@ impl Spool {
     /// Group commits so far (each is one fsync shared by every append in it).
     pub fn commits(&self) -> u64 {
         self.shared.commits.load(Ordering::Relaxed)
-    }
-
-    pub fn dir(&self) -> &Path {
-        &self.shared.opts.dir
     }
 
     pub(crate) fn shared(&self) -> &Arc<Shared> {

@@ -3,6 +3,7 @@
 
 use std::collections::HashSet;
 use std::io::Write;
+use std::path::Path;
 use std::sync::Mutex;
 
 use proptest::prelude::*;
