@@ -22,6 +22,28 @@ async fn setup(extra: &[(&str, &str)]) -> (Broker, Topics, Gateway) {
     (broker, topics, gw)
 }
 
+/// `n` fresh event ids.
+fn new_ids(n: usize) -> Vec<String> {
+    (0..n).map(|_| uuid::Uuid::new_v4().to_string()).collect()
+}
+
+/// One valid `click/1` event per id.
+fn click_events(ids: &[String]) -> Vec<Value> {
+    ids.iter()
+        .map(|id| json!({"schema": "click/1", "event_id": id, "data": {"element": "b"}}))
+        .collect()
+}
+
+/// Posts a bundle of `click/1` events with these ids.
+async fn post_clicks(client: &reqwest::Client, url: &str, ids: &[String]) -> reqwest::Response {
+    client
+        .post(url)
+        .json(&json!({"events": click_events(ids)}))
+        .send()
+        .await
+        .unwrap()
+}
+
 fn by_event_id(records: &[Value]) -> std::collections::HashMap<String, Value> {
     records
         .iter()
@@ -118,11 +140,8 @@ async fn accepted_events_and_dead_letters_land_where_they_belong() {
 async fn gzip_and_send_beacon_bodies() {
     let (broker, topics, gw) = setup(&[]).await;
     let client = reqwest::Client::new();
-    let ids: Vec<String> = (0..20).map(|_| uuid::Uuid::new_v4().to_string()).collect();
-    let events: Vec<Value> = ids
-        .iter()
-        .map(|id| json!({"schema": "click/1", "event_id": id, "data": {"element": "a#x"}}))
-        .collect();
+    let ids = new_ids(20);
+    let events = click_events(&ids);
     let raw = serde_json::to_vec(&json!({"events": events[..10]})).unwrap();
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     gz.write_all(&raw).unwrap();
@@ -315,8 +334,8 @@ async fn shutdown_finishes_in_flight_requests_and_readyz_turns_false() {
     let (broker, topics, gw) = setup(&[("EVENTPIPE_SHUTDOWN_GRACE_SECS", "1")]).await;
     let url = gw.url();
     let admin = gw.admin;
-    let ids: Vec<String> = (0..5).map(|_| uuid::Uuid::new_v4().to_string()).collect();
-    let bundle = json!({"events": ids.iter().map(|id| json!({"schema": "click/1", "event_id": id, "data": {"element": "b"}})).collect::<Vec<_>>()});
+    let ids = new_ids(5);
+    let bundle = json!({"events": click_events(&ids)});
     let stopping = tokio::spawn(gw.stop());
     tokio::time::sleep(Duration::from_millis(200)).await;
     let client = reqwest::Client::new();
@@ -358,25 +377,14 @@ async fn broker_outage_is_spooled_202_and_replayed_when_the_broker_returns() {
     .await;
     gw.wait_ready().await;
     let client = reqwest::Client::new();
-    let bundle = |ids: &[String]| json!({"events": ids.iter().map(|id| json!({"schema": "click/1", "event_id": id, "data": {"element": "b"}})).collect::<Vec<_>>()});
-    let before: Vec<String> = (0..3).map(|_| uuid::Uuid::new_v4().to_string()).collect();
-    let resp = client
-        .post(gw.url())
-        .json(&bundle(&before))
-        .send()
-        .await
-        .unwrap();
+    let before = new_ids(3);
+    let resp = post_clicks(&client, &gw.url(), &before).await;
     // 200, or 202 if the producer is still initialising against the fresh broker.
     assert!(resp.status().is_success(), "{}", resp.status());
 
     proxy.cut();
-    let during: Vec<String> = (0..4).map(|_| uuid::Uuid::new_v4().to_string()).collect();
-    let resp = client
-        .post(gw.url())
-        .json(&bundle(&during))
-        .send()
-        .await
-        .unwrap();
+    let during = new_ids(4);
+    let resp = post_clicks(&client, &gw.url(), &during).await;
     assert_eq!(resp.status(), 202, "a spooled request is answered 202");
     let body: Value = resp.json().await.unwrap();
     assert_eq!(

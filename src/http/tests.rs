@@ -471,3 +471,28 @@ async fn refused_requests_are_not_remembered_as_acknowledged() {
         "a refused event must be produced on retry"
     );
 }
+
+#[tokio::test]
+async fn a_dead_letter_that_cannot_be_written_is_counted_not_silent() {
+    let prometheus = crate::metrics::recorder();
+    let h = harness();
+    // Kafka down and the spool full: the refused request's dead letter has nowhere to go.
+    h.sink.fail_with(Some(SinkError::SpoolFull));
+    let req = post().body(Body::from("not json at all")).unwrap();
+    let (status, _, body) = send(&h, req).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("undecodable_body"))
+    );
+    let needle = "eventpipe_dead_letter_failures_total{reason=\"spool_full\"}";
+    let mut counted = false;
+    for _ in 0..100 {
+        if prometheus.render().contains(needle) {
+            counted = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(counted, "missing {needle}");
+    assert!(h.sink.records().is_empty());
+}
