@@ -18,3 +18,11 @@ pub mod schema;
 pub mod server;
 pub mod sink;
 pub mod thrift;
+
+/// Wall-clock milliseconds since the Unix epoch (receive times, spool record ages, rate limits).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

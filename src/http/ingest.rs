@@ -2,7 +2,6 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -46,10 +45,6 @@ pub async fn ingest(State(gw): State<AppState>, req: Request) -> Response {
 }
 
 fn enrichment(gw: &AppState, peer: Option<SocketAddr>, headers: &HeaderMap) -> Enrichment {
-    let now_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0);
     let header_text = |name: header::HeaderName| {
         headers
             .get(name)
@@ -57,7 +52,7 @@ fn enrichment(gw: &AppState, peer: Option<SocketAddr>, headers: &HeaderMap) -> E
             .map(|s| s.chars().take(1024).collect::<String>())
     };
     Enrichment {
-        received_at_ms: now_ms,
+        received_at_ms: crate::now_ms(),
         client_ip: client_ip(peer, headers, &gw.trusted_proxies).map(|ip| ip.to_string()),
         user_agent: header_text(header::USER_AGENT),
         collector_host: gw.collector.host.clone(),

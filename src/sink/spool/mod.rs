@@ -144,12 +144,7 @@ impl Shared {
     }
 }
 
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+pub use crate::now_ms;
 
 /// A point-in-time view of the spool, for metrics and readiness.
 #[derive(Debug, Clone, Copy)]
