@@ -39,11 +39,7 @@ pub fn encode_templates(
     topic_prefix: &str,
     dead_letter_topic: &str,
 ) -> anyhow::Result<Vec<Record>> {
-    let cfg = PipelineConfig {
-        limits: Limits::default(),
-        topic_prefix: topic_prefix.into(),
-        dead_letter_topic: dead_letter_topic.into(),
-    };
+    let cfg = PipelineConfig::new(Limits::default(), topic_prefix, dead_letter_topic, registry);
     let enrichment = Enrichment {
         received_at_ms: 1_795_000_000_000,
         client_ip: Some("127.0.0.1".into()),
