@@ -7,6 +7,12 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use eventpipe::{config, ops, schema, server};
 
+/// mimalloc: the hot path allocates and frees many small, short-lived buffers per event (parsed
+/// JSON, records) across threads; glibc malloc spent ~25% of the gateway's CPU on them
+/// (BENCHMARKS.md, profile).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "eventpipe",

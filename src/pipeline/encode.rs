@@ -6,7 +6,8 @@ use serde_json::{Map, Value};
 
 use super::{PipelineConfig, Rejection, ValidEvent};
 use crate::sink::{Record, RecordKind};
-use crate::thrift::{self, json::to_thrift, DeadLetter, Enrichment, Event};
+use crate::thrift::compact::{encode_event, EncodedEnrichment, EventFields};
+use crate::thrift::{self, DeadLetter, Enrichment};
 
 /// The gateway's identity, written into every record.
 #[derive(Debug, Clone)]
@@ -19,34 +20,30 @@ pub struct Collector {
 /// `visitor_id`, else `session_id`, else the event id, so one visitor's events stay in order.
 pub fn event_record(
     valid: ValidEvent,
+    text_len: usize,
     batch_context: &Map<String, Value>,
     cfg: &PipelineConfig,
-    enrichment: &Enrichment,
+    enrichment: &EncodedEnrichment,
 ) -> Record {
     let raw = valid.raw;
-    // Per-event context overrides batch context key by key.
-    let context: Map<String, Value> = if batch_context.is_empty() {
-        raw.context
-    } else {
-        let mut merged = batch_context.clone();
-        merged.extend(raw.context);
-        merged
-    };
-    let key = partition_key(&context).unwrap_or_else(|| raw.event_id.clone());
-    let context = Value::Object(context);
-    let event = Event {
-        event_id: raw.event_id.clone(),
-        schema_name: valid.schema.name.to_string(),
-        schema_major: i32::try_from(valid.schema.major).unwrap_or(i32::MAX),
-        ts: raw.ts,
-        context: to_thrift(&context),
-        data: to_thrift(&raw.data),
-        enrichment: enrichment.clone(),
-    };
+    let key = partition_key(batch_context, &raw.context).unwrap_or_else(|| raw.event_id.clone());
+    let payload = encode_event(
+        &EventFields {
+            event_id: &raw.event_id,
+            schema_name: &valid.schema.name,
+            schema_major: i32::try_from(valid.schema.major).unwrap_or(i32::MAX),
+            ts: raw.ts.as_deref(),
+            batch_context,
+            event_context: &raw.context,
+            data: &raw.data,
+            enrichment,
+        },
+        text_len,
+    );
     Record {
         topic: cfg.topic(&valid.schema.name),
         key: Some(key.into_bytes()),
-        payload: thrift::to_compact_bytes(&event),
+        payload,
         headers: vec![
             ("schema", valid.schema.id.to_string()),
             ("event_id", raw.event_id),
@@ -57,9 +54,11 @@ pub fn event_record(
     }
 }
 
-fn partition_key(context: &Map<String, Value>) -> Option<String> {
+/// The partition key from the merged context (the event's own context wins over the batch's,
+/// key by key).
+fn partition_key(batch: &Map<String, Value>, event: &Map<String, Value>) -> Option<String> {
     for field in ["visitor_id", "session_id"] {
-        match context.get(field) {
+        match event.get(field).or_else(|| batch.get(field)) {
             Some(Value::String(s)) if !s.is_empty() => return Some(s.clone()),
             Some(Value::Number(n)) => return Some(n.to_string()),
             _ => {}

@@ -20,6 +20,7 @@ use serde_json::{Map, Value};
 use crate::config::Limits;
 use crate::schema::Registry;
 use crate::sink::Record;
+use crate::thrift::compact::EncodedEnrichment;
 use crate::thrift::Enrichment;
 
 /// Why one event was rejected. The string forms are stable API (response `reason` and metrics).
@@ -146,6 +147,8 @@ pub fn process(
         rejected: Vec::new(),
         accepted_by_schema: Vec::new(),
     };
+    // Encoded once; every event of the request carries the same bytes.
+    let encoded_enrichment = EncodedEnrichment::new(enrichment);
     for (index, raw_json) in bundle.events.iter().enumerate() {
         let text = raw_json.get();
         let result = envelope::parse_event(index, text, &cfg.limits, bundle.depth)
@@ -155,9 +158,10 @@ pub fn process(
                 let name = valid.schema.name.clone();
                 out.records.push(encode::event_record(
                     valid,
+                    text.len(),
                     &bundle.context,
                     cfg,
-                    enrichment,
+                    &encoded_enrichment,
                 ));
                 out.accepted += 1;
                 match out.accepted_by_schema.iter_mut().find(|(n, _)| *n == name) {
