@@ -40,15 +40,7 @@ pub fn encode_templates(
     dead_letter_topic: &str,
 ) -> anyhow::Result<Vec<Record>> {
     let cfg = PipelineConfig::new(Limits::default(), topic_prefix, dead_letter_topic, registry);
-    let enrichment = Enrichment {
-        received_at_ms: 1_795_000_000_000,
-        client_ip: Some("127.0.0.1".into()),
-        user_agent: Some("eventpipe-loadtest".into()),
-        collector_host: "loadtest".into(),
-        collector_version: env!("CARGO_PKG_VERSION").into(),
-        sent_at: None,
-        origin: None,
-    };
+    let enrichment = loadtest_enrichment();
     let mut records = Vec::new();
     for t in &gen.templates {
         let body = t.fresh_body();
@@ -58,6 +50,19 @@ pub fn encode_templates(
         records.extend(pipeline::process(&bundle, registry, &cfg, &enrichment).records);
     }
     Ok(records)
+}
+
+/// What the gateway would know about a loopback request from this tool.
+pub fn loadtest_enrichment() -> Enrichment {
+    Enrichment {
+        received_at_ms: 1_795_000_000_000,
+        client_ip: Some("127.0.0.1".into()),
+        user_agent: Some("eventpipe-loadtest".into()),
+        collector_host: "loadtest".into(),
+        collector_version: env!("CARGO_PKG_VERSION").into(),
+        sent_at: None,
+        origin: None,
+    }
 }
 
 /// Counts acknowledgements.

@@ -48,6 +48,11 @@ use crate::client::{Target, Trust};
 use crate::gen::GenConfig;
 use crate::load::{LoadConfig, Mode};
 
+/// The gateway's allocator, so the `pipeline` subcommand and the bare-producer ceiling (which run
+/// gateway code in this process) cost what they cost in the gateway.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "eventpipe-loadtest",
@@ -71,6 +76,20 @@ enum Command {
     Profile(ProfileArgs),
     /// Bare producer against running brokers: the gateway's records, no HTTP.
     Produce(ProduceArgs),
+    /// The pipeline alone on one thread (no HTTP, no Kafka): ns per event by stage.
+    Pipeline(PipelineArgs),
+}
+
+#[derive(Args)]
+struct PipelineArgs {
+    #[command(flatten)]
+    traffic: Traffic,
+    /// Schema directory (default: the workspace's schemas/).
+    #[arg(long)]
+    schemas: Option<PathBuf>,
+    /// Run exactly this many requests instead of `--duration` (for callgrind: same work twice).
+    #[arg(long)]
+    requests: Option<u64>,
 }
 
 #[derive(Args)]
@@ -259,6 +278,7 @@ fn main() -> anyhow::Result<()> {
         Command::Sweep(args) => run_sweep(args, fds),
         Command::Profile(args) => run_profile(args),
         Command::Produce(args) => run_produce(args),
+        Command::Pipeline(args) => run_pipeline(args),
     }
 }
 
@@ -511,6 +531,54 @@ fn run_profile(args: ProfileArgs) -> anyhow::Result<()> {
     );
     println!("{}", profile::summarise(&out, args.top)?);
     println!("perf data: {}", out.display());
+    Ok(())
+}
+
+/// Bundle parse and `pipeline::process` over the generator's bodies, as the gateway runs them
+/// for one request, on this thread. Fresh event ids per body (copied in before the clock runs).
+fn run_pipeline(args: PipelineArgs) -> anyhow::Result<()> {
+    use eventpipe::pipeline::{self, Bundle, PipelineConfig};
+    use std::time::Instant;
+    let schemas = args
+        .schemas
+        .unwrap_or_else(|| procs::workspace_root().join("schemas"));
+    let registry = eventpipe::schema::Registry::load(&schemas)?;
+    let cfg = PipelineConfig::new(
+        eventpipe::config::Limits::default(),
+        suite::PREFIX,
+        suite::DEAD_LETTER,
+        &registry,
+    );
+    let gen = gen::Generator::new(&args.traffic.gen_config());
+    let enrichment = kafka::loadtest_enrichment();
+    let bodies: Vec<Vec<u8>> = (0..256).map(|n| gen.template(n).fresh_body()).collect();
+    let (mut parse, mut process, mut events, mut requests) = (0u128, 0u128, 0u64, 0u64);
+    let started = Instant::now();
+    let done = |requests: u64| match args.requests {
+        Some(n) => requests >= n,
+        None => started.elapsed() >= args.traffic.duration,
+    };
+    while !done(requests) {
+        let body = &bodies[(requests % bodies.len() as u64) as usize];
+        let t0 = Instant::now();
+        let bundle = Bundle::parse(body, cfg.limits.max_depth).context("template body")?;
+        let t1 = Instant::now();
+        let out = pipeline::process(&bundle, &registry, &cfg, &enrichment);
+        let t2 = Instant::now();
+        events += bundle.events.len() as u64;
+        requests += 1;
+        drop(out);
+        parse += (t1 - t0).as_nanos();
+        process += (t2 - t1).as_nanos();
+    }
+    let per_event = |ns: u128| ns as f64 / events.max(1) as f64;
+    println!(
+        "{requests} requests, {events} events: bundle parse {:.0} ns/event, process {:.0} ns/event, total {:.0} ns/event ({:.0} events/s on one core)",
+        per_event(parse),
+        per_event(process),
+        per_event(parse + process),
+        1e9 / per_event(parse + process),
+    );
     Ok(())
 }
 

@@ -18,14 +18,11 @@ pub struct Bundle<'a> {
     pub context: Map<String, Value>,
     #[serde(borrow)]
     pub events: Vec<&'a RawValue>,
-    /// Deepest nesting anywhere in the body (from the scan `parse` does anyway). When it is
-    /// within the event limit, no event needs a depth scan of its own.
-    #[serde(skip)]
-    pub depth: usize,
 }
 
-/// Deepest body accepted at all: bundle object + events array + event object + 120 levels.
-pub const BODY_DEPTH_CAP: usize = 123;
+/// Nesting serde_json parses at most (its recursion limit, which keeps parsing off the stack's
+/// edge); a body whose envelope nests deeper is refused as too deep.
+pub const BODY_DEPTH_CAP: usize = 127;
 
 /// Why a body is not a bundle; the message goes back to the client.
 #[derive(Debug, thiserror::Error)]
@@ -39,28 +36,37 @@ pub enum BundleError {
 }
 
 impl<'a> Bundle<'a> {
-    /// Parses a decompressed body. Depth is checked before parsing so a hostile body costs a scan,
-    /// not a stack.
+    /// Parses a decompressed body as far as the envelope. Events are only delimited here (serde
+    /// skips them without recursion), so a deep event is rejected on its own later; the batch
+    /// context is held to the per-event depth limit, since it becomes part of every event.
+    /// Depth is measured only when something failed: the common path scans the body once.
     pub fn parse(body: &'a [u8], max_depth: usize) -> Result<Bundle<'a>, BundleError> {
-        // An event deeper than the limit is rejected on its own (the batch survives), so the
-        // body may nest further; past this cap (below serde_json's recursion limit of 128) the
-        // whole body is refused.
-        let depth_cap = BODY_DEPTH_CAP.max(max_depth + 3);
-        let depth = json_depth(body);
-        if depth > depth_cap {
-            return Err(BundleError::TooDeep(depth_cap));
-        }
         let text = std::str::from_utf8(body)
             .map_err(|e| BundleError::NotJson(format!("not UTF-8: {e}")))?;
-        let mut bundle = serde_json::from_str::<Bundle<'a>>(text).map_err(|e| {
-            if e.is_syntax() || e.is_eof() {
+        let bundle = serde_json::from_str::<Bundle<'a>>(text).map_err(|e| {
+            if json_depth(body) > BODY_DEPTH_CAP {
+                BundleError::TooDeep(BODY_DEPTH_CAP)
+            } else if e.is_syntax() || e.is_eof() {
                 BundleError::NotJson(e.to_string())
             } else {
                 BundleError::NotABundle(e.to_string())
             }
         })?;
-        bundle.depth = depth;
+        // The context object is level 1 of an event's context, as an event's own would be.
+        if bundle.context.values().map(value_depth).max().unwrap_or(0) + 1 > max_depth {
+            return Err(BundleError::TooDeep(max_depth));
+        }
         Ok(bundle)
+    }
+}
+
+/// Nesting depth of a parsed value: 0 for a scalar, 1 for a flat array or object. Recursion is
+/// bounded by serde_json's recursion limit on whatever was parsed.
+pub fn value_depth(v: &Value) -> usize {
+    match v {
+        Value::Array(items) => 1 + items.iter().map(value_depth).max().unwrap_or(0),
+        Value::Object(members) => 1 + members.values().map(value_depth).max().unwrap_or(0),
+        _ => 0,
     }
 }
 
@@ -103,17 +109,26 @@ struct EventEnvelope {
     data: Option<Value>,
 }
 
+impl EventEnvelope {
+    fn values(&self) -> impl Iterator<Item = &Value> {
+        [
+            &self.schema,
+            &self.event_id,
+            &self.ts,
+            &self.context,
+            &self.data,
+        ]
+        .into_iter()
+        .flatten()
+    }
+}
+
 /// Parses and checks one event's envelope.
 ///
-/// `body_depth` is the deepest nesting of the whole body: an event sits three levels down
-/// (bundle, events array, event), so when the body is within `max_depth + 3` no event can exceed
-/// the limit and the per-event scan is skipped.
-pub fn parse_event(
-    index: usize,
-    text: &str,
-    limits: &Limits,
-    body_depth: usize,
-) -> Result<RawEvent, Rejection> {
+/// Depth: the event object is level 1, so its `data` may nest `max_depth` levels below it. It is
+/// measured on the parsed values (cheap: a walk over nodes, not bytes); an event too deep for
+/// serde_json to parse at all is recognised by a byte scan on that error path.
+pub fn parse_event(index: usize, text: &str, limits: &Limits) -> Result<RawEvent, Rejection> {
     let reject = |reason, path: &str, message: String, event_id: Option<String>| Rejection {
         index,
         event_id,
@@ -134,33 +149,34 @@ pub fn parse_event(
             sniff_event_id(text),
         ));
     }
-    // The bundle's own levels are not the event's: depth counts from the event object.
-    let depth = if body_depth > limits.max_depth + 3 {
-        json_depth(text.as_bytes())
-    } else {
-        0
-    };
-    if depth > limits.max_depth + 1 {
+    let too_deep = |depth: usize| {
         let message = format!(
             "event nests {} levels; the limit is {}",
             depth - 1,
             limits.max_depth
         );
-        return Err(reject(
+        Err(reject(
             RejectReason::TooDeep,
             "",
             message,
             sniff_event_id(text),
-        ));
-    }
+        ))
+    };
     let env: EventEnvelope = match serde_json::from_str(text) {
         Ok(env) => env,
+        Err(_) if json_depth(text.as_bytes()) > limits.max_depth + 1 => {
+            return too_deep(json_depth(text.as_bytes()));
+        }
         Err(e) => {
             let message = format!("event envelope: {e}");
             let id = sniff_event_id(text);
             return Err(reject(RejectReason::InvalidEnvelope, "", message, id));
         }
     };
+    let depth = 1 + env.values().map(value_depth).max().unwrap_or(0);
+    if depth > limits.max_depth + 1 {
+        return too_deep(depth);
+    }
     let (event_id, client_id) = match env.event_id {
         None | Some(Value::Null) => (uuid::Uuid::new_v4().to_string(), None),
         Some(Value::String(s)) => match uuid::Uuid::try_parse(&s) {

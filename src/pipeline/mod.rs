@@ -151,8 +151,8 @@ pub fn process(
     let encoded_enrichment = EncodedEnrichment::new(enrichment);
     for (index, raw_json) in bundle.events.iter().enumerate() {
         let text = raw_json.get();
-        let result = envelope::parse_event(index, text, &cfg.limits, bundle.depth)
-            .and_then(|raw| validate(raw, registry));
+        let result =
+            envelope::parse_event(index, text, &cfg.limits).and_then(|raw| validate(raw, registry));
         match result {
             Ok(valid) => {
                 let name = valid.schema.name.clone();

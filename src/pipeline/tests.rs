@@ -183,6 +183,61 @@ fn bundle_errors() {
     ));
 }
 
+/// `data` may nest exactly `max_depth` levels; one more is `too_deep`, for that event alone, even
+/// when it is too deep for the JSON parser itself (such a body used to be refused whole).
+#[test]
+fn depth_limit_is_per_event_at_any_depth() {
+    let nest = |levels: usize| format!("{}1{}", "[".repeat(levels), "]".repeat(levels));
+    let event = |levels: usize| {
+        format!(
+            r#"{{"schema": "page_view/1", "data": {{"url": "u", "d": {}}}}}"#,
+            nest(levels)
+        )
+    };
+    // data object (1) + "d" array levels.
+    let body = format!(
+        r#"{{"events": [{}, {}, {}, {}]}}"#,
+        event(63),
+        event(64),
+        event(500),
+        event(30_000)
+    );
+    let bundle = Bundle::parse(body.as_bytes(), 64).expect("a bundle whose events are deep");
+    let p = process(&bundle, &registry(), &cfg(), &enrichment());
+    assert_eq!(p.accepted, 1);
+    let got: Vec<_> = p.rejected.iter().map(|r| (r.index, r.reason)).collect();
+    assert_eq!(
+        got,
+        [
+            (1, RejectReason::TooDeep),
+            (2, RejectReason::TooDeep),
+            (3, RejectReason::TooDeep)
+        ]
+    );
+    assert!(
+        p.rejected[0].message.contains("65 levels"),
+        "{}",
+        p.rejected[0].message
+    );
+}
+
+#[test]
+fn batch_context_is_held_to_the_event_depth_limit() {
+    let ctx = |levels: usize| {
+        format!(
+            r#"{{"context": {{"a": {}}}, "events": []}}"#,
+            format!("{}1{}", "[".repeat(levels), "]".repeat(levels))
+        )
+    };
+    assert!(Bundle::parse(ctx(63).as_bytes(), 64).is_ok());
+    for levels in [64, 200] {
+        assert!(matches!(
+            Bundle::parse(ctx(levels).as_bytes(), 64),
+            Err(BundleError::TooDeep(_))
+        ));
+    }
+}
+
 #[test]
 fn depth_scan_ignores_brackets_in_strings() {
     assert_eq!(
