@@ -226,7 +226,7 @@ fn batch_context_is_held_to_the_event_depth_limit() {
     let ctx = |levels: usize| {
         format!(
             r#"{{"context": {{"a": {}}}, "events": []}}"#,
-            format!("{}1{}", "[".repeat(levels), "]".repeat(levels))
+            "[".repeat(levels) + "1" + &"]".repeat(levels)
         )
     };
     assert!(Bundle::parse(ctx(63).as_bytes(), 64).is_ok());
