@@ -99,24 +99,29 @@ async fn handle(
     drop(bundle);
 
     // Retries of events this host already made durable are answered without producing them.
-    let mut deduplicated = 0u64;
-    processed.records.retain(|r| match r.kind {
-        RecordKind::Event {
-            client_id: Some(id),
-        } if gw.dedup.contains(id) => {
-            deduplicated += 1;
-            false
-        }
-        _ => true,
-    });
-    let client_ids: Vec<u128> = processed
-        .records
-        .iter()
-        .filter_map(|r| match r.kind {
-            RecordKind::Event { client_id } => client_id,
-            RecordKind::DeadLetter => None,
-        })
-        .collect();
+    let client_id = |r: &crate::sink::Record| match r.kind {
+        RecordKind::Event { client_id } => client_id,
+        RecordKind::DeadLetter => None,
+    };
+    let offered: Vec<u128> = processed.records.iter().filter_map(client_id).collect();
+    let seen = gw.dedup.seen(&offered);
+    let deduplicated = seen.iter().filter(|s| **s).count() as u64;
+    let mut client_ids = Vec::with_capacity(offered.len());
+    if deduplicated > 0 {
+        let mut seen = seen.into_iter();
+        processed.records.retain(|r| match client_id(r) {
+            Some(id) => {
+                let dup = seen.next().unwrap_or(false);
+                if !dup {
+                    client_ids.push(id);
+                }
+                !dup
+            }
+            None => true,
+        });
+    } else {
+        client_ids = offered;
+    }
 
     let deadline = Instant::now() + gw.ack_timeout;
     let delivered = match gw.sink.send_batch(processed.records, deadline).await {

@@ -14,7 +14,7 @@ use tower::ServiceExt;
 use super::*;
 use crate::config::{self, Config};
 use crate::sink::memory::MemorySink;
-use crate::sink::SinkError;
+use crate::sink::{RecordKind, SinkError};
 use crate::thrift::{from_compact_bytes, json::from_thrift, DeadLetter, Event};
 
 struct Harness {
@@ -452,6 +452,39 @@ async fn retried_event_ids_are_not_produced_twice() {
         })
         .collect();
     assert_eq!(ids.iter().filter(|id| **id == ID).count(), 1);
+}
+
+/// A retry mixing seen and unseen ids (and a dead letter): exactly the unseen ones are produced.
+#[tokio::test]
+async fn partial_retry_produces_only_the_unseen_ids() {
+    let h = harness();
+    let ev = |id: &str| json!({"schema": "page_view/1", "event_id": id, "data": {"url": "https://e.x/"}});
+    let ids: Vec<String> = (0..40).map(|_| uuid::Uuid::new_v4().to_string()).collect();
+    let first: Vec<Value> = ids.iter().step_by(2).map(|id| ev(id)).collect();
+    let (status, _, _) = send(&h, json_req(&json!({ "events": first }))).await;
+    assert_eq!(status, StatusCode::OK);
+    let mut retry: Vec<Value> = ids.iter().map(|id| ev(id)).collect();
+    retry.insert(7, json!({"schema": "page_view/1", "data": {"url": 7}}));
+    let (status, _, body) = send(&h, json_req(&json!({ "events": retry }))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["accepted"].as_u64(), Some(40), "{body}");
+    let produced: Vec<String> = h.sink.records()[20..]
+        .iter()
+        .filter_map(|r| {
+            let id = r.headers.iter().find(|(k, _)| *k == "event_id")?;
+            (r.kind != RecordKind::DeadLetter).then(|| id.1.clone())
+        })
+        .collect();
+    let unseen: Vec<String> = ids.iter().skip(1).step_by(2).cloned().collect();
+    assert_eq!(produced, unseen);
+    assert_eq!(
+        h.sink
+            .records()
+            .iter()
+            .filter(|r| r.kind == RecordKind::DeadLetter)
+            .count(),
+        1
+    );
 }
 
 #[tokio::test]
