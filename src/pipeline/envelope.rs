@@ -33,6 +33,8 @@ pub enum BundleError {
     NotABundle(String),
     #[error("bundle nests deeper than {0} levels")]
     TooDeep(usize),
+    #[error("batch context nests deeper than {0} levels (the per-event limit)")]
+    ContextTooDeep(usize),
 }
 
 impl<'a> Bundle<'a> {
@@ -44,7 +46,9 @@ impl<'a> Bundle<'a> {
         let text = std::str::from_utf8(body)
             .map_err(|e| BundleError::NotJson(format!("not UTF-8: {e}")))?;
         let bundle = serde_json::from_str::<Bundle<'a>>(text).map_err(|e| {
-            if json_depth(body) > BODY_DEPTH_CAP {
+            // serde_json reports its recursion limit as a syntax error; only then is depth the
+            // cause worth naming (a deep event inside an otherwise bad bundle is not).
+            if e.is_syntax() && json_depth(body) > BODY_DEPTH_CAP {
                 BundleError::TooDeep(BODY_DEPTH_CAP)
             } else if e.is_syntax() || e.is_eof() {
                 BundleError::NotJson(e.to_string())
@@ -54,7 +58,7 @@ impl<'a> Bundle<'a> {
         })?;
         // The context object is level 1 of an event's context, as an event's own would be.
         if bundle.context.values().map(value_depth).max().unwrap_or(0) + 1 > max_depth {
-            return Err(BundleError::TooDeep(max_depth));
+            return Err(BundleError::ContextTooDeep(max_depth));
         }
         Ok(bundle)
     }
@@ -164,10 +168,11 @@ pub fn parse_event(index: usize, text: &str, limits: &Limits) -> Result<RawEvent
     };
     let env: EventEnvelope = match serde_json::from_str(text) {
         Ok(env) => env,
-        Err(_) if json_depth(text.as_bytes()) > limits.max_depth + 1 => {
-            return too_deep(json_depth(text.as_bytes()));
-        }
         Err(e) => {
+            let depth = json_depth(text.as_bytes());
+            if depth > limits.max_depth + 1 {
+                return too_deep(depth);
+            }
             let message = format!("event envelope: {e}");
             let id = sniff_event_id(text);
             return Err(reject(RejectReason::InvalidEnvelope, "", message, id));
