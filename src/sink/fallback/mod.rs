@@ -22,6 +22,9 @@ use super::spool::{now_ms, spawn_replayer, ReplayOptions, ReplayTarget, Spool};
 use super::{BoxFuture, Delivered, Record, RecordKind, Sink, SinkError};
 use crate::metrics as m;
 
+/// How long a probing request waits for a Kafka that was down before spooling its records.
+pub const PROBE_WAIT: Duration = Duration::from_millis(500);
+
 /// Open/closed state of the Kafka path.
 pub struct Breaker {
     /// When it opened (ms since epoch), 0 when closed.
@@ -51,6 +54,19 @@ impl Breaker {
                 .last_probe_ms
                 .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
+    }
+
+    /// Until when this request should wait for Kafka: the full deadline while the breaker is
+    /// closed, at most `PROBE_WAIT` when it is this request's turn to probe, None (straight to
+    /// the spool) otherwise.
+    pub fn kafka_deadline(&self, deadline: Instant) -> Option<Instant> {
+        if self.is_closed() {
+            Some(deadline)
+        } else if self.allow() {
+            Some(deadline.min(Instant::now() + PROBE_WAIT))
+        } else {
+            None
+        }
     }
 
     pub fn success(&self) {
@@ -158,10 +174,10 @@ impl FallbackSink {
             return Ok(Delivered::default());
         }
         let mut kafka_error = None;
-        if self.breaker.allow() {
+        if let Some(kafka_deadline) = self.breaker.kafka_deadline(deadline) {
             let out = self
                 .kafka
-                .send_partial(&records, deadline, Duration::ZERO)
+                .send_partial(&records, kafka_deadline, Duration::ZERO)
                 .await;
             if out.unacked.is_empty() {
                 self.breaker.success();

@@ -91,6 +91,26 @@ fn topic_payloads(cluster: &MockCluster<'static, DefaultProducerContext>) -> Vec
     out
 }
 
+/// Closed: the request's own deadline. Open: straight to the spool, except a probe now and then
+/// that waits only `PROBE_WAIT` (not the full ack deadline) before spooling.
+#[tokio::test]
+async fn an_open_breaker_probes_briefly_and_otherwise_skips_kafka() {
+    let far = Instant::now() + Duration::from_secs(30);
+    let b = Breaker::new(Duration::from_secs(3600));
+    assert_eq!(b.kafka_deadline(far), Some(far));
+    assert!(b.failure());
+    assert_eq!(b.kafka_deadline(far), None, "no probe due yet");
+    let probing = Breaker::new(Duration::ZERO);
+    probing.failure();
+    let d = probing.kafka_deadline(far).expect("a probe is due");
+    assert!(
+        d <= Instant::now() + PROBE_WAIT,
+        "probe waits the full deadline"
+    );
+    probing.success();
+    assert_eq!(probing.kafka_deadline(far), Some(far));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn healthy_kafka_acknowledges_without_the_spool() {
     let s = setup(1 << 20);
