@@ -10,6 +10,8 @@ print("|---|---:|---:|---:|---:|---:|---:|---|")
 for r in rows:
     statuses = ", ".join(f"{k}: {v}" for k, v in sorted(r["statuses"].items()))
     repairs = f" (+{r['broker_repairs']} broker repairs)" if r.get("broker_repairs") else ""
+    if r.get("gateway_restarts"):
+        repairs += f" (+{r['gateway_restarts']} gateway restarts)"
     print(f"| {r['scenario']}{repairs} | {r['faults']} | {r['sent']} | {r['acked']} | **{r['acked_but_missing']}** | "
           f"{r['duplicates']} | {r['unacked_but_present']} | {statuses} |")
 tot = {k: sum(r[k] for r in rows) for k in ("faults", "sent", "acked", "acked_but_missing", "duplicates", "unacked_but_present")}

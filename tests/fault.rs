@@ -187,6 +187,7 @@ async fn scenario(name: &str, rounds: usize, plan: impl Fn(usize) -> Fault) {
         task.await.unwrap();
     }
     let mut broker_repairs = 0;
+    let mut gateway_restarts = 0;
     let started = std::time::Instant::now();
     let drained = loop {
         if gw.wait_spool_empty(Duration::from_secs(10)).await {
@@ -196,6 +197,11 @@ async fn scenario(name: &str, rounds: usize, plan: impl Fn(usize) -> Fault) {
             broker_repairs += 1;
             broker.kill();
             broker.start();
+            if broker_repairs % 2 == 0 {
+                gateway_restarts += 1;
+                gw.kill9();
+                gw.start();
+            }
         }
         if started.elapsed() > Duration::from_secs(150) {
             break false;
@@ -212,6 +218,7 @@ async fn scenario(name: &str, rounds: usize, plan: impl Fn(usize) -> Fault) {
         audit(name, faults.get(), &broker.brokers(), &topic, &ledger)
     });
     result.broker_repairs = broker_repairs;
+    result.gateway_restarts = gateway_restarts;
     let line = serde_json::to_string(&result).unwrap();
     println!("FAULT-AUDIT {line}");
     let report = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/fault-audit.jsonl");

@@ -281,9 +281,17 @@ pub struct Audit {
     pub statuses: HashMap<String, u64>,
     /// Extra broker restarts the harness made because Tansu's storage task had crashed.
     pub broker_repairs: u64,
+    /// Gateway restarts (kill -9, same spool) the harness made because the broker kept crashing
+    /// on the gateway's idempotent producer state after repairs (see `storage_crashed`).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub gateway_restarts: u64,
     /// What the independent consumer said on stderr (errors while reading), cut short.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub consumer_errors: String,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Reads the topic from the beginning with the independent consumer and compares with the ledger.
@@ -333,6 +341,7 @@ pub fn audit(scenario: &str, faults: u64, brokers: &str, topic: &str, ledger: &L
         unacked_but_present: seen.keys().filter(|id| !acked.contains(*id)).count(),
         statuses: ledger.statuses.lock().unwrap().clone(),
         broker_repairs: 0,
+        gateway_restarts: 0,
         consumer_errors: String::from_utf8_lossy(&out.stderr)
             .chars()
             .take(2000)

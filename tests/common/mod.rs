@@ -191,7 +191,10 @@ impl Broker {
 
     /// Tansu 0.6.0's SQLite engine can panic in its storage task after a `kill -9` restart when
     /// an idempotent producer resumes ("more or less than one row"); from then on it fails every
-    /// request. That is a broker bug, not a gateway one: the harness restarts such a broker.
+    /// request. That is a broker bug, not a gateway one: the harness restarts such a broker, and
+    /// when the restarted broker crashes again on the same producer's next request (a crash loop
+    /// seen once in the long form), it also restarts the gateway, whose new producer id the
+    /// broker accepts; the spool carries the gateway's acknowledged events across the restart.
     pub fn storage_crashed(&self) -> bool {
         let log = self.log();
         log.get(self.log_start as usize..)
