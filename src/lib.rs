@@ -19,6 +19,18 @@ pub mod server;
 pub mod sink;
 pub mod thrift;
 
+/// True at most once per `interval` across threads: the caller that moves `last` (wall-clock ms of
+/// the previous true) wins. For log lines repeated during an outage and for the breaker's probes.
+pub fn at_most_every(last: &std::sync::atomic::AtomicI64, interval: std::time::Duration) -> bool {
+    use std::sync::atomic::Ordering;
+    let now = now_ms();
+    let prev = last.load(Ordering::Relaxed);
+    now - prev >= interval.as_millis() as i64
+        && last
+            .compare_exchange(prev, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+}
+
 /// Wall-clock milliseconds since the Unix epoch (receive times, spool record ages, rate limits).
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()

@@ -79,11 +79,5 @@ pub const DEDUP_HITS: &str = "eventpipe_dedup_hits_total";
 
 /// Rate limit for repetitive log lines: true at most once a second per `last` cell.
 pub fn log_allowed(last: &std::sync::atomic::AtomicI64) -> bool {
-    use std::sync::atomic::Ordering;
-    let now = crate::now_ms();
-    let prev = last.load(Ordering::Relaxed);
-    now - prev >= 1000
-        && last
-            .compare_exchange(prev, now, Ordering::Relaxed, Ordering::Relaxed)
-            .is_ok()
+    crate::at_most_every(last, std::time::Duration::from_secs(1))
 }

@@ -266,14 +266,7 @@ async fn admin_endpoints_and_metrics() {
         .await
         .unwrap();
     assert_eq!(ready["ready"], true);
-    let metrics = client
-        .get(admin("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gw.metrics().await;
     for needle in [
         "eventpipe_http_requests_total{status=\"200\"}",
         "eventpipe_events_total{outcome=\"kafka\"",
@@ -397,14 +390,7 @@ async fn broker_outage_is_spooled_202_and_replayed_when_the_broker_returns() {
         .await
         .unwrap();
     assert_eq!(ready.status(), 200, "a gateway that can spool stays ready");
-    let metrics = client
-        .get(format!("http://{}/metrics", gw.admin))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gw.metrics().await;
     assert!(
         metrics.contains("eventpipe_events_total{outcome=\"spool\""),
         "{metrics}"

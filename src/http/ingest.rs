@@ -104,24 +104,21 @@ async fn handle(
         RecordKind::DeadLetter => None,
     };
     let offered: Vec<u128> = processed.records.iter().filter_map(client_id).collect();
-    let seen = gw.dedup.seen(&offered);
-    let deduplicated = seen.iter().filter(|s| **s).count() as u64;
+    // `seen` is aligned with `offered`: one entry per record that has a client id, in order.
+    let mut seen = gw.dedup.seen(&offered).into_iter();
     let mut client_ids = Vec::with_capacity(offered.len());
-    if deduplicated > 0 {
-        let mut seen = seen.into_iter();
-        processed.records.retain(|r| match client_id(r) {
-            Some(id) => {
-                let dup = seen.next().unwrap_or(false);
-                if !dup {
-                    client_ids.push(id);
-                }
-                !dup
-            }
-            None => true,
-        });
-    } else {
-        client_ids = offered;
-    }
+    let mut deduplicated = 0u64;
+    processed.records.retain(|r| match client_id(r) {
+        Some(_) if seen.next().unwrap_or(false) => {
+            deduplicated += 1;
+            false
+        }
+        Some(id) => {
+            client_ids.push(id);
+            true
+        }
+        None => true,
+    });
 
     let deadline = Instant::now() + gw.ack_timeout;
     let delivered = match gw.sink.send_batch(processed.records, deadline).await {

@@ -9,17 +9,13 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::types::RDKafkaErrorCode;
 
+use crate::config::Limits;
+use crate::pipeline::PipelineConfig;
 use crate::schema::Registry;
 
-/// Topics the routing needs for `registry`.
+/// Topics the routing needs for `registry` (the pipeline's own naming rule).
 pub fn needed_topics(registry: &Registry, prefix: &str, dead_letter: &str) -> Vec<String> {
-    let mut topics: Vec<String> = registry
-        .names()
-        .iter()
-        .map(|n| format!("{prefix}{n}"))
-        .collect();
-    topics.push(dead_letter.to_owned());
-    topics
+    PipelineConfig::new(Limits::default(), prefix, dead_letter, registry).all_topics()
 }
 
 /// Creates `topics`; returns (created, already existing).

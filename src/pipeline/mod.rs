@@ -125,6 +125,14 @@ impl PipelineConfig {
         }
     }
 
+    /// Every topic the routing writes to: one per schema name (sorted), then the dead letters.
+    pub fn all_topics(&self) -> Vec<String> {
+        let mut topics: Vec<String> = self.topics.values().map(|t| t.to_string()).collect();
+        topics.sort();
+        topics.push(self.dead_letter_topic.to_string());
+        topics
+    }
+
     /// The topic of a schema name from the registry the config was built with.
     pub fn topic(&self, schema_name: &str) -> std::sync::Arc<str> {
         self.topics

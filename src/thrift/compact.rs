@@ -74,7 +74,8 @@ pub fn encode_event(ev: &EventFields<'_>, size_hint: usize) -> Vec<u8> {
         batch: ev.batch_context,
         event: ev.event_context,
     };
-    w.json_struct(merged.nodes(), |w| merged.write(w));
+    let (members, tokens) = merged.counts();
+    w.json_struct(tokens, |w| merged.write(w, members));
     // 6: data.
     w.header(1, T_STRUCT);
     w.json_struct(nodes(ev.data), |w| w.value(ev.data, None));
@@ -106,13 +107,15 @@ impl MergedContext<'_> {
         from_batch.chain(event_only)
     }
 
-    fn nodes(&self) -> usize {
-        1 + self.members().map(|(_, v)| nodes(v)).sum::<usize>()
+    /// (members, tokens) in one pass: the object's length and its whole token count.
+    fn counts(&self) -> (usize, usize) {
+        self.members().fold((0, 1), |(members, tokens), (_, v)| {
+            (members + 1, tokens + nodes(v))
+        })
     }
 
-    fn write(&self, w: &mut Writer) {
-        let len = self.members().count();
-        w.token_container(TokenKind::OBJECT, None, len);
+    fn write(&self, w: &mut Writer, members: usize) {
+        w.token_container(TokenKind::OBJECT, None, members);
         for (k, v) in self.members() {
             w.value(v, Some(k));
         }
@@ -253,7 +256,7 @@ impl Writer {
 mod tests {
     use super::*;
     use crate::thrift::json::to_thrift;
-    use crate::thrift::{to_compact_bytes, Event};
+    use crate::thrift::{arb_json, to_compact_bytes, Event};
     use proptest::prelude::*;
     use serde_json::json;
 
@@ -269,48 +272,47 @@ mod tests {
         }
     }
 
-    /// What the generated code writes for the same event (the reference).
-    fn reference(
-        ts: Option<&str>,
-        batch: &Map<String, Value>,
-        event: &Map<String, Value>,
-        data: &Value,
-        enrichment: &Enrichment,
-    ) -> Vec<u8> {
-        let mut merged = batch.clone();
-        merged.extend(event.clone());
-        to_compact_bytes(&Event {
-            event_id: "0f8fad5b-d9cb-469f-a165-70867728950e".into(),
-            schema_name: "page_view".into(),
-            schema_major: 3,
-            ts: ts.map(str::to_owned),
-            context: to_thrift(&Value::Object(merged)),
-            data: to_thrift(data),
-            enrichment: enrichment.clone(),
-        })
+    /// One event's inputs, encoded both ways.
+    struct Case<'a> {
+        ts: Option<&'a str>,
+        batch: &'a Map<String, Value>,
+        event: &'a Map<String, Value>,
+        data: &'a Value,
+        enrichment: Enrichment,
     }
 
-    fn fast(
-        ts: Option<&str>,
-        batch: &Map<String, Value>,
-        event: &Map<String, Value>,
-        data: &Value,
-        enrichment: &Enrichment,
-    ) -> Vec<u8> {
-        let enc = EncodedEnrichment::new(enrichment);
-        encode_event(
-            &EventFields {
-                event_id: "0f8fad5b-d9cb-469f-a165-70867728950e",
+    impl Case<'_> {
+        const ID: &'static str = "0f8fad5b-d9cb-469f-a165-70867728950e";
+
+        /// What the generated code writes for the same event (the reference).
+        fn reference(&self) -> Vec<u8> {
+            let mut merged = self.batch.clone();
+            merged.extend(self.event.clone());
+            to_compact_bytes(&Event {
+                event_id: Self::ID.into(),
+                schema_name: "page_view".into(),
+                schema_major: 3,
+                ts: self.ts.map(str::to_owned),
+                context: to_thrift(&Value::Object(merged)),
+                data: to_thrift(self.data),
+                enrichment: self.enrichment.clone(),
+            })
+        }
+
+        fn fast(&self) -> Vec<u8> {
+            let enrichment = EncodedEnrichment::new(&self.enrichment);
+            let fields = EventFields {
+                event_id: Self::ID,
                 schema_name: "page_view",
                 schema_major: 3,
-                ts,
-                batch_context: batch,
-                event_context: event,
-                data,
-                enrichment: &enc,
-            },
-            0,
-        )
+                ts: self.ts,
+                batch_context: self.batch,
+                event_context: self.event,
+                data: self.data,
+                enrichment: &enrichment,
+            };
+            encode_event(&fields, 0)
+        }
     }
 
     fn obj(v: Value) -> Map<String, Value> {
@@ -327,16 +329,24 @@ mod tests {
         let data = json!({"url": "https://shop.example/p/1", "ms": 12.5, "tags": ["a", null, true, false],
                           "big": u64::MAX, "neg": i64::MIN, "nested": {"x": {}}});
         for ts in [None, Some("2026-11-21T11:59:58.120Z")] {
-            assert_eq!(
-                fast(ts, &batch, &event, &data, &enrichment()),
-                reference(ts, &batch, &event, &data, &enrichment())
-            );
+            let case = Case {
+                ts,
+                batch: &batch,
+                event: &event,
+                data: &data,
+                enrichment: enrichment(),
+            };
+            assert_eq!(case.fast(), case.reference());
         }
         let empty = Map::new();
-        assert_eq!(
-            fast(None, &empty, &empty, &json!({}), &enrichment()),
-            reference(None, &empty, &empty, &json!({}), &enrichment())
-        );
+        let case = Case {
+            ts: None,
+            batch: &empty,
+            event: &empty,
+            data: &json!({}),
+            enrichment: enrichment(),
+        };
+        assert_eq!(case.fast(), case.reference());
     }
 
     #[test]
@@ -346,36 +356,19 @@ mod tests {
         let data = Value::Array((0..200).map(Value::from).collect());
         let batch = obj(json!({"k": 1}));
         let event: Map<String, Value> = (0..70).map(|i| (format!("c{i}"), json!(i))).collect();
-        let minimal = Enrichment {
-            client_ip: None,
-            user_agent: None,
-            origin: None,
-            ..enrichment()
+        let case = Case {
+            ts: None,
+            batch: &batch,
+            event: &event,
+            data: &data,
+            enrichment: Enrichment {
+                client_ip: None,
+                user_agent: None,
+                origin: None,
+                ..enrichment()
+            },
         };
-        assert_eq!(
-            fast(None, &batch, &event, &data, &minimal),
-            reference(None, &batch, &event, &data, &minimal)
-        );
-    }
-
-    fn arb_json() -> impl Strategy<Value = Value> {
-        let leaf = prop_oneof![
-            Just(Value::Null),
-            any::<bool>().prop_map(Value::Bool),
-            any::<i64>().prop_map(Value::from),
-            any::<u64>().prop_map(Value::from),
-            any::<f64>()
-                .prop_filter("finite", |f| f.is_finite())
-                .prop_map(Value::from),
-            "[a-c]{0,3}|\\PC{0,40}".prop_map(Value::String),
-        ];
-        leaf.prop_recursive(6, 128, 20, |inner| {
-            prop_oneof![
-                prop::collection::vec(inner.clone(), 0..20).prop_map(Value::Array),
-                prop::collection::vec(("[a-d]{1,2}|\\PC{0,8}", inner), 0..20)
-                    .prop_map(|kv| Value::Object(kv.into_iter().collect())),
-            ]
-        })
+        assert_eq!(case.fast(), case.reference());
     }
 
     fn arb_map() -> impl Strategy<Value = Map<String, Value>> {
@@ -394,10 +387,14 @@ mod tests {
             data in arb_json(),
             ts in prop::option::of("[0-9TZ:.-]{0,30}"),
         ) {
-            prop_assert_eq!(
-                fast(ts.as_deref(), &batch, &event, &data, &enrichment()),
-                reference(ts.as_deref(), &batch, &event, &data, &enrichment())
-            );
+            let case = Case {
+                ts: ts.as_deref(),
+                batch: &batch,
+                event: &event,
+                data: &data,
+                enrichment: enrichment(),
+            };
+            prop_assert_eq!(case.fast(), case.reference());
         }
     }
 }

@@ -177,7 +177,7 @@ pub fn from_thrift(json: &Json) -> Result<Value, DecodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::thrift::{from_compact_bytes, to_compact_bytes};
+    use crate::thrift::{arb_json, from_compact_bytes, to_compact_bytes};
     use proptest::prelude::*;
     use serde_json::json;
 
@@ -274,26 +274,6 @@ mod tests {
             };
         }
         assert_eq!(roundtrip(&v), v);
-    }
-
-    fn arb_json() -> impl Strategy<Value = Value> {
-        let leaf = prop_oneof![
-            Just(Value::Null),
-            any::<bool>().prop_map(Value::Bool),
-            any::<i64>().prop_map(Value::from),
-            any::<u64>().prop_map(Value::from),
-            any::<f64>()
-                .prop_filter("finite", |f| f.is_finite())
-                .prop_map(Value::from),
-            any::<String>().prop_map(Value::String),
-        ];
-        leaf.prop_recursive(8, 256, 10, |inner| {
-            prop_oneof![
-                prop::collection::vec(inner.clone(), 0..10).prop_map(Value::Array),
-                prop::collection::vec((any::<String>(), inner), 0..10)
-                    .prop_map(|kv| Value::Object(kv.into_iter().collect())),
-            ]
-        })
     }
 
     proptest! {

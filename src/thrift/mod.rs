@@ -33,3 +33,30 @@ pub fn from_compact_bytes<T: TSerializable>(mut bytes: &[u8]) -> thrift::Result<
     let mut proto = TCompactInputProtocol::new(&mut bytes);
     T::read_from_in_protocol(&mut proto)
 }
+
+/// Arbitrary JSON for property tests of the Thrift mappings: every scalar kind (i64, u64 past
+/// i64::MAX, finite doubles, any Unicode), nested arrays and objects. Strings and keys are often
+/// short and from a small alphabet, so objects merged with each other share keys.
+#[cfg(test)]
+pub(crate) fn arb_json() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+    use proptest::prelude::*;
+    use serde_json::Value;
+    let text = || prop_oneof!["[a-d]{1,2}", any::<String>()];
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(Value::from),
+        any::<u64>().prop_map(Value::from),
+        any::<f64>()
+            .prop_filter("finite", |f| f.is_finite())
+            .prop_map(Value::from),
+        text().prop_map(Value::String),
+    ];
+    leaf.prop_recursive(8, 256, 20, move |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..20).prop_map(Value::Array),
+            prop::collection::vec((text(), inner), 0..20)
+                .prop_map(|kv| Value::Object(kv.into_iter().collect())),
+        ]
+    })
+}

@@ -322,6 +322,16 @@ impl Gateway {
         format!("http://{}/v1/events", self.addr)
     }
 
+    /// The admin listener's Prometheus text.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("http://{}/metrics", self.admin))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// Waits until `/readyz` says ready (Kafka metadata reachable).
     pub async fn wait_ready(&self) {
         let client = reqwest::Client::new();

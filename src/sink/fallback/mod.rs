@@ -42,27 +42,13 @@ impl Breaker {
         }
     }
 
-    /// Whether this request should try Kafka.
-    pub fn allow(&self) -> bool {
-        if self.opened_ms.load(Ordering::Relaxed) == 0 {
-            return true;
-        }
-        let now = now_ms();
-        let last = self.last_probe_ms.load(Ordering::Relaxed);
-        now - last >= self.probe_every.as_millis() as i64
-            && self
-                .last_probe_ms
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-    }
-
     /// Until when this request should wait for Kafka: the full deadline while the breaker is
     /// closed, at most `PROBE_WAIT` when it is this request's turn to probe, None (straight to
     /// the spool) otherwise.
     pub fn kafka_deadline(&self, deadline: Instant) -> Option<Instant> {
         if self.is_closed() {
             Some(deadline)
-        } else if self.allow() {
+        } else if crate::at_most_every(&self.last_probe_ms, self.probe_every) {
             Some(deadline.min(Instant::now() + PROBE_WAIT))
         } else {
             None
