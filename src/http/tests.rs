@@ -186,6 +186,37 @@ async fn send_beacon_text_plain_and_every_encoding_are_accepted() {
     }
 }
 
+/// Depth over HTTP: a too-deep event is rejected alone (the batch is answered 200), a too-deep
+/// batch context refuses the request with a message naming it, and is recorded as a dead letter.
+#[tokio::test]
+async fn depth_limits_over_http() {
+    let h = harness();
+    let deep = (0..200).fold(json!(1), |v, _| json!([v]));
+    let bundle = json!({"events": [valid_event(),
+        {"schema": "page_view/1", "data": {"url": "https://example.com/d", "d": deep}}]});
+    let (status, _, body) = send(&h, json_req(&bundle)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["accepted"], 1);
+    assert_eq!(body["rejected"][0]["reason"], "too_deep");
+
+    let before = wait_for_records(&h.sink, 2).await.len();
+    let deep_context = (0..64).fold(json!(1), |v, _| json!([v]));
+    let bundle = json!({"context": {"a": deep_context}, "events": [valid_event()]});
+    let (status, _, body) = send(&h, json_req(&bundle)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["error"], "undecodable_body");
+    assert!(
+        body["message"].as_str().unwrap().contains("batch context"),
+        "{body}"
+    );
+    let records = wait_for_records(&h.sink, before + 1).await;
+    let dl: DeadLetter = from_compact_bytes(&records[before].payload).unwrap();
+    assert_eq!(
+        (dl.reason.as_str(), dl.http_status),
+        ("undecodable_body", Some(400))
+    );
+}
+
 #[tokio::test]
 async fn undecodable_body_is_400_and_recorded_as_a_dead_letter() {
     let h = harness();
