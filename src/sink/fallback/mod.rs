@@ -18,7 +18,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::kafka::KafkaSink;
-use super::spool::{now_ms, spawn_replayer, ReplayOptions, ReplayTarget, Spool};
+use super::spool::{now_ms, spawn_replayer, ReplayOptions, ReplayResult, ReplayTarget, Spool};
 use super::{BoxFuture, Delivered, Record, RecordKind, Sink, SinkError};
 use crate::metrics as m;
 
@@ -91,7 +91,7 @@ impl ReplayTarget for ReplayToKafka {
         &'a self,
         records: &'a [Record],
         deadline: Instant,
-    ) -> BoxFuture<'a, Vec<usize>> {
+    ) -> BoxFuture<'a, ReplayResult> {
         Box::pin(async move {
             let out = self
                 .kafka
@@ -102,7 +102,10 @@ impl ReplayTarget for ReplayToKafka {
             } else {
                 self.breaker.failure();
             }
-            out.unacked
+            ReplayResult {
+                retry: out.unacked,
+                refused: Vec::new(),
+            }
         })
     }
 }

@@ -72,7 +72,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-pub use replay::{spawn_replayer, ReplayOptions, ReplayTarget};
+pub use replay::{spawn_replayer, ReplayOptions, ReplayResult, ReplayTarget};
 pub use segment::{decode_record, encode_record, scan, ScanResult};
 
 use crate::sink::{Record, SinkError};

@@ -16,11 +16,29 @@ use super::{Sealed, Shared, Spool};
 use crate::metrics as m;
 use crate::sink::{BoxFuture, Record};
 
+/// What became of one replay batch. Indices are into the batch; a record in neither list was
+/// acknowledged by Kafka.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ReplayResult {
+    /// Not acknowledged for a reason that may pass (timeout, broker down, queue full): try again.
+    pub retry: Vec<usize>,
+    /// Refused for good by Kafka, with a bounded reason such as
+    /// `kafka_rejected:msg_size_too_large`: trying again cannot help.
+    pub refused: Vec<(usize, String)>,
+}
+
+impl ReplayResult {
+    /// Everything acknowledged.
+    pub fn is_clean(&self) -> bool {
+        self.retry.is_empty() && self.refused.is_empty()
+    }
+}
+
 /// Where replayed records go (the Kafka sink, through the fallback's health tracking).
 pub trait ReplayTarget: Send + Sync + 'static {
-    /// Produces `records`; resolves to the indices of those not acknowledged by `deadline`.
+    /// Produces `records`; resolves to what was not acknowledged by `deadline`, and why.
     fn produce<'a>(&'a self, records: &'a [Record], deadline: Instant)
-        -> BoxFuture<'a, Vec<usize>>;
+        -> BoxFuture<'a, ReplayResult>;
 }
 
 /// Replay batch bounds and timings.
@@ -136,7 +154,11 @@ async fn replay_segment(
         let mut pending = batch;
         loop {
             let deadline = Instant::now() + opts.ack_timeout;
-            let unacked = target.produce(&pending, deadline).await;
+            // Until refused records have somewhere to go, they are retried with the rest.
+            let result = target.produce(&pending, deadline).await;
+            let mut unacked = result.retry;
+            unacked.extend(result.refused.into_iter().map(|(i, _)| i));
+            unacked.sort_unstable();
             let delivered = pending.len() - unacked.len();
             metrics::counter!(m::SPOOL_REPLAYED).increment(delivered as u64);
             let _ = shared

@@ -60,16 +60,19 @@ impl ReplayTarget for FakeKafka {
         &'a self,
         records: &'a [Record],
         _deadline: tokio::time::Instant,
-    ) -> BoxFuture<'a, Vec<usize>> {
+    ) -> BoxFuture<'a, ReplayResult> {
         Box::pin(async move {
             if self.down.load(Ordering::Relaxed) {
-                return (0..records.len()).collect();
+                return ReplayResult {
+                    retry: (0..records.len()).collect(),
+                    refused: Vec::new(),
+                };
             }
             self.delivered
                 .lock()
                 .unwrap()
                 .extend(records.iter().cloned());
-            Vec::new()
+            ReplayResult::default()
         })
     }
 }
