@@ -196,6 +196,7 @@ async fn a_key_used_from_another_origin_is_403() {
         "https://evil.example",
         "http://shop.example",
         "https://shop.example.evil.example",
+        "https://evil.example/.shop.example",
         "null",
     ] {
         let (status, headers, body) = send(&h, from(origin)).await;
@@ -450,6 +451,17 @@ async fn per_key_limit_counts_events() {
         .unwrap();
     assert!(retry >= 1);
     assert_eq!(send_n(SERVER, 2).await.0, StatusCode::OK);
+    // A reload that leaves the key's limit alone keeps its bucket (no reset by reloading).
+    std::fs::write(
+        &h.keys_file,
+        format!("{keys}\n[[keys]]\nkey = \"wk_third_key_000000000\"\nname = \"third\"\n"),
+    )
+    .unwrap();
+    assert_eq!(
+        h.gw.access.keys().unwrap().reload(),
+        Ok(Reload::Loaded { keys: 3 })
+    );
+    assert_eq!(send_n(SERVER, 1).await.0, StatusCode::TOO_MANY_REQUESTS);
     // A key with no limit of its own (and no default) is unlimited.
     for _ in 0..3 {
         assert_eq!(send_n(WEB, 5).await.0, StatusCode::OK);
