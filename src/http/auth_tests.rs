@@ -497,3 +497,91 @@ async fn preflight_allows_the_key_headers() {
         "{allowed}"
     );
 }
+
+/// Through a real socket and `serve_with_sink`: the keys file is read at start-up (a missing
+/// one stops start-up naming it), a Segment-style client (Basic user, empty password) gets in,
+/// and the per-IP limit sees the real peer address.
+#[tokio::test]
+async fn serve_reads_the_keys_at_start_up_and_limits_the_real_peer() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys_file = dir.path().join("keys.json");
+    let schemas = Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas");
+    let config = |extra: &[(&str, &str)]| {
+        let mut env = vec![
+            (
+                "EVENTPIPE_AUTH__KEYS_FILE".to_string(),
+                keys_file.display().to_string(),
+            ),
+            ("EVENTPIPE_SHUTDOWN_GRACE_SECS".to_string(), "0".to_string()),
+        ];
+        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        config::load(None, env, vec![]).unwrap()
+    };
+    let listeners = || async {
+        (
+            tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        )
+    };
+
+    let (public, admin) = listeners().await;
+    let registry = Registry::load(&schemas).unwrap();
+    let serve = crate::server::serve_with_sink(
+        config(&[]),
+        registry,
+        Arc::new(MemorySink::new()),
+        public,
+        admin,
+        std::future::pending(),
+    );
+    // A bound on a failure that should be immediate, not a timing assertion.
+    let err = tokio::time::timeout(std::time::Duration::from_secs(30), serve)
+        .await
+        .expect("start-up went on without its keys file")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("keys.json"), "{err}");
+
+    std::fs::write(
+        &keys_file,
+        format!(r#"{{"keys": [{{"key": "{SERVER}", "name": "server"}}]}}"#),
+    )
+    .unwrap();
+    let (public, admin) = listeners().await;
+    let url = format!("http://{}/v1/events", public.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let registry = Registry::load(&schemas).unwrap();
+    let task = tokio::spawn(crate::server::serve_with_sink(
+        config(&[
+            ("EVENTPIPE_RATE_LIMIT__IP_REQUESTS_PER_SEC", "0.001"),
+            ("EVENTPIPE_RATE_LIMIT__IP_BURST", "2"),
+        ]),
+        registry,
+        Arc::new(MemorySink::new()),
+        public,
+        admin,
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let client = reqwest::Client::new();
+    let post = || client.post(&url).json(&bundle(1));
+    let resp = post()
+        .basic_auth(SERVER, None::<&str>)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let resp = post().send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    // Two requests used the burst (the 401 counted too: the limit comes before the key).
+    let resp = post()
+        .basic_auth(SERVER, None::<&str>)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(resp.headers().contains_key(header::RETRY_AFTER));
+    let _ = stop.send(());
+    task.await.unwrap().unwrap();
+}
