@@ -14,6 +14,9 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::Deserialize;
 
+mod auth;
+pub use auth::{check_rate, AuthConfig, RateLimitConfig};
+
 /// The whole configuration.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -52,6 +55,12 @@ pub struct Config {
     /// Benchmark-only switches; never set these in production.
     #[serde(default)]
     pub bench: BenchConfig,
+    /// Write keys; without `auth.keys_file` the gateway is open (local development).
+    #[serde(default)]
+    pub auth: AuthConfig,
+    /// Rate limits per client IP and per write key (off by default).
+    #[serde(default)]
+    pub rate_limit: RateLimitConfig,
 }
 
 /// The local spool (write-ahead log) used when Kafka cannot acknowledge in time.
@@ -459,6 +468,7 @@ impl Config {
         if !(0.0..=3600.0).contains(&self.shutdown_grace_secs) {
             return invalid("shutdown_grace_secs", "must be between 0 and 3600");
         }
+        self.validate_auth()?;
         Ok(())
     }
 

@@ -81,3 +81,16 @@ pub const DEDUP_HITS: &str = "eventpipe_dedup_hits_total";
 pub fn log_allowed(last: &std::sync::atomic::AtomicI64) -> bool {
     crate::at_most_every(last, std::time::Duration::from_secs(1))
 }
+
+/// Keys-file reloads by `result` (`ok`, `error`; a failed one keeps the previous keys).
+pub const AUTH_RELOADS: &str = "eventpipe_auth_reloads_total";
+/// Write keys in force.
+pub const AUTH_KEYS: &str = "eventpipe_auth_keys";
+/// Requests admitted per write key, by `key` (the key's name from the keys file, never the key).
+pub const KEY_REQUESTS: &str = "eventpipe_key_requests_total";
+/// Requests answered 429, by `limit` (`client_ip` before the body, `write_key` after parsing).
+pub const RATE_LIMITED: &str = "eventpipe_rate_limited_requests_total";
+/// Client IPs with a token bucket of their own (bounded by `rate_limit.max_tracked_ips`).
+pub const RATE_LIMIT_TRACKED_IPS: &str = "eventpipe_rate_limit_tracked_ips";
+/// Requests checked against the shared overflow buckets because the per-IP map was full.
+pub const RATE_LIMIT_OVERFLOW: &str = "eventpipe_rate_limit_overflow_total";

@@ -111,6 +111,7 @@ pub fn gateway(config: &Config, registry: Registry, sink: Arc<dyn Sink>) -> Arc<
         draining: Default::default(),
         dedup: crate::dedup::DedupWindow::new(config.dedup.window),
         http_only: config.bench.http_only,
+        access: http::auth::Access::new(config),
     })
 }
 
@@ -128,6 +129,7 @@ pub async fn serve_with_sink(
     let tls = config.tls.as_ref().map(tls_acceptor).transpose()?;
     metrics::gauge!(m::SCHEMAS_LOADED).set(registry.len() as f64);
     let gw = gateway(&config, registry, sink.clone());
+    gw.access.start().map_err(anyhow::Error::msg)?;
     let router = http::app(gw.clone(), &config.cors, config.limits.request_timeout());
 
     let (admin_stop_tx, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();

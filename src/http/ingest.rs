@@ -27,10 +27,15 @@ pub async fn ingest(State(gw): State<AppState>, req: Request) -> Response {
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0);
     let mut enrichment = enrichment(&gw, peer, &parts.headers);
-    let (response, outcome) = match handle(&gw, &parts.headers, body, &mut enrichment).await {
+    let grant = parts.extensions.get::<super::auth::Grant>();
+    let (response, outcome) = match handle(&gw, &parts.headers, body, &mut enrichment, grant).await
+    {
         Ok(resp) => (resp, None),
         Err((err, body)) => {
-            let refused = matches!(err, ApiError::Unavailable { .. });
+            let refused = matches!(
+                err,
+                ApiError::Unavailable { .. } | ApiError::RateLimited { .. }
+            );
             metrics::counter!(m::REQUESTS_REFUSED, "reason" => err.code()).increment(1);
             if !refused {
                 record_refused_request(&gw, &err, &body, enrichment);
@@ -67,6 +72,7 @@ async fn handle(
     headers: &HeaderMap,
     body: axum::body::Body,
     enrichment: &mut Enrichment,
+    grant: Option<&super::auth::Grant>,
 ) -> Result<Response, (ApiError, Bytes)> {
     let limits = &gw.pipeline.limits;
     check_content_type(headers).map_err(|e| (e, Bytes::new()))?;
@@ -91,10 +97,17 @@ async fn handle(
         };
         return Err((err, decoded.clone()));
     }
+    if let Some(err) = grant.and_then(|g| g.take_events(bundle.events.len()).err()) {
+        metrics::counter!(m::EVENTS, "outcome" => "refused", "reason" => err.code())
+            .increment(bundle.events.len() as u64);
+        return Err((err, Bytes::new()));
+    }
     if let Some(sent_at) = &bundle.sent_at {
         enrichment.sent_at = Some(sent_at.chars().take(64).collect());
     }
-    let mut processed = pipeline::process(&bundle, &gw.registry, &gw.pipeline, enrichment);
+    let allowed = |s: &crate::schema::Schema| grant.is_none_or(|g| g.allows_schema(s));
+    let mut processed =
+        pipeline::process_allowed(&bundle, &gw.registry, &gw.pipeline, enrichment, &allowed);
     let total = bundle.events.len();
     drop(bundle);
 

@@ -39,6 +39,8 @@ pub enum RejectReason {
     TooLarge,
     /// The event nests deeper than the depth limit.
     TooDeep,
+    /// The request's write key may not send this schema.
+    SchemaNotAllowed,
 }
 
 impl RejectReason {
@@ -50,6 +52,7 @@ impl RejectReason {
             RejectReason::SchemaViolation => "schema_violation",
             RejectReason::TooLarge => "too_large",
             RejectReason::TooDeep => "too_deep",
+            RejectReason::SchemaNotAllowed => "schema_not_allowed",
         }
     }
 }
@@ -149,6 +152,18 @@ pub fn process(
     cfg: &PipelineConfig,
     enrichment: &Enrichment,
 ) -> Processed {
+    process_allowed(bundle, registry, cfg, enrichment, &|_| true)
+}
+
+/// [`process`], rejecting (alone, as `schema_not_allowed`) each event whose schema `allowed`
+/// refuses: what a write key may send.
+pub fn process_allowed(
+    bundle: &Bundle<'_>,
+    registry: &Registry,
+    cfg: &PipelineConfig,
+    enrichment: &Enrichment,
+    allowed: &dyn Fn(&crate::schema::Schema) -> bool,
+) -> Processed {
     let mut out = Processed {
         records: Vec::with_capacity(bundle.events.len()),
         accepted: 0,
@@ -159,8 +174,8 @@ pub fn process(
     let encoded_enrichment = EncodedEnrichment::new(enrichment);
     for (index, raw_json) in bundle.events.iter().enumerate() {
         let text = raw_json.get();
-        let result =
-            envelope::parse_event(index, text, &cfg.limits).and_then(|raw| validate(raw, registry));
+        let result = envelope::parse_event(index, text, &cfg.limits)
+            .and_then(|raw| validate(raw, registry, allowed));
         match result {
             Ok(valid) => {
                 let name = valid.schema.name.clone();
@@ -192,7 +207,11 @@ pub fn process(
     out
 }
 
-fn validate(raw: RawEvent, registry: &Registry) -> Result<ValidEvent, Rejection> {
+fn validate(
+    raw: RawEvent,
+    registry: &Registry,
+    allowed: &dyn Fn(&crate::schema::Schema) -> bool,
+) -> Result<ValidEvent, Rejection> {
     let reject = |raw: &RawEvent, reason, path: &str, message: String| Rejection {
         index: raw.index,
         event_id: Some(raw.event_id.clone()),
@@ -212,6 +231,16 @@ fn validate(raw: RawEvent, registry: &Registry) -> Result<ValidEvent, Rejection>
             message,
         ));
     };
+    // Before the payload is validated: no work spent on events this key may not send.
+    if !allowed(schema) {
+        let message = format!("this write key may not send '{}'", schema.id);
+        return Err(reject(
+            &raw,
+            RejectReason::SchemaNotAllowed,
+            "/schema",
+            message,
+        ));
+    }
     if let Err(v) = schema.validate(&raw.data) {
         let path = format!("/data{}", v.path);
         return Err(reject(
