@@ -81,3 +81,7 @@ pub const DEDUP_HITS: &str = "eventpipe_dedup_hits_total";
 pub fn log_allowed(last: &std::sync::atomic::AtomicI64) -> bool {
     crate::at_most_every(last, std::time::Duration::from_secs(1))
 }
+
+/// TLS certificate reloads (file change or SIGHUP) by `result`: `ok`, or `error` (the previous
+/// certificate stays in use).
+pub const TLS_RELOADS: &str = "eventpipe_tls_reloads_total";
