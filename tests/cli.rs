@@ -208,7 +208,7 @@ fn tail_and_topics_create_connect_with_the_configs_librdkafka_settings() {
     let file = dir.path().join("gw.toml");
     std::fs::write(
         &file,
-        "[kafka]\nbrokers = \"127.0.0.1:1\"\n[kafka.librdkafka]\n\"security.protocol\" = \"bogus\"\n\"sasl.mechanism\" = \"PLAIN\"\nlinger.ms = 5\n",
+        "[kafka]\nbrokers = \"127.0.0.1:1\"\n[kafka.librdkafka]\n\"security.protocol\" = \"bogus\"\n\"sasl.mechanism\" = \"PLAIN\"\n\"linger.ms\" = 5\n",
     )
     .unwrap();
     for args in [
