@@ -80,12 +80,13 @@ pub async fn serve(
     serve_with_sink(config, registry, sink, public, admin, shutdown).await
 }
 
-/// The producer's `message.timeout.ms`: ours unless the raw librdkafka map overrides it.
+/// The producer's `message.timeout.ms`: ours unless the raw librdkafka map overrides it (also
+/// by its alias `delivery.timeout.ms`; the map hands them over in key order, so
+/// `message.timeout.ms` wins when both are set).
 fn message_timeout_ms(config: &Config) -> u64 {
-    config
-        .kafka
-        .librdkafka
-        .get("message.timeout.ms")
+    let raw = &config.kafka.librdkafka;
+    raw.get("message.timeout.ms")
+        .or_else(|| raw.get("delivery.timeout.ms"))
         .and_then(|v| v.parse().ok())
         .unwrap_or(crate::sink::kafka::MESSAGE_TIMEOUT_MS)
 }

@@ -42,6 +42,7 @@ fn serving(slot: &CertSlot) -> Vec<u8> {
 
 #[test]
 fn a_bad_new_pair_keeps_the_old_one_until_a_good_one_arrives() {
+    let prometheus = crate::metrics::recorder();
     let dir = tempfile::tempdir().unwrap();
     let (a_cert, a_key, a_der) = self_signed();
     let (b_cert, b_key, b_der) = self_signed();
@@ -69,6 +70,13 @@ fn a_bad_new_pair_keeps_the_old_one_until_a_good_one_arrives() {
     std::fs::remove_file(&tls.key).unwrap();
     assert!(reloader.check().is_err());
     assert_eq!(serving(&slot), b_der);
+    // Failures are counted apart (only this test makes reloads fail in this process).
+    let errors = prometheus
+        .render()
+        .lines()
+        .find(|l| l.starts_with("eventpipe_tls_reloads_total{result=\"error\"}"))
+        .map(|l| l.rsplit(' ').next().unwrap_or("").to_owned());
+    assert_eq!(errors.as_deref(), Some("3"));
 }
 
 #[test]
