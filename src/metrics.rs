@@ -94,3 +94,6 @@ pub const RATE_LIMITED: &str = "eventpipe_rate_limited_requests_total";
 pub const RATE_LIMIT_TRACKED_IPS: &str = "eventpipe_rate_limit_tracked_ips";
 /// Requests checked against the shared overflow buckets because the per-IP map was full.
 pub const RATE_LIMIT_OVERFLOW: &str = "eventpipe_rate_limit_overflow_total";
+/// TLS certificate reloads (file change or SIGHUP) by `result`: `ok`, or `error` (the previous
+/// certificate stays in use).
+pub const TLS_RELOADS: &str = "eventpipe_tls_reloads_total";

@@ -12,7 +12,6 @@ use serde_json::json;
 use tokio::time::Instant;
 
 use super::body::{check_content_type, decompress, encoding, read_limited};
-use super::client_ip::client_ip;
 use super::error::ApiError;
 use super::AppState;
 use crate::metrics as m;
@@ -58,7 +57,7 @@ fn enrichment(gw: &AppState, peer: Option<SocketAddr>, headers: &HeaderMap) -> E
     };
     Enrichment {
         received_at_ms: crate::now_ms(),
-        client_ip: client_ip(peer, headers, &gw.trusted_proxies).map(|ip| ip.to_string()),
+        client_ip: gw.client_ip(peer, headers).map(|ip| ip.to_string()),
         user_agent: header_text(header::USER_AGENT),
         collector_host: gw.collector.host.clone(),
         collector_version: gw.collector.version.clone(),

@@ -31,6 +31,8 @@ pub struct Gateway {
     pub pipeline: PipelineConfig,
     pub collector: Collector,
     pub trusted_proxies: Vec<IpNet>,
+    /// The forwarding header read when the peer is a trusted proxy.
+    pub client_ip_header: client_ip::ClientIpHeader,
     /// How long a request waits for Kafka's acknowledgements.
     pub ack_timeout: Duration,
     /// Set when shutdown began; `/readyz` reports it.

@@ -27,6 +27,9 @@ use tokio::time::Instant;
 use super::{BoxFuture, Delivered, Record, Sink, SinkError};
 use crate::metrics as m;
 
+pub mod client;
+pub use client::client_config;
+
 /// Counts a request's deliveries down and wakes its waiter on the last one; remembers which
 /// records were acknowledged so only the others need the spool.
 pub struct BatchWaiter {
@@ -211,12 +214,9 @@ impl KafkaSink {
             stop: Arc::new(AtomicBool::new(false)),
         };
         // The probe is a separate metadata-only client, so replacing the producer can't strand it.
-        let probe: BaseConsumer = ClientConfig::new()
-            .set(
-                "bootstrap.servers",
-                config.get("bootstrap.servers").unwrap_or_default(),
-            )
-            .create()?;
+        // It connects as the producer does (security settings included), else a SASL/SSL
+        // cluster would look down to it.
+        let probe: BaseConsumer = client::shared_part(config).create()?;
         let (ready, stop) = (sink.ready.clone(), sink.stop.clone());
         std::thread::Builder::new()
             .name("kafka-probe".into())
