@@ -27,7 +27,6 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 
-use super::client_ip::client_ip;
 use super::error::ApiError;
 use super::keys::{KeyStore, Reload, WriteKey};
 use super::rate_limit::{retry_after_secs, IpLimiter};
@@ -84,13 +83,12 @@ impl Access {
     /// Decides on a request from its head. `Ok(None)`: open mode, go ahead.
     fn admit(
         &self,
-        peer: Option<SocketAddr>,
+        client: Option<std::net::IpAddr>,
         headers: &HeaderMap,
         uri: &Uri,
-        trusted: &[ipnet::IpNet],
     ) -> Result<Option<Grant>, ApiError> {
         if let Some(limiter) = &self.ip {
-            if let Some(ip) = client_ip(peer, headers, trusted) {
+            if let Some(ip) = client {
                 limiter.check(ip).map_err(|wait| {
                     metrics::counter!(m::RATE_LIMITED, "limit" => "client_ip").increment(1);
                     ApiError::RateLimited {
@@ -192,7 +190,7 @@ pub async fn authorize(State(gw): State<AppState>, mut req: Request, next: Next)
         .map(|c| c.0);
     match gw
         .access
-        .admit(peer, req.headers(), req.uri(), &gw.trusted_proxies)
+        .admit(gw.client_ip(peer, req.headers()), req.headers(), req.uri())
     {
         Ok(grant) => {
             if let Some(grant) = grant {
