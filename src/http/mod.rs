@@ -4,6 +4,7 @@ pub mod body;
 pub mod client_ip;
 pub mod error;
 mod ingest;
+mod refused;
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;

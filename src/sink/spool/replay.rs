@@ -37,8 +37,11 @@ impl ReplayResult {
 /// Where replayed records go (the Kafka sink, through the fallback's health tracking).
 pub trait ReplayTarget: Send + Sync + 'static {
     /// Produces `records`; resolves to what was not acknowledged by `deadline`, and why.
-    fn produce<'a>(&'a self, records: &'a [Record], deadline: Instant)
-        -> BoxFuture<'a, ReplayResult>;
+    fn produce<'a>(
+        &'a self,
+        records: &'a [Record],
+        deadline: Instant,
+    ) -> BoxFuture<'a, ReplayResult>;
 }
 
 /// Replay batch bounds and timings.
