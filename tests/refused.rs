@@ -138,9 +138,9 @@ async fn an_oversize_record_is_rejected_and_dead_lettered_not_spooled() {
     let gw = Gateway::start(config).await;
     gw.wait_ready().await;
 
-    let message = "m".repeat(max_event - 1000);
+    let filler = "m".repeat(max_event - 1000);
     let big = json!({"schema": "server_log/1", "event_id": CLICK_ID,
-        "data": {"service": "api", "level": "info", "message": message}});
+        "data": {"service": "api", "level": "info", "message": "big", "fields": {"filler": filler}}});
     let text = serde_json::to_string(&big).unwrap();
     assert!(text.len() < max_event && text.len() > 20_000);
     let resp = reqwest::Client::new()
