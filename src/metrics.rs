@@ -8,11 +8,14 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 /// HTTP requests by `status` (the numeric code).
 pub const HTTP_REQUESTS: &str = "eventpipe_http_requests_total";
-/// Events by `outcome` (`kafka`, `rejected`, `refused`) and `reason`.
+/// Events by `outcome` (`kafka`, `spool`, `deduplicated`, `rejected`, `refused`, `failed`) and
+/// `reason` (`rejected` includes `kafka_rejected:<code>` for records Kafka refused for good;
+/// `failed`/`dead_letter_refused`: neither the event nor its dead letter could be stored).
 pub const EVENTS: &str = "eventpipe_events_total";
 /// Whole requests refused before their events were read, by `reason`.
 pub const REQUESTS_REFUSED: &str = "eventpipe_requests_refused_total";
-/// Dead letters that could not be written, by `reason` of the write failure.
+/// Dead letters that could not be written, by `reason` of the write failure (a sink error, or
+/// `kafka_rejected:<code>` when Kafka refused the dead letter itself).
 pub const DEAD_LETTER_FAILURES: &str = "eventpipe_dead_letter_failures_total";
 /// Time from handing a request's records to the producer until all are acknowledged.
 pub const PRODUCE_LATENCY: &str = "eventpipe_produce_latency_seconds";

@@ -7,6 +7,7 @@ pub mod error;
 mod ingest;
 pub mod keys;
 pub mod rate_limit;
+mod refused;
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;

@@ -11,7 +11,7 @@
 mod encode;
 mod envelope;
 
-pub use encode::{dead_letter_for_request, Collector};
+pub use encode::{dead_letter_for_refused, dead_letter_for_request, Collector};
 pub use envelope::{json_depth, Bundle, BundleError};
 
 use serde::Serialize;
@@ -24,8 +24,7 @@ use crate::thrift::compact::EncodedEnrichment;
 use crate::thrift::Enrichment;
 
 /// Why one event was rejected. The string forms are stable API (response `reason` and metrics).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RejectReason {
     /// Not an object, a missing or mistyped envelope field, an unknown field, a bad timestamp.
     InvalidEnvelope,
@@ -41,6 +40,9 @@ pub enum RejectReason {
     TooDeep,
     /// The request's write key may not send this schema.
     SchemaNotAllowed,
+    /// Kafka refused the event's record for good; holds the bounded `kafka_rejected:<code>`
+    /// reason from the sink (e.g. `kafka_rejected:msg_size_too_large`).
+    KafkaRejected(&'static str),
 }
 
 impl RejectReason {
@@ -53,7 +55,14 @@ impl RejectReason {
             RejectReason::TooLarge => "too_large",
             RejectReason::TooDeep => "too_deep",
             RejectReason::SchemaNotAllowed => "schema_not_allowed",
+            RejectReason::KafkaRejected(reason) => reason,
         }
+    }
+}
+
+impl Serialize for RejectReason {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
     }
 }
 
@@ -87,10 +96,22 @@ pub struct ValidEvent {
     pub schema: std::sync::Arc<crate::schema::Schema>,
 }
 
+/// Where an event record came from, so a record Kafka refuses can still become a dead letter
+/// holding its event's original JSON.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventOrigin {
+    /// The event's index in the bundle.
+    pub index: usize,
+    /// The event's JSON text: a byte range of the decoded body the bundle was parsed from.
+    pub span: std::ops::Range<usize>,
+}
+
 /// Everything produced from one bundle.
 pub struct Processed {
     /// Event records and dead-letter records together, all to be acknowledged before answering.
     pub records: Vec<Record>,
+    /// Aligned with `records`: an event record's origin, None for a dead letter.
+    pub origins: Vec<Option<EventOrigin>>,
     pub accepted: usize,
     pub rejected: Vec<Rejection>,
     /// Accepted events per schema name, for metrics (few distinct names per request).
@@ -166,6 +187,7 @@ pub fn process_allowed(
 ) -> Processed {
     let mut out = Processed {
         records: Vec::with_capacity(bundle.events.len()),
+        origins: Vec::with_capacity(bundle.events.len()),
         accepted: 0,
         rejected: Vec::new(),
         accepted_by_schema: Vec::new(),
@@ -186,6 +208,10 @@ pub fn process_allowed(
                     cfg,
                     &encoded_enrichment,
                 ));
+                out.origins.push(Some(EventOrigin {
+                    index,
+                    span: bundle.span(index),
+                }));
                 out.accepted += 1;
                 match out.accepted_by_schema.iter_mut().find(|(n, _)| *n == name) {
                     Some((_, count)) => *count += 1,
@@ -200,6 +226,7 @@ pub fn process_allowed(
                     cfg,
                     enrichment,
                 ));
+                out.origins.push(None);
                 out.rejected.push(rejection);
             }
         }
