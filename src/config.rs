@@ -150,6 +150,19 @@ pub struct Limits {
     /// Bytes of a rejected body kept in its dead letter.
     #[serde(default = "default_dead_letter_max_bytes")]
     pub dead_letter_max_bytes: usize,
+    /// Bytes of the bundle's `context` (as compact JSON); it is copied into every event, and
+    /// counts toward each event's `max_event_bytes`. A larger one: 413 `context_too_large`.
+    #[serde(default = "default_max_context_bytes")]
+    pub max_context_bytes: usize,
+    /// Bytes a request may produce for Kafka per byte of its decompressed body (plus
+    /// `output_bytes_per_event` per event). Beyond: 413 `output_too_large`, nothing produced.
+    #[serde(default = "default_max_output_ratio")]
+    pub max_output_ratio: usize,
+    /// Bytes each event of a request may add to its output allowance on top of the ratio (ids,
+    /// headers, a dead letter's message, inherited context); the request's enrichment is added
+    /// to it.
+    #[serde(default = "default_output_bytes_per_event")]
+    pub output_bytes_per_event: usize,
 }
 
 /// TLS with rustls (TLS 1.2 and 1.3, HTTP/2 by ALPN).
@@ -247,6 +260,15 @@ fn default_request_timeout_ms() -> u64 {
 }
 fn default_dead_letter_max_bytes() -> usize {
     64 << 10
+}
+fn default_max_context_bytes() -> usize {
+    8 << 10
+}
+fn default_max_output_ratio() -> usize {
+    4
+}
+fn default_output_bytes_per_event() -> usize {
+    2048
 }
 fn default_true() -> bool {
     true
@@ -459,7 +481,8 @@ impl Config {
         if !(0.0..=3600.0).contains(&self.shutdown_grace_secs) {
             return invalid("shutdown_grace_secs", "must be between 0 and 3600");
         }
-        Ok(())
+        // The size limits (message.max.bytes, context, output ratio) are checked where enforced.
+        crate::pipeline::bounds::validate(self)
     }
 
     /// The collector identity written into events.

@@ -45,20 +45,21 @@ pub async fn ingest(State(gw): State<AppState>, req: Request) -> Response {
 }
 
 fn enrichment(gw: &AppState, peer: Option<SocketAddr>, headers: &HeaderMap) -> Enrichment {
-    let header_text = |name: header::HeaderName| {
+    // Copied into every record of the request: cut to a few hundred bytes.
+    let header_text = |name: header::HeaderName, max: usize| {
         headers
             .get(name)
             .and_then(|v| v.to_str().ok())
-            .map(|s| s.chars().take(1024).collect::<String>())
+            .map(|s| pipeline::bounds::cut(s, max))
     };
     Enrichment {
         received_at_ms: crate::now_ms(),
         client_ip: client_ip(peer, headers, &gw.trusted_proxies).map(|ip| ip.to_string()),
-        user_agent: header_text(header::USER_AGENT),
+        user_agent: header_text(header::USER_AGENT, pipeline::bounds::USER_AGENT_MAX),
         collector_host: gw.collector.host.clone(),
         collector_version: gw.collector.version.clone(),
         sent_at: None,
-        origin: header_text(header::ORIGIN),
+        origin: header_text(header::ORIGIN, pipeline::bounds::ORIGIN_MAX),
     }
 }
 
@@ -91,10 +92,18 @@ async fn handle(
         };
         return Err((err, decoded.clone()));
     }
+    if bundle.context_bytes > limits.max_context_bytes {
+        let err = ApiError::ContextTooLarge {
+            size: bundle.context_bytes,
+            limit: limits.max_context_bytes,
+        };
+        return Err((err, decoded.clone()));
+    }
     if let Some(sent_at) = &bundle.sent_at {
         enrichment.sent_at = Some(sent_at.chars().take(64).collect());
     }
-    let mut processed = pipeline::process(&bundle, &gw.registry, &gw.pipeline, enrichment);
+    let mut processed = pipeline::process(&bundle, &gw.registry, &gw.pipeline, enrichment)
+        .map_err(|e| (ApiError::OutputTooLarge(e), decoded.clone()))?;
     let total = bundle.events.len();
     drop(bundle);
 
@@ -200,8 +209,7 @@ fn record_refused_request(gw: &AppState, err: &ApiError, body: &Bytes, enrichmen
         &err.to_string(),
         err.status().as_u16(),
         body,
-        &gw.pipeline.dead_letter_topic,
-        gw.pipeline.limits.dead_letter_max_bytes,
+        &gw.pipeline,
         &enrichment,
     );
     let gw = gw.clone();

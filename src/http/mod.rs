@@ -76,4 +76,6 @@ fn cors_layer(cors: &CorsConfig) -> CorsLayer {
 }
 
 #[cfg(test)]
+mod size_tests;
+#[cfg(test)]
 mod tests;
