@@ -13,11 +13,19 @@ use crate::thrift::{from_compact_bytes, DeadLetter};
 const ID: &str = "0f8fad5b-d9cb-469f-a165-70867728950e";
 
 fn registry() -> Registry {
-    Registry::from_values(vec![(
-        "page_view",
-        1,
-        json!({"type": "object", "required": ["url"], "properties": {"url": {"type": "string"}}}),
-    )])
+    Registry::from_values(vec![
+        (
+            "page_view",
+            1,
+            json!({"type": "object", "required": ["url"], "properties": {"url": {"type": "string"}}}),
+        ),
+        // Violations under client-chosen keys: long JSON pointers.
+        (
+            "kv",
+            1,
+            json!({"type": "object", "additionalProperties": {"type": "string"}}),
+        ),
+    ])
     .unwrap()
 }
 
@@ -118,7 +126,7 @@ fn schema_path_and_message_are_cut() {
     let key = "k".repeat(50_000);
     let p = run(&json!({"events": [
         {"schema": schema, "data": {"url": "u"}},
-        {"schema": "page_view/1", "data": {"url": [key.clone()]}},
+        {"schema": "kv/1", "data": {key.clone(): 5}},
         {"schema": "page_view/1", "data": {"url": 5, key.clone(): 1}, key: 1},
     ]}));
     assert_eq!(p.rejected.len(), 3);
@@ -132,6 +140,8 @@ fn schema_path_and_message_are_cut() {
     }
     let l = letter(&p.records[0]);
     assert!(l.schema.unwrap().ends_with(bounds::TRUNCATION_MARK));
+    assert_eq!(p.rejected[1].reason, RejectReason::SchemaViolation);
+    assert!(p.rejected[1].path.ends_with(bounds::TRUNCATION_MARK));
 }
 
 /// An event within `max_event_bytes` whose Thrift record is over `message.max.bytes` (doubles
@@ -275,8 +285,10 @@ fn record_size_counts_what_librdkafka_counts() {
 #[test]
 fn cut_keeps_char_boundaries_and_the_bound() {
     let s = "é".repeat(100);
-    let c = bounds::cut(&s, 64);
-    assert!(c.len() <= 64 && c.ends_with(bounds::TRUNCATION_MARK));
+    for max in [64, 65] {
+        let c = bounds::cut(&s, max);
+        assert!(c.len() <= max && c.ends_with(bounds::TRUNCATION_MARK));
+    }
     assert_eq!(bounds::cut("short", 64), "short");
 }
 
