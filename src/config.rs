@@ -175,6 +175,19 @@ pub struct Limits {
     /// Bytes of a rejected body kept in its dead letter.
     #[serde(default = "default_dead_letter_max_bytes")]
     pub dead_letter_max_bytes: usize,
+    /// Bytes of the bundle's `context` (as compact JSON); it is copied into every event, and
+    /// counts toward each event's `max_event_bytes`. A larger one: 413 `context_too_large`.
+    #[serde(default = "default_max_context_bytes")]
+    pub max_context_bytes: usize,
+    /// Bytes a request may produce for Kafka per byte of its decompressed body (plus
+    /// `output_bytes_per_event` per event). Beyond: 413 `output_too_large`, nothing produced.
+    #[serde(default = "default_max_output_ratio")]
+    pub max_output_ratio: usize,
+    /// Bytes each event of a request may add to its output allowance on top of the ratio (ids,
+    /// headers, a dead letter's message, inherited context); the request's enrichment is added
+    /// to it.
+    #[serde(default = "default_output_bytes_per_event")]
+    pub output_bytes_per_event: usize,
 }
 
 /// TLS with rustls (TLS 1.2 and 1.3, HTTP/2 by ALPN).
@@ -279,6 +292,15 @@ fn default_dead_letter_max_bytes() -> usize {
 }
 fn default_tls_reload_interval_ms() -> u64 {
     5_000
+}
+fn default_max_context_bytes() -> usize {
+    8 << 10
+}
+fn default_max_output_ratio() -> usize {
+    4
+}
+fn default_output_bytes_per_event() -> usize {
+    2048
 }
 fn default_true() -> bool {
     true
@@ -512,7 +534,9 @@ impl Config {
             );
         }
         self.validate_auth()?;
-        self.kafka.validate_librdkafka()
+        self.kafka.validate_librdkafka()?;
+        // The size limits (message.max.bytes, context, output ratio) are checked where enforced.
+        crate::pipeline::bounds::validate(self)
     }
 }
 

@@ -98,7 +98,8 @@ pub fn gateway(config: &Config, registry: Registry, sink: Arc<dyn Sink>) -> Arc<
         &config.kafka.topic_prefix,
         &config.kafka.dead_letter_topic,
         &registry,
-    );
+    )
+    .with_max_record_bytes(config.kafka.message_max_bytes());
     Arc::new(Gateway {
         registry: Arc::new(registry),
         sink,

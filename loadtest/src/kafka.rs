@@ -47,7 +47,9 @@ pub fn encode_templates(
         let bundle = Bundle::parse(&body, cfg.limits.max_depth).context("template body")?;
         let mut enrichment = enrichment.clone();
         enrichment.sent_at = bundle.sent_at.clone();
-        records.extend(pipeline::process(&bundle, registry, &cfg, &enrichment).records);
+        let processed =
+            pipeline::process(&bundle, registry, &cfg, &enrichment).context("template body")?;
+        records.extend(processed.records);
     }
     Ok(records)
 }

@@ -563,7 +563,8 @@ fn run_pipeline(args: PipelineArgs) -> anyhow::Result<()> {
         let t0 = Instant::now();
         let bundle = Bundle::parse(body, cfg.limits.max_depth).context("template body")?;
         let t1 = Instant::now();
-        let out = pipeline::process(&bundle, &registry, &cfg, &enrichment);
+        let out =
+            pipeline::process(&bundle, &registry, &cfg, &enrichment).context("template body")?;
         events += bundle.events.len() as u64;
         // The gateway frees both too, before answering.
         drop(out);

@@ -23,6 +23,13 @@ pub enum ApiError {
     DecompressedTooLarge { limit: usize },
     #[error("bundle has {count} events; the limit is {limit}")]
     TooManyEvents { count: usize, limit: usize },
+    #[error(
+        "batch context is {size} bytes (as compact JSON); the limit is {limit} \
+         (limits.max_context_bytes): it is copied into every event"
+    )]
+    ContextTooLarge { size: usize, limit: usize },
+    #[error("{0}")]
+    OutputTooLarge(crate::pipeline::OutputTooLarge),
     #[error("unsupported Content-Type '{0}': send application/json or text/plain")]
     UnsupportedMediaType(String),
     #[error("unsupported Content-Encoding '{0}': send gzip, deflate, zstd, br or none")]
@@ -55,6 +62,8 @@ impl ApiError {
             ApiError::BodyTooLarge { .. } => "body_too_large",
             ApiError::DecompressedTooLarge { .. } => "decompressed_too_large",
             ApiError::TooManyEvents { .. } => "too_many_events",
+            ApiError::ContextTooLarge { .. } => "context_too_large",
+            ApiError::OutputTooLarge(_) => "output_too_large",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::UnsupportedEncoding(_) => "unsupported_encoding",
             ApiError::Unavailable { .. } => "unavailable",
@@ -69,7 +78,9 @@ impl ApiError {
             ApiError::Undecodable(_) | ApiError::NotABundle(_) => StatusCode::BAD_REQUEST,
             ApiError::BodyTooLarge { .. }
             | ApiError::DecompressedTooLarge { .. }
-            | ApiError::TooManyEvents { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            | ApiError::TooManyEvents { .. }
+            | ApiError::ContextTooLarge { .. }
+            | ApiError::OutputTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) | ApiError::UnsupportedEncoding(_) => {
                 StatusCode::UNSUPPORTED_MEDIA_TYPE
             }

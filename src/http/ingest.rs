@@ -50,20 +50,21 @@ pub async fn ingest(State(gw): State<AppState>, req: Request) -> Response {
 }
 
 fn enrichment(gw: &AppState, peer: Option<SocketAddr>, headers: &HeaderMap) -> Enrichment {
-    let header_text = |name: header::HeaderName| {
+    // Copied into every record of the request: cut to a few hundred bytes.
+    let header_text = |name: header::HeaderName, max: usize| {
         headers
             .get(name)
             .and_then(|v| v.to_str().ok())
-            .map(|s| s.chars().take(1024).collect::<String>())
+            .map(|s| pipeline::bounds::cut(s, max))
     };
     Enrichment {
         received_at_ms: crate::now_ms(),
         client_ip: gw.client_ip(peer, headers).map(|ip| ip.to_string()),
-        user_agent: header_text(header::USER_AGENT),
+        user_agent: header_text(header::USER_AGENT, pipeline::bounds::USER_AGENT_MAX),
         collector_host: gw.collector.host.clone(),
         collector_version: gw.collector.version.clone(),
         sent_at: None,
-        origin: header_text(header::ORIGIN),
+        origin: header_text(header::ORIGIN, pipeline::bounds::ORIGIN_MAX),
     }
 }
 
@@ -97,6 +98,13 @@ async fn handle(
         };
         return Err((err, decoded.clone()));
     }
+    if bundle.context_bytes > limits.max_context_bytes {
+        let err = ApiError::ContextTooLarge {
+            size: bundle.context_bytes,
+            limit: limits.max_context_bytes,
+        };
+        return Err((err, decoded.clone()));
+    }
     if let Some(err) = grant.and_then(|g| g.take_events(bundle.events.len()).err()) {
         metrics::counter!(m::EVENTS, "outcome" => "refused", "reason" => err.code())
             .increment(bundle.events.len() as u64);
@@ -107,7 +115,8 @@ async fn handle(
     }
     let allowed = |s: &crate::schema::Schema| grant.is_none_or(|g| g.allows_schema(s));
     let mut processed =
-        pipeline::process_allowed(&bundle, &gw.registry, &gw.pipeline, enrichment, &allowed);
+        pipeline::process_allowed(&bundle, &gw.registry, &gw.pipeline, enrichment, &allowed)
+            .map_err(|e| (ApiError::OutputTooLarge(e), decoded.clone()))?;
     let total = bundle.events.len();
     drop(bundle);
 
@@ -287,8 +296,7 @@ fn record_refused_request(gw: &AppState, err: &ApiError, body: &Bytes, enrichmen
         &err.to_string(),
         err.status().as_u16(),
         body,
-        &gw.pipeline.dead_letter_topic,
-        gw.pipeline.limits.dead_letter_max_bytes,
+        &gw.pipeline,
         &enrichment,
     );
     let gw = gw.clone();

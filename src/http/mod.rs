@@ -96,4 +96,6 @@ fn cors_layer(cors: &CorsConfig) -> CorsLayer {
 #[cfg(test)]
 mod auth_tests;
 #[cfg(test)]
+mod size_tests;
+#[cfg(test)]
 mod tests;

@@ -4,6 +4,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
+use super::bounds::{cut, cut_owned, MESSAGE_MAX, SHOWN_ID_MAX};
 use super::{RawEvent, RejectReason, Rejection};
 use crate::config::Limits;
 
@@ -21,6 +22,13 @@ pub struct Bundle<'a> {
     /// Where the parsed body starts in memory, to give events' byte ranges (`span`).
     #[serde(skip)]
     body_start: usize,
+    /// Length of the decompressed body (the output budget is a multiple of it).
+    #[serde(skip)]
+    pub body_bytes: usize,
+    /// Length of `context` as compact JSON, 0 when empty: measured once per request, it counts
+    /// toward each event's size limit and has its own (`limits.max_context_bytes`).
+    #[serde(skip)]
+    pub context_bytes: usize,
 }
 
 /// Nesting serde_json parses at most (its recursion limit, which keeps parsing off the stack's
@@ -54,11 +62,14 @@ impl<'a> Bundle<'a> {
             if e.is_syntax() && json_depth(body) > BODY_DEPTH_CAP {
                 BundleError::TooDeep(BODY_DEPTH_CAP)
             } else if e.is_syntax() || e.is_eof() {
-                BundleError::NotJson(e.to_string())
+                BundleError::NotJson(cut(&e.to_string(), MESSAGE_MAX))
             } else {
-                BundleError::NotABundle(e.to_string())
+                // e.g. "unknown field `<a client's key>`": cut, it goes back in the response.
+                BundleError::NotABundle(cut(&e.to_string(), MESSAGE_MAX))
             }
         })?;
+        bundle.body_bytes = body.len();
+        bundle.context_bytes = compact_json_len(&bundle.context);
         // The context object is level 1 of an event's context, as an event's own would be.
         if bundle.context.values().map(value_depth).max().unwrap_or(0) + 1 > max_depth {
             return Err(BundleError::ContextTooDeep(max_depth));
@@ -77,6 +88,30 @@ impl<'a> Bundle<'a> {
         // The events borrow from the body, so their text lies inside it.
         let start = (text.as_ptr() as usize).saturating_sub(self.body_start);
         start..start + text.len()
+    }
+}
+
+/// Length of a map as compact JSON, counted without building the text.
+fn compact_json_len(map: &Map<String, Value>) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    if map.is_empty() {
+        return 0;
+    }
+    let mut count = Count(0);
+    // Only a failing writer or a non-string key could fail; neither exists here. Should it
+    // anyway, the context counts as too large rather than free.
+    match serde_json::to_writer(&mut count, map) {
+        Ok(()) => count.0,
+        Err(_) => usize::MAX,
     }
 }
 
@@ -143,12 +178,18 @@ impl EventEnvelope {
     }
 }
 
-/// Parses and checks one event's envelope.
+/// Parses and checks one event's envelope. `context_bytes` is the batch context's size
+/// (`Bundle::context_bytes`): the event inherits it, so it counts toward the event's limit.
 ///
 /// Depth: the event object is level 1, so its `data` may nest `max_depth` levels below it. It is
 /// measured on the parsed values (cheap: a walk over nodes, not bytes); an event too deep for
 /// serde_json to parse at all is recognised by a byte scan on that error path.
-pub fn parse_event(index: usize, text: &str, limits: &Limits) -> Result<RawEvent, Rejection> {
+pub fn parse_event(
+    index: usize,
+    text: &str,
+    context_bytes: usize,
+    limits: &Limits,
+) -> Result<RawEvent, Rejection> {
     let reject = |reason, path: &str, message: String, event_id: Option<String>| Rejection {
         index,
         event_id,
@@ -156,12 +197,20 @@ pub fn parse_event(index: usize, text: &str, limits: &Limits) -> Result<RawEvent
         path: path.into(),
         message,
     };
-    if text.len() > limits.max_event_bytes {
-        let message = format!(
-            "event is {} bytes; the limit is {}",
-            text.len(),
-            limits.max_event_bytes
-        );
+    if text.len().saturating_add(context_bytes) > limits.max_event_bytes {
+        let message = if context_bytes == 0 {
+            format!(
+                "event is {} bytes; the limit is {}",
+                text.len(),
+                limits.max_event_bytes
+            )
+        } else {
+            format!(
+                "event is {} bytes plus {context_bytes} bytes of batch context; the limit is {}",
+                text.len(),
+                limits.max_event_bytes
+            )
+        };
         return Err(reject(
             RejectReason::TooLarge,
             "",
@@ -189,7 +238,7 @@ pub fn parse_event(index: usize, text: &str, limits: &Limits) -> Result<RawEvent
             if depth > limits.max_depth + 1 {
                 return too_deep(depth);
             }
-            let message = format!("event envelope: {e}");
+            let message = cut(&format!("event envelope: {e}"), MESSAGE_MAX);
             let id = sniff_event_id(text);
             return Err(reject(RejectReason::InvalidEnvelope, "", message, id));
         }
@@ -205,11 +254,12 @@ pub fn parse_event(index: usize, text: &str, limits: &Limits) -> Result<RawEvent
             Err(_) => {
                 let message =
                     "event_id must be a UUID such as 0f8fad5b-d9cb-469f-a165-70867728950e".into();
+                // Shown cut, so the client can find its event; never a key or header.
                 return Err(reject(
                     RejectReason::BadEventId,
                     "/event_id",
                     message,
-                    Some(s),
+                    Some(cut_owned(s, SHOWN_ID_MAX)),
                 ));
             }
         },
@@ -280,7 +330,8 @@ pub fn is_rfc3339(s: &str) -> bool {
 }
 
 /// Best-effort event id from an event that failed before its envelope was read, so the client
-/// can match the rejection to its event.
+/// can match the rejection to its event. Whatever was sent, cut to `SHOWN_ID_MAX`: it is only
+/// shown; the dead letter uses it as key or header only if it is a UUID.
 pub fn sniff_event_id(text: &str) -> Option<String> {
     #[derive(Deserialize)]
     struct Id {
@@ -292,16 +343,18 @@ pub fn sniff_event_id(text: &str) -> Option<String> {
     serde_json::from_str::<Id>(text)
         .ok()
         .and_then(|i| i.event_id)
+        .map(|id| cut_owned(id, SHOWN_ID_MAX))
 }
 
-/// The `schema` string of an event as sent, for dead letters (None if absent or unreadable).
+/// The `schema` string of an event as sent, for dead letters (None if absent or unreadable),
+/// cut to `SCHEMA_MAX`.
 pub fn schema_as_sent(text: &str) -> Option<String> {
     #[derive(Deserialize)]
     struct S {
         schema: Option<Value>,
     }
     match serde_json::from_str::<S>(text).ok()?.schema? {
-        Value::String(s) => Some(s),
+        Value::String(s) => Some(cut_owned(s, super::bounds::SCHEMA_MAX)),
         _ => None,
     }
 }

@@ -7,11 +7,17 @@
 //! Each event ends in exactly one outcome: an `Event` record for its schema's topic, or a
 //! `DeadLetter` record plus a `Rejection` for the response. One bad event never costs the others.
 //! Each event's JSON is parsed exactly once.
+//!
+//! Sizes are bounded before a record exists (`bounds`): every record fits the producer's
+//! `message.max.bytes`, and a request's records fit its output budget, or the request is refused
+//! whole (`OutputTooLarge`, 413) with nothing produced.
 
+pub mod bounds;
 mod encode;
 mod envelope;
 
-pub use encode::{dead_letter_for_refused, dead_letter_for_request, Collector};
+pub use bounds::OutputTooLarge;
+pub use encode::{dead_letter_for_refused, dead_letter_for_request, fit_dead_letter, Collector};
 pub use envelope::{json_depth, Bundle, BundleError};
 
 use serde::Serialize;
@@ -122,6 +128,10 @@ pub struct Processed {
 pub struct PipelineConfig {
     pub limits: Limits,
     pub dead_letter_topic: std::sync::Arc<str>,
+    /// The producer's `message.max.bytes`: no record the pipeline builds is larger (as
+    /// `bounds::record_size` counts it). `new` sets librdkafka's default; the gateway sets the
+    /// effective value (`KafkaConfig::message_max_bytes`).
+    pub max_record_bytes: usize,
     /// `<prefix><name>` for every schema name, built once: events share the Arc, no per-event
     /// string building.
     topics: std::collections::HashMap<std::sync::Arc<str>, std::sync::Arc<str>>,
@@ -145,8 +155,15 @@ impl PipelineConfig {
         PipelineConfig {
             limits,
             dead_letter_topic: dead_letter_topic.into(),
+            max_record_bytes: bounds::DEFAULT_MESSAGE_MAX_BYTES,
             topics,
         }
+    }
+
+    /// The same config with another record size limit (the producer's `message.max.bytes`).
+    pub fn with_max_record_bytes(mut self, max_record_bytes: usize) -> Self {
+        self.max_record_bytes = max_record_bytes;
+        self
     }
 
     /// Every topic the routing writes to: one per schema name (sorted), then the dead letters.
@@ -167,12 +184,15 @@ impl PipelineConfig {
 }
 
 /// Runs every event of a parsed bundle through the stages.
+///
+/// Stops with `OutputTooLarge` as soon as the records built so far exceed the request's output
+/// budget (`bounds::OutputBudget`), so memory stays within it; the request is then refused whole.
 pub fn process(
     bundle: &Bundle<'_>,
     registry: &Registry,
     cfg: &PipelineConfig,
     enrichment: &Enrichment,
-) -> Processed {
+) -> Result<Processed, OutputTooLarge> {
     process_allowed(bundle, registry, cfg, enrichment, &|_| true)
 }
 
@@ -184,7 +204,7 @@ pub fn process_allowed(
     cfg: &PipelineConfig,
     enrichment: &Enrichment,
     allowed: &dyn Fn(&crate::schema::Schema) -> bool,
-) -> Processed {
+) -> Result<Processed, OutputTooLarge> {
     let mut out = Processed {
         records: Vec::with_capacity(bundle.events.len()),
         origins: Vec::with_capacity(bundle.events.len()),
@@ -194,44 +214,63 @@ pub fn process_allowed(
     };
     // Encoded once; every event of the request carries the same bytes.
     let encoded_enrichment = EncodedEnrichment::new(enrichment);
+    let mut budget = bounds::OutputBudget::new(
+        &cfg.limits,
+        bundle.body_bytes,
+        bundle.events.len(),
+        encoded_enrichment.len(),
+    );
     for (index, raw_json) in bundle.events.iter().enumerate() {
         let text = raw_json.get();
-        let result = envelope::parse_event(index, text, &cfg.limits)
-            .and_then(|raw| validate(raw, registry, allowed));
-        match result {
-            Ok(valid) => {
+        let result = envelope::parse_event(index, text, bundle.context_bytes, &cfg.limits)
+            .and_then(|raw| validate(raw, registry, allowed))
+            .and_then(|valid| {
                 let name = valid.schema.name.clone();
-                out.records.push(encode::event_record(
+                let record = encode::event_record(
                     valid,
                     text.len(),
                     &bundle.context,
                     cfg,
                     &encoded_enrichment,
-                ));
-                out.origins.push(Some(EventOrigin {
-                    index,
-                    span: bundle.span(index),
-                }));
+                )?;
+                Ok((name, record))
+            });
+        let (record, origin) = match result {
+            Ok((name, record)) => {
                 out.accepted += 1;
                 match out.accepted_by_schema.iter_mut().find(|(n, _)| *n == name) {
                     Some((_, count)) => *count += 1,
                     None => out.accepted_by_schema.push((name, 1)),
                 }
+                let origin = EventOrigin {
+                    index,
+                    span: bundle.span(index),
+                };
+                (record, Some(origin))
             }
             Err(rejection) => {
-                out.records.push(encode::dead_letter_for_event(
+                let record = encode::dead_letter_for_event(
                     &rejection,
                     text.as_bytes(),
                     envelope::schema_as_sent(text),
                     cfg,
                     enrichment,
-                ));
-                out.origins.push(None);
+                );
                 out.rejected.push(rejection);
+                (record, None)
             }
-        }
+        };
+        let size = bounds::size_of(&record);
+        debug_assert!(
+            size <= cfg.max_record_bytes,
+            "a {size}-byte record over message.max.bytes {}",
+            cfg.max_record_bytes
+        );
+        budget.spend(size)?;
+        out.origins.push(origin);
+        out.records.push(record);
     }
-    out
+    Ok(out)
 }
 
 fn validate(
@@ -243,13 +282,13 @@ fn validate(
         index: raw.index,
         event_id: Some(raw.event_id.clone()),
         reason,
-        path: path.into(),
-        message,
+        path: bounds::cut(path, bounds::PATH_MAX),
+        message: bounds::cut_owned(message, bounds::MESSAGE_MAX),
     };
     let Some(schema) = registry.get(&raw.schema) else {
         let message = format!(
             "no schema '{}' (expected <name>/<major> of a known schema)",
-            raw.schema
+            bounds::cut(&raw.schema, bounds::SCHEMA_MAX)
         );
         return Err(reject(
             &raw,
@@ -283,5 +322,7 @@ fn validate(
     })
 }
 
+#[cfg(test)]
+mod size_tests;
 #[cfg(test)]
 mod tests;

@@ -37,7 +37,7 @@ fn enrichment() -> Enrichment {
 fn run(body: &Value) -> Processed {
     let text = serde_json::to_vec(body).unwrap();
     let bundle = Bundle::parse(&text, 64).unwrap();
-    process(&bundle, &registry(), &cfg(), &enrichment())
+    process(&bundle, &registry(), &cfg(), &enrichment()).unwrap()
 }
 
 const ID: &str = "0f8fad5b-d9cb-469f-a165-70867728950e";
@@ -210,7 +210,7 @@ fn depth_limit_is_per_event_at_any_depth() {
         event(30_000)
     );
     let bundle = Bundle::parse(body.as_bytes(), 64).expect("a bundle whose events are deep");
-    let p = process(&bundle, &registry(), &cfg(), &enrichment());
+    let p = process(&bundle, &registry(), &cfg(), &enrichment()).unwrap();
     assert_eq!(p.accepted, 1);
     let got: Vec<_> = p.rejected.iter().map(|r| (r.index, r.reason)).collect();
     assert_eq!(
@@ -272,7 +272,7 @@ fn event_records_keep_their_events_span_in_the_body() {
     let body = br#"{"events": [ {"schema": "page_view/1", "data": {"url": 1}},
         {"schema":"page_view/1",   "data": {"url": "https://e.com/\u00e9"}} ], "context": {}}"#;
     let bundle = Bundle::parse(body, 64).unwrap();
-    let p = process(&bundle, &registry(), &cfg(), &enrichment());
+    let p = process(&bundle, &registry(), &cfg(), &enrichment()).unwrap();
     assert_eq!(p.origins.len(), p.records.len());
     assert_eq!(p.origins[0], None, "a dead letter has no origin");
     let origin = p.origins[1].clone().expect("the accepted event's origin");

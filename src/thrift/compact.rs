@@ -35,6 +35,15 @@ impl EncodedEnrichment {
         // at 0 inside it, and it ends with its own stop byte.
         EncodedEnrichment(super::to_compact_bytes(enrichment))
     }
+
+    /// Bytes it adds to each event (the output budget allows for them per event).
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 /// The fields of an `Event`, borrowed from the pipeline's stages.
