@@ -90,39 +90,72 @@ pub async fn read_limited(
 }
 
 /// Decompresses `wire` into at most `cap` bytes. More than `cap` is refused without holding more
-/// than `cap + 1` bytes; a corrupt stream is a 400.
+/// than `cap` bytes; a corrupt stream is a 400.
 pub fn decompress(wire: Bytes, encoding: Encoding, cap: usize) -> Result<Bytes, ApiError> {
-    fn capped(mut reader: impl Read, cap: usize) -> Result<Bytes, ApiError> {
-        let mut out = Vec::with_capacity(cap.min(64 << 10));
-        reader
-            .by_ref()
-            .take(cap as u64 + 1)
-            .read_to_end(&mut out)
-            .map_err(|e| ApiError::Undecodable(format!("body could not be decompressed: {e}")))?;
-        if out.len() > cap {
-            return Err(ApiError::DecompressedTooLarge { limit: cap });
-        }
-        Ok(Bytes::from(out))
-    }
+    decompress_within(wire, encoding, cap, &mut |_| Ok(()))
+}
+
+/// As [`decompress`], calling `reserve(n)` before the output buffer grows by `n` bytes; its error
+/// (the in-flight byte budget is spent) stops decompression before the memory is taken.
+pub fn decompress_within(
+    wire: Bytes,
+    encoding: Encoding,
+    cap: usize,
+    reserve: &mut dyn FnMut(usize) -> Result<(), ApiError>,
+) -> Result<Bytes, ApiError> {
     match encoding {
         Encoding::Identity => Ok(wire),
-        Encoding::Gzip => capped(flate2::read::MultiGzDecoder::new(&wire[..]), cap),
+        Encoding::Gzip => capped(flate2::read::MultiGzDecoder::new(&wire[..]), cap, reserve),
         Encoding::Deflate => {
             // HTTP "deflate" is zlib-wrapped; some clients send raw deflate. Accept both.
             if looks_like_zlib(&wire) {
-                capped(flate2::read::ZlibDecoder::new(&wire[..]), cap)
+                capped(flate2::read::ZlibDecoder::new(&wire[..]), cap, reserve)
             } else {
-                capped(flate2::read::DeflateDecoder::new(&wire[..]), cap)
+                capped(flate2::read::DeflateDecoder::new(&wire[..]), cap, reserve)
             }
         }
         Encoding::Zstd => {
             let decoder = zstd::stream::read::Decoder::new(&wire[..]).map_err(|e| {
                 ApiError::Undecodable(format!("body could not be decompressed: {e}"))
             })?;
-            capped(decoder, cap)
+            capped(decoder, cap, reserve)
         }
-        Encoding::Brotli => capped(brotli::Decompressor::new(&wire[..], 4096), cap),
+        Encoding::Brotli => capped(brotli::Decompressor::new(&wire[..], 4096), cap, reserve),
     }
+}
+
+/// Reads `reader` to the end into a buffer that never exceeds `cap` and is reserved (through
+/// `reserve`) before each growth.
+fn capped(
+    mut reader: impl Read,
+    cap: usize,
+    reserve: &mut dyn FnMut(usize) -> Result<(), ApiError>,
+) -> Result<Bytes, ApiError> {
+    let mut out: Vec<u8> = Vec::new();
+    let mut chunk = vec![0u8; 32 << 10];
+    loop {
+        let n = match reader.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                return Err(ApiError::Undecodable(format!(
+                    "body could not be decompressed: {e}"
+                )))
+            }
+        };
+        let len = out.len() + n;
+        if len > cap {
+            return Err(ApiError::DecompressedTooLarge { limit: cap });
+        }
+        if len > out.capacity() {
+            let want = (out.capacity() * 2).max(64 << 10).max(len).min(cap);
+            reserve(want - out.capacity())?;
+            out.reserve_exact(want - out.len());
+        }
+        out.extend_from_slice(&chunk[..n]);
+    }
+    Ok(Bytes::from(out))
 }
 
 fn looks_like_zlib(data: &[u8]) -> bool {
@@ -182,6 +215,29 @@ mod tests {
         assert!(bomb.len() < 200 << 10);
         let err = decompress(bomb, Encoding::Gzip, 1 << 20).unwrap_err();
         assert!(matches!(err, ApiError::DecompressedTooLarge { limit } if limit == 1 << 20));
+    }
+
+    #[test]
+    fn decompression_reserves_before_it_grows_and_stops_when_refused() {
+        let data = vec![b'x'; 1 << 20];
+        let mut reserved = 0;
+        let out = decompress_within(gzip(&data), Encoding::Gzip, 2 << 20, &mut |n| {
+            reserved += n;
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(out.len(), 1 << 20);
+        assert!(reserved >= out.len() && reserved <= 2 << 20, "{reserved}");
+        // A budget of 256 KiB: refused while growing past it, with the budget's error.
+        let mut budget = 256usize << 10;
+        let err = decompress_within(gzip(&data), Encoding::Gzip, 2 << 20, &mut |n| {
+            budget = budget.checked_sub(n).ok_or(ApiError::Overloaded {
+                retry_after_secs: 1,
+            })?;
+            Ok(())
+        })
+        .unwrap_err();
+        assert_eq!(err.code(), "overloaded");
     }
 
     #[test]

@@ -9,6 +9,7 @@ use serde_json::json;
 use crate::sink::SinkError;
 
 static LAST_UNAVAILABLE_LOG: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+static LAST_OVERLOADED_LOG: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
 
 /// Why a request as a whole was not accepted.
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +28,10 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("unsupported Content-Encoding '{0}': send gzip, deflate, zstd, br or none")]
     UnsupportedEncoding(String),
+    #[error("the gateway is at its limit of work in flight; retry later")]
+    Overloaded { retry_after_secs: u64 },
+    #[error("the request was not completed within {limit_ms} ms")]
+    RequestTimeout { limit_ms: u64 },
     #[error("events could not be stored right now; retry later")]
     Unavailable {
         cause: SinkError,
@@ -45,6 +50,8 @@ impl ApiError {
             ApiError::TooManyEvents { .. } => "too_many_events",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::UnsupportedEncoding(_) => "unsupported_encoding",
+            ApiError::Overloaded { .. } => "overloaded",
+            ApiError::RequestTimeout { .. } => "request_timeout",
             ApiError::Unavailable { .. } => "unavailable",
         }
     }
@@ -58,7 +65,10 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) | ApiError::UnsupportedEncoding(_) => {
                 StatusCode::UNSUPPORTED_MEDIA_TYPE
             }
-            ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Overloaded { .. } | ApiError::Unavailable { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ApiError::RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
         }
     }
 }
@@ -74,6 +84,11 @@ impl IntoResponse for ApiError {
                     tracing::error!(error = %cause, "requests refused: kafka and spool unavailable (logged at most once a second)");
                 }
             }
+            if matches!(self, ApiError::Overloaded { .. })
+                && crate::metrics::log_allowed(&LAST_OVERLOADED_LOG)
+            {
+                tracing::warn!("requests refused: work in flight at its limit (limits.max_concurrent_requests / max_inflight_bytes; logged at most once a second)");
+            }
         } else {
             tracing::debug!(code = self.code(), error = %self, "request refused");
         }
@@ -81,7 +96,8 @@ impl IntoResponse for ApiError {
         let mut response = (status, body).into_response();
         if let ApiError::Unavailable {
             retry_after_secs, ..
-        } = self
+        }
+        | ApiError::Overloaded { retry_after_secs } = self
         {
             response
                 .headers_mut()

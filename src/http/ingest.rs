@@ -11,7 +11,8 @@ use bytes::Bytes;
 use serde_json::json;
 use tokio::time::Instant;
 
-use super::body::{check_content_type, decompress, encoding, read_limited};
+use super::admission::Charge;
+use super::body::{check_content_type, decompress_within, encoding, read_limited, Encoding};
 use super::client_ip::client_ip;
 use super::error::ApiError;
 use super::AppState;
@@ -27,21 +28,22 @@ pub async fn ingest(State(gw): State<AppState>, req: Request) -> Response {
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0);
     let mut enrichment = enrichment(&gw, peer, &parts.headers);
-    let (response, outcome) = match handle(&gw, &parts.headers, body, &mut enrichment).await {
-        Ok(resp) => (resp, None),
+    match handle(&gw, &parts.headers, body, &mut enrichment).await {
+        Ok(resp) => resp,
         Err((err, body)) => {
-            let refused = matches!(err, ApiError::Unavailable { .. });
+            // Refusals for want of capacity are not dead-lettered: that would add work exactly
+            // when there is too much.
+            let refused = matches!(
+                err,
+                ApiError::Unavailable { .. } | ApiError::Overloaded { .. }
+            );
             metrics::counter!(m::REQUESTS_REFUSED, "reason" => err.code()).increment(1);
             if !refused {
                 record_refused_request(&gw, &err, &body, enrichment);
             }
-            let status = err.status();
-            (err.into_response(), Some(status))
+            err.into_response()
         }
-    };
-    let status = outcome.unwrap_or(response.status());
-    metrics::counter!(m::HTTP_REQUESTS, "status" => status.as_str().to_owned()).increment(1);
-    response
+    }
 }
 
 fn enrichment(gw: &AppState, peer: Option<SocketAddr>, headers: &HeaderMap) -> Enrichment {
@@ -71,32 +73,33 @@ async fn handle(
     let limits = &gw.pipeline.limits;
     check_content_type(headers).map_err(|e| (e, Bytes::new()))?;
     let enc = encoding(headers).map_err(|e| (e, Bytes::new()))?;
+    let declared = content_length(headers).unwrap_or(limits.max_body_bytes);
+    if declared > limits.max_body_bytes {
+        let err = ApiError::BodyTooLarge {
+            limit: limits.max_body_bytes,
+        };
+        return Err((err, Bytes::new()));
+    }
+    // Held until the answer is built: see `admission` for what the charge covers when.
+    let _request = gw.admission.request().map_err(|e| (e, Bytes::new()))?;
+    let mut charge = gw
+        .admission
+        .charge(declared)
+        .map_err(|e| (e, Bytes::new()))?;
     let wire = read_limited(body, headers, limits.max_body_bytes).await?;
+    charge.shrink_to(wire.len());
     metrics::counter!(m::BODY_BYTES).increment(wire.len() as u64);
-    let decoded = decompress(wire.clone(), enc, limits.max_decompressed_bytes)
-        .map_err(|e| (e, wire.clone()))?;
-    metrics::counter!(m::DECOMPRESSED_BYTES).increment(decoded.len() as u64);
 
-    let bundle = Bundle::parse(&decoded, limits.max_depth).map_err(|e| {
-        let err = match e {
-            pipeline::BundleError::NotABundle(msg) => ApiError::NotABundle(msg),
-            other => ApiError::Undecodable(other.to_string()),
-        };
-        (err, decoded.clone())
-    })?;
-    if bundle.events.len() > limits.max_events {
-        let err = ApiError::TooManyEvents {
-            count: bundle.events.len(),
-            limit: limits.max_events,
-        };
-        return Err((err, decoded.clone()));
-    }
-    if let Some(sent_at) = &bundle.sent_at {
-        enrichment.sent_at = Some(sent_at.chars().take(64).collect());
-    }
-    let mut processed = pipeline::process(&bundle, &gw.registry, &gw.pipeline, enrichment);
-    let total = bundle.events.len();
-    drop(bundle);
+    let work = {
+        let (gw, enrichment) = (gw.clone(), enrichment.clone());
+        move || decode_and_process(&gw, wire, enc, charge, enrichment)
+    };
+    let (mut processed, total, sent_at, _charge) = gw
+        .admission
+        .run_blocking(work)
+        .await
+        .map_err(|e| (e, Bytes::new()))??;
+    enrichment.sent_at = sent_at;
 
     // Retries of events this host already made durable are answered without producing them.
     let client_id = |r: &crate::sink::Record| match r.kind {
@@ -150,6 +153,63 @@ async fn handle(
     }
     let body = json!({"accepted": processed.accepted, "rejected": processed.rejected});
     Ok((StatusCode::OK, Json(body)).into_response())
+}
+
+/// The CPU-heavy stages, on the blocking pool: decompress within the byte budget, parse, check
+/// the event count, validate and encode. Returns the records with the charge lowered to their size.
+#[allow(clippy::type_complexity)]
+fn decode_and_process(
+    gw: &AppState,
+    wire: Bytes,
+    enc: Encoding,
+    mut charge: Charge,
+    mut enrichment: Enrichment,
+) -> Result<(pipeline::Processed, usize, Option<String>, Charge), (ApiError, Bytes)> {
+    let limits = &gw.pipeline.limits;
+    let decoded = decompress_within(wire.clone(), enc, limits.max_decompressed_bytes, &mut |n| {
+        charge.grow(n)
+    })
+    .map_err(|e| (e, wire.clone()))?;
+    drop(wire);
+    metrics::counter!(m::DECOMPRESSED_BYTES).increment(decoded.len() as u64);
+    // The pipeline's output is about the size of its input (item 2 bounds the multiple).
+    charge.grow(decoded.len()).map_err(|e| (e, Bytes::new()))?;
+
+    let bundle = Bundle::parse(&decoded, limits.max_depth).map_err(|e| {
+        let err = match e {
+            pipeline::BundleError::NotABundle(msg) => ApiError::NotABundle(msg),
+            other => ApiError::Undecodable(other.to_string()),
+        };
+        (err, decoded.clone())
+    })?;
+    if bundle.events.len() > limits.max_events {
+        let err = ApiError::TooManyEvents {
+            count: bundle.events.len(),
+            limit: limits.max_events,
+        };
+        return Err((err, decoded.clone()));
+    }
+    if let Some(sent_at) = &bundle.sent_at {
+        enrichment.sent_at = Some(sent_at.chars().take(64).collect());
+    }
+    let processed = pipeline::process(&bundle, &gw.registry, &gw.pipeline, &enrichment);
+    let total = bundle.events.len();
+    drop(bundle);
+    drop(decoded);
+    charge.shrink_to(processed.records.iter().map(record_bytes).sum());
+    Ok((processed, total, enrichment.sent_at, charge))
+}
+
+fn record_bytes(r: &crate::sink::Record) -> usize {
+    let headers: usize = r.headers.iter().map(|(k, v)| k.len() + v.len()).sum();
+    r.payload.len() + r.key.as_ref().map_or(0, Vec::len) + headers
+}
+
+fn content_length(headers: &HeaderMap) -> Option<usize> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
 }
 
 /// Every event ends in exactly one outcome, counted per request (not per event).
