@@ -4,6 +4,12 @@
 //! listener keeps accepting for `shutdown_grace_secs` so the load balancer notices; then it stops
 //! accepting, in-flight requests finish (bounded by the request timeout), the producer is flushed,
 //! and `serve` returns.
+//!
+//! Limits on the public listener: at most `limits.max_connections` open connections (beyond it
+//! the accept loop waits, and new connections queue in the kernel's backlog), HTTP/1 heads and
+//! HTTP/2 header lists of at most `limits.max_header_bytes`, `limits.http2_max_streams` streams
+//! per HTTP/2 connection. Requests and bytes in flight are bounded in `http::admission`. The
+//! admin listener runs on its own thread and runtime (`admin::spawn`).
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -109,3 +109,19 @@ print(resp.status, json.loads(resp.read())["error"])
     );
     assert_eq!(stdout.trim(), "413 body_too_large");
 }
+
+#[test]
+fn a_request_head_over_max_header_bytes_is_431() {
+    let (addr, _stop) = start();
+    let mut conn = TcpStream::connect(addr).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    // 40 KiB of headers, over the 32 KiB default of `limits.max_header_bytes`.
+    let big = "x".repeat(40 << 10);
+    let head = format!("POST /v1/events HTTP/1.1\r\nHost: gateway\r\nX-Big: {big}\r\nContent-Length: 2\r\n\r\n{{}}");
+    conn.write_all(head.as_bytes()).unwrap();
+    let mut answer = Vec::new();
+    let _ = conn.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+}
