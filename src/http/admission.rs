@@ -17,9 +17,11 @@
 //! `max_inflight_bytes` plus the allocator's slack. The one wait is for a CPU slot (below), and
 //! only requests already admitted wait there, so that queue is bounded by the request limit.
 //!
-//! Decompression, parsing, validation and encoding run on tokio's blocking pool, at most
-//! `available_parallelism()` at a time (a semaphore), so a burst of large bodies cannot starve
-//! the async workers that move bytes for every other connection.
+//! Decompression, parsing, validation and encoding of compressed bodies and of plain bodies over
+//! 64 KiB run on tokio's blocking pool, at most `available_parallelism()` at a time (a
+//! semaphore), so a burst of large bodies cannot starve the async workers that move bytes for
+//! every other connection. Small plain bodies (about a millisecond of CPU at most) stay inline:
+//! the handoff cost ~20% CPU per event on the benchmark's 25 KB bodies, inline costs nothing.
 
 use std::sync::Arc;
 
