@@ -302,3 +302,32 @@ pub fn tls_acceptor(tls: &TlsConfig) -> anyhow::Result<TlsAcceptor> {
     server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(server)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::task::Poll;
+
+    #[tokio::test]
+    async fn accept_waits_for_a_connection_permit() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let permits = Arc::new(tokio::sync::Semaphore::new(1));
+        let _a = std::net::TcpStream::connect(addr).unwrap();
+        let first = accept_within(&listener, &permits).await.unwrap();
+        // B is connected (in the kernel's backlog), but the only permit is A's.
+        let b = std::net::TcpStream::connect(addr).unwrap();
+        let mut second = std::pin::pin!(accept_within(&listener, &permits));
+        for _ in 0..3 {
+            let polled = std::future::poll_fn(|cx| Poll::Ready(second.as_mut().poll(cx))).await;
+            assert!(
+                polled.is_pending(),
+                "accepted beyond limits.max_connections"
+            );
+            tokio::task::yield_now().await;
+        }
+        drop(first); // A's connection ends: its permit goes back.
+        let (_, peer, _) = second.await.unwrap();
+        assert_eq!(peer, b.local_addr().unwrap());
+    }
+}
