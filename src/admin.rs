@@ -3,6 +3,10 @@
 //! Liveness and readiness are separate on purpose: `/healthz` says the process answers (restart
 //! it if not); `/readyz` says it should get traffic (schemas loaded, Kafka metadata reachable, not
 //! draining). A Kafka outage must not make an orchestrator restart every gateway at once.
+//!
+//! The listener runs on its own OS thread with a current-thread runtime (`spawn`): a public
+//! runtime starved by a burst of large bodies must not delay liveness, or an orchestrator would
+//! restart a healthy host in the middle of its busiest minute.
 
 use std::sync::atomic::Ordering;
 
@@ -17,12 +21,15 @@ use serde_json::json;
 use crate::http::AppState;
 
 pub fn router(gw: AppState, prometheus: PrometheusHandle) -> Router {
+    let gw_metrics = gw.clone();
     Router::new()
         .route(
             "/metrics",
             get(move || {
                 let handle = prometheus.clone();
+                let gw_metrics = gw_metrics.clone();
                 async move {
+                    gw_metrics.admission.publish_gauges();
                     (
                         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
                         handle.render(),
@@ -51,4 +58,29 @@ async fn readyz(State(gw): State<AppState>) -> impl IntoResponse {
             json!({"ready": ready, "schemas_loaded": schemas, "kafka_reachable": kafka, "draining": draining}),
         ),
     )
+}
+
+/// Serves `router` on `listener` from a dedicated thread and current-thread runtime until `stop`
+/// resolves (or its sender is dropped).
+pub fn spawn(
+    listener: std::net::TcpListener,
+    router: Router,
+    stop: tokio::sync::oneshot::Receiver<()>,
+) -> std::io::Result<std::thread::JoinHandle<std::io::Result<()>>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name("eventpipe-admin".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                listener.set_nonblocking(true)?;
+                let listener = tokio::net::TcpListener::from_std(listener)?;
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(async {
+                        let _ = stop.await;
+                    })
+                    .await
+            })
+        })
 }

@@ -188,6 +188,22 @@ pub struct Limits {
     /// to it.
     #[serde(default = "default_output_bytes_per_event")]
     pub output_bytes_per_event: usize,
+    /// Requests being processed at once, Kafka wait included; beyond it 503 + Retry-After.
+    #[serde(default = "default_max_concurrent_requests")]
+    pub max_concurrent_requests: usize,
+    /// Bytes held by requests being decoded (wire body, decompressed body, encoded records);
+    /// a request that would go past it is answered 503 + Retry-After. Bounds memory.
+    #[serde(default = "default_max_inflight_bytes")]
+    pub max_inflight_bytes: usize,
+    /// Open client connections; beyond it new connections wait in the listen backlog.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Concurrent HTTP/2 streams per connection.
+    #[serde(default = "default_http2_max_streams")]
+    pub http2_max_streams: u32,
+    /// Bytes of a request head (HTTP/1 line + headers, HTTP/2 header list); 431 beyond.
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: usize,
 }
 
 /// TLS with rustls (TLS 1.2 and 1.3, HTTP/2 by ALPN).
@@ -301,6 +317,21 @@ fn default_max_output_ratio() -> usize {
 }
 fn default_output_bytes_per_event() -> usize {
     2048
+}
+fn default_max_concurrent_requests() -> usize {
+    1024
+}
+fn default_max_inflight_bytes() -> usize {
+    128 << 20
+}
+fn default_max_connections() -> usize {
+    4096
+}
+fn default_http2_max_streams() -> u32 {
+    100
+}
+fn default_max_header_bytes() -> usize {
+    32 << 10
 }
 fn default_true() -> bool {
     true
@@ -502,6 +533,26 @@ impl Config {
                 "must be at least limits.max_body_bytes",
             );
         }
+        if l.max_concurrent_requests == 0 || l.max_connections == 0 || l.http2_max_streams == 0 {
+            let key = if l.max_concurrent_requests == 0 {
+                "limits.max_concurrent_requests"
+            } else if l.max_connections == 0 {
+                "limits.max_connections"
+            } else {
+                "limits.http2_max_streams"
+            };
+            return invalid(key, "must be positive");
+        }
+        // A request at the size limits must fit alone, or it could never be admitted.
+        if l.max_inflight_bytes < l.max_body_bytes + 2 * l.max_decompressed_bytes {
+            return invalid(
+                "limits.max_inflight_bytes",
+                "must be at least limits.max_body_bytes + 2 * limits.max_decompressed_bytes",
+            );
+        }
+        if !(8192..=u32::MAX as usize).contains(&l.max_header_bytes) {
+            return invalid("limits.max_header_bytes", "must be between 8192 and 2^32-1");
+        }
         if l.max_events == 0 {
             return invalid("limits.max_events", "must be positive");
         }
@@ -674,5 +725,32 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("client_ip_header"), "{err}");
+    }
+
+    #[test]
+    fn in_flight_limits_default_and_are_validated() {
+        let c = load(None, vec![], vec![]).unwrap();
+        assert_eq!(c.limits.max_concurrent_requests, 1024);
+        assert_eq!(c.limits.max_inflight_bytes, 128 << 20);
+        assert_eq!(c.limits.max_connections, 4096);
+        assert_eq!(c.limits.http2_max_streams, 100);
+        assert_eq!(c.limits.max_header_bytes, 32 << 10);
+        // A budget that could never admit one request at the size limits is refused by name.
+        let err = load(
+            None,
+            env(&[("EVENTPIPE_LIMITS__MAX_INFLIGHT_BYTES", "1000000")]),
+            vec![],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("limits.max_inflight_bytes"), "{err}");
+        let err = load(
+            None,
+            env(&[("EVENTPIPE_LIMITS__MAX_CONNECTIONS", "0")]),
+            vec![],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("limits.max_connections"), "{err}");
     }
 }

@@ -77,6 +77,14 @@ pub const SPOOL_GROUP_SIZE: &str = "eventpipe_spool_group_commit_appends";
 pub const SPOOL_IO_ERRORS: &str = "eventpipe_spool_io_errors_total";
 /// Spool: bytes of sealed segments that could not be read back (never-acknowledged leftovers).
 pub const SPOOL_CORRUPT_BYTES: &str = "eventpipe_spool_corrupt_bytes_total";
+/// Work in flight (set when `/metrics` is scraped): requests being processed, bytes they hold
+/// against `limits.max_inflight_bytes`, open client connections.
+pub const INFLIGHT_REQUESTS: &str = "eventpipe_inflight_requests";
+pub const INFLIGHT_BYTES: &str = "eventpipe_inflight_bytes";
+pub const HTTP_CONNECTIONS: &str = "eventpipe_http_connections";
+/// Early error answers after which the rest of the request body was read and discarded
+/// (lingering close), by `outcome`: `drained` (all of it) or `cut` (bound reached, closed).
+pub const LINGER: &str = "eventpipe_http_linger_total";
 /// Retried events answered from the dedup window without producing them again.
 pub const DEDUP_HITS: &str = "eventpipe_dedup_hits_total";
 

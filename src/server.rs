@@ -4,6 +4,12 @@
 //! listener keeps accepting for `shutdown_grace_secs` so the load balancer notices; then it stops
 //! accepting, in-flight requests finish (bounded by the request timeout), the producer is flushed,
 //! and `serve` returns.
+//!
+//! Limits on the public listener: at most `limits.max_connections` open connections (beyond it
+//! the accept loop waits, and new connections queue in the kernel's backlog), HTTP/1 heads and
+//! HTTP/2 header lists of at most `limits.max_header_bytes`, `limits.http2_max_streams` streams
+//! per HTTP/2 connection. Requests and bytes in flight are bounded in `http::admission`. The
+//! admin listener runs on its own thread and runtime (`admin::spawn`).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -115,6 +121,7 @@ pub fn gateway(config: &Config, registry: Registry, sink: Arc<dyn Sink>) -> Arc<
         dedup: crate::dedup::DedupWindow::new(config.dedup.window),
         http_only: config.bench.http_only,
         access: http::auth::Access::new(config),
+        admission: http::admission::Admission::new(&config.limits),
     })
 }
 
@@ -138,14 +145,7 @@ pub async fn serve_with_sink(
 
     let (admin_stop_tx, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();
     let admin_router = admin::router(gw.clone(), prometheus);
-    let admin_task = tokio::spawn(async move {
-        axum::serve(admin_listener, admin_router)
-            .with_graceful_shutdown(async {
-                let _ = admin_stop_rx.await;
-            })
-            .await
-    });
-
+    let admin_thread = admin::spawn(admin_listener.into_std()?, admin_router, admin_stop_rx)?;
     tracing::info!(
         listen = %public.local_addr()?,
         tls = tls.is_some(),
@@ -154,14 +154,19 @@ pub async fn serve_with_sink(
     );
     let graceful = GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
+    let limits = &config.limits;
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(config.limits.header_timeout());
+        .header_read_timeout(limits.header_timeout())
+        .max_headers(100)
+        .max_buf_size(limits.max_header_bytes);
     builder
         .http2()
         .timer(TokioTimer::new())
-        .keep_alive_interval(Some(Duration::from_secs(30)));
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .max_concurrent_streams(limits.http2_max_streams)
+        .max_header_list_size(limits.max_header_bytes as u32);
     let builder = Arc::new(builder);
 
     tokio::pin!(shutdown);
@@ -177,8 +182,10 @@ pub async fn serve_with_sink(
                 grace.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs_f64(config.shutdown_grace_secs));
             }
             _ = &mut grace, if shutting_down => break,
-            accepted = public.accept() => {
-                let (stream, peer) = match accepted {
+            // At `limits.max_connections`, stop accepting: new connections wait in the kernel's
+            // listen backlog instead of in our memory.
+            accepted = accept_within(&public, &gw.admission.connections) => {
+                let (stream, peer, connection) = match accepted {
                     Ok(x) => x,
                     Err(e) => {
                         // EMFILE and friends: back off instead of spinning.
@@ -192,6 +199,7 @@ pub async fn serve_with_sink(
                 let (router, builder, tls) = (router.clone(), builder.clone(), tls.clone());
                 let handshake_timeout = config.limits.header_timeout();
                 tokio::spawn(async move {
+                    let _connection = connection;
                     match tls {
                         None => serve_connection(stream, peer, router, &builder, watcher).await,
                         Some(acceptor) => {
@@ -221,9 +229,38 @@ pub async fn serve_with_sink(
         tracing::warn!(error = %e, "shutdown: producer flush incomplete");
     }
     let _ = admin_stop_tx.send(());
-    let _ = admin_task.await;
+    let _ = tokio::task::spawn_blocking(move || admin_thread.join()).await;
     tracing::info!("shutdown complete");
     Ok(())
+}
+
+static LAST_CONNECTION_LIMIT_LOG: std::sync::atomic::AtomicI64 =
+    std::sync::atomic::AtomicI64::new(0);
+
+/// Accepts one connection once a connection permit is free; the permit lives as long as it.
+async fn accept_within(
+    listener: &TcpListener,
+    connections: &Arc<tokio::sync::Semaphore>,
+) -> std::io::Result<(
+    tokio::net::TcpStream,
+    SocketAddr,
+    tokio::sync::OwnedSemaphorePermit,
+)> {
+    let permit = match connections.clone().try_acquire_owned() {
+        Ok(p) => p,
+        Err(_) => {
+            if m::log_allowed(&LAST_CONNECTION_LIMIT_LOG) {
+                tracing::warn!("limits.max_connections reached: not accepting until one closes (logged at most once a second)");
+            }
+            connections
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(std::io::Error::other)?
+        }
+    };
+    let (stream, peer) = listener.accept().await?;
+    Ok((stream, peer, permit))
 }
 
 async fn serve_connection<I>(
@@ -252,4 +289,33 @@ pub fn tls_acceptor(tls: &TlsConfig) -> anyhow::Result<(TlsAcceptor, crate::tls:
     let (acceptor, reloader) = crate::tls::Reloader::new(tls)?;
     let task = reloader.spawn(Duration::from_millis(tls.reload_interval_ms));
     Ok((acceptor, task))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::task::Poll;
+
+    #[tokio::test]
+    async fn accept_waits_for_a_connection_permit() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let permits = Arc::new(tokio::sync::Semaphore::new(1));
+        let _a = std::net::TcpStream::connect(addr).unwrap();
+        let first = accept_within(&listener, &permits).await.unwrap();
+        // B is connected (in the kernel's backlog), but the only permit is A's.
+        let b = std::net::TcpStream::connect(addr).unwrap();
+        let mut second = std::pin::pin!(accept_within(&listener, &permits));
+        for _ in 0..3 {
+            let polled = std::future::poll_fn(|cx| Poll::Ready(second.as_mut().poll(cx))).await;
+            assert!(
+                polled.is_pending(),
+                "accepted beyond limits.max_connections"
+            );
+            tokio::task::yield_now().await;
+        }
+        drop(first); // A's connection ends: its permit goes back.
+        let (_, peer, _) = second.await.unwrap();
+        assert_eq!(peer, b.local_addr().unwrap());
+    }
 }

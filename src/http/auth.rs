@@ -199,9 +199,8 @@ pub async fn authorize(State(gw): State<AppState>, mut req: Request, next: Next)
             next.run(req).await
         }
         Err(err) => {
+            // `http_requests_total` is counted by the outermost layer, for every answer.
             metrics::counter!(m::REQUESTS_REFUSED, "reason" => err.code()).increment(1);
-            metrics::counter!(m::HTTP_REQUESTS, "status" => err.status().as_str().to_owned())
-                .increment(1);
             err.into_response()
         }
     }

@@ -9,6 +9,7 @@ use serde_json::json;
 use crate::sink::SinkError;
 
 static LAST_UNAVAILABLE_LOG: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+static LAST_OVERLOADED_LOG: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
 
 /// Why a request as a whole was not accepted.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +47,10 @@ pub enum ApiError {
         scope: &'static str,
         retry_after_secs: u64,
     },
+    #[error("the gateway is at its limit of work in flight; retry later")]
+    Overloaded { retry_after_secs: u64 },
+    #[error("the request was not completed within {limit_ms} ms")]
+    RequestTimeout { limit_ms: u64 },
     #[error("events could not be stored right now; retry later")]
     Unavailable {
         cause: SinkError,
@@ -66,6 +71,8 @@ impl ApiError {
             ApiError::OutputTooLarge(_) => "output_too_large",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::UnsupportedEncoding(_) => "unsupported_encoding",
+            ApiError::Overloaded { .. } => "overloaded",
+            ApiError::RequestTimeout { .. } => "request_timeout",
             ApiError::Unavailable { .. } => "unavailable",
             ApiError::Unauthorized(_) => "unauthorized",
             ApiError::ForbiddenOrigin => "forbidden_origin",
@@ -84,7 +91,10 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) | ApiError::UnsupportedEncoding(_) => {
                 StatusCode::UNSUPPORTED_MEDIA_TYPE
             }
-            ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Overloaded { .. } | ApiError::Unavailable { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ApiError::RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::ForbiddenOrigin => StatusCode::FORBIDDEN,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -103,6 +113,11 @@ impl IntoResponse for ApiError {
                     tracing::error!(error = %cause, "requests refused: kafka and spool unavailable (logged at most once a second)");
                 }
             }
+            if matches!(self, ApiError::Overloaded { .. })
+                && crate::metrics::log_allowed(&LAST_OVERLOADED_LOG)
+            {
+                tracing::warn!("requests refused: work in flight at its limit (limits.max_concurrent_requests / max_inflight_bytes; logged at most once a second)");
+            }
         } else {
             tracing::debug!(code = self.code(), error = %self, "request refused");
         }
@@ -111,7 +126,8 @@ impl IntoResponse for ApiError {
         super::auth::add_headers(&self, &mut response);
         if let ApiError::Unavailable {
             retry_after_secs, ..
-        } = self
+        }
+        | ApiError::Overloaded { retry_after_secs } = self
         {
             response
                 .headers_mut()

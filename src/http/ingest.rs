@@ -11,7 +11,9 @@ use bytes::Bytes;
 use serde_json::json;
 use tokio::time::Instant;
 
-use super::body::{check_content_type, decompress, encoding, read_limited};
+use super::admission::Charge;
+use super::auth::Grant;
+use super::body::{check_content_type, decompress_within, encoding, read_limited, Encoding};
 use super::error::ApiError;
 use super::{refused, AppState};
 use crate::dedup::Seen;
@@ -27,26 +29,25 @@ pub async fn ingest(State(gw): State<AppState>, req: Request) -> Response {
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0);
     let mut enrichment = enrichment(&gw, peer, &parts.headers);
-    let grant = parts.extensions.get::<super::auth::Grant>();
-    let (response, outcome) = match handle(&gw, &parts.headers, body, &mut enrichment, grant).await
-    {
-        Ok(resp) => (resp, None),
+    let grant = parts.extensions.get::<Grant>().cloned();
+    match handle(&gw, &parts.headers, body, &mut enrichment, grant).await {
+        Ok(resp) => resp,
         Err((err, body)) => {
+            // Refusals for want of capacity are not dead-lettered: that would add work exactly
+            // when there is too much (and a rate-limited flood must not become Kafka writes).
             let refused = matches!(
                 err,
-                ApiError::Unavailable { .. } | ApiError::RateLimited { .. }
+                ApiError::Unavailable { .. }
+                    | ApiError::Overloaded { .. }
+                    | ApiError::RateLimited { .. }
             );
             metrics::counter!(m::REQUESTS_REFUSED, "reason" => err.code()).increment(1);
             if !refused {
                 record_refused_request(&gw, &err, &body, enrichment);
             }
-            let status = err.status();
-            (err.into_response(), Some(status))
+            err.into_response()
         }
-    };
-    let status = outcome.unwrap_or(response.status());
-    metrics::counter!(m::HTTP_REQUESTS, "status" => status.as_str().to_owned()).increment(1);
-    response
+    }
 }
 
 fn enrichment(gw: &AppState, peer: Option<SocketAddr>, headers: &HeaderMap) -> Enrichment {
@@ -73,52 +74,50 @@ async fn handle(
     headers: &HeaderMap,
     body: axum::body::Body,
     enrichment: &mut Enrichment,
-    grant: Option<&super::auth::Grant>,
+    grant: Option<Grant>,
 ) -> Result<Response, (ApiError, Bytes)> {
     let limits = &gw.pipeline.limits;
     check_content_type(headers).map_err(|e| (e, Bytes::new()))?;
     let enc = encoding(headers).map_err(|e| (e, Bytes::new()))?;
-    let wire = read_limited(body, headers, limits.max_body_bytes).await?;
-    metrics::counter!(m::BODY_BYTES).increment(wire.len() as u64);
-    let decoded = decompress(wire.clone(), enc, limits.max_decompressed_bytes)
-        .map_err(|e| (e, wire.clone()))?;
-    metrics::counter!(m::DECOMPRESSED_BYTES).increment(decoded.len() as u64);
-
-    let bundle = Bundle::parse(&decoded, limits.max_depth).map_err(|e| {
-        let err = match e {
-            pipeline::BundleError::NotABundle(msg) => ApiError::NotABundle(msg),
-            other => ApiError::Undecodable(other.to_string()),
+    let declared = content_length(headers).unwrap_or(limits.max_body_bytes);
+    if declared > limits.max_body_bytes {
+        let err = ApiError::BodyTooLarge {
+            limit: limits.max_body_bytes,
         };
-        (err, decoded.clone())
-    })?;
-    if bundle.events.len() > limits.max_events {
-        let err = ApiError::TooManyEvents {
-            count: bundle.events.len(),
-            limit: limits.max_events,
-        };
-        return Err((err, decoded.clone()));
-    }
-    if bundle.context_bytes > limits.max_context_bytes {
-        let err = ApiError::ContextTooLarge {
-            size: bundle.context_bytes,
-            limit: limits.max_context_bytes,
-        };
-        return Err((err, decoded.clone()));
-    }
-    if let Some(err) = grant.and_then(|g| g.take_events(bundle.events.len()).err()) {
-        metrics::counter!(m::EVENTS, "outcome" => "refused", "reason" => err.code())
-            .increment(bundle.events.len() as u64);
         return Err((err, Bytes::new()));
     }
-    if let Some(sent_at) = &bundle.sent_at {
-        enrichment.sent_at = Some(sent_at.chars().take(64).collect());
-    }
-    let allowed = |s: &crate::schema::Schema| grant.is_none_or(|g| g.allows_schema(s));
-    let mut processed =
-        pipeline::process_allowed(&bundle, &gw.registry, &gw.pipeline, enrichment, &allowed)
-            .map_err(|e| (ApiError::OutputTooLarge(e), decoded.clone()))?;
-    let total = bundle.events.len();
-    drop(bundle);
+    // Held until the answer is built: see `admission` for what the charge covers when.
+    let _request = gw.admission.request().map_err(|e| (e, Bytes::new()))?;
+    let mut charge = gw
+        .admission
+        .charge(declared)
+        .map_err(|e| (e, Bytes::new()))?;
+    let wire = read_limited(body, headers, limits.max_body_bytes).await?;
+    charge.shrink_to(wire.len());
+    metrics::counter!(m::BODY_BYTES).increment(wire.len() as u64);
+
+    // Small plain bodies are processed inline (about a millisecond of CPU at most): handing
+    // them to the blocking pool cost ~20% CPU per event in the benchmark. Anything compressed
+    // (its decoded size is unknown) or larger goes to the pool.
+    let Decoded {
+        mut processed,
+        total,
+        sent_at,
+        charge: _charge,
+        body: decoded,
+    } = if enc == Encoding::Identity && wire.len() <= INLINE_MAX_BYTES {
+        decode_and_process(gw, wire, enc, charge, enrichment.clone(), grant)?
+    } else {
+        let work = {
+            let (gw, enrichment) = (gw.clone(), enrichment.clone());
+            move || decode_and_process(&gw, wire, enc, charge, enrichment, grant)
+        };
+        gw.admission
+            .run_blocking(work)
+            .await
+            .map_err(|e| (e, Bytes::new()))??
+    };
+    enrichment.sent_at = sent_at;
 
     // Retries of events this host already made durable are answered without producing them,
     // with the durability their original got (a spooled original is answered 202 again).
@@ -240,6 +239,106 @@ async fn handle(
     }
     let body = json!({"accepted": accepted, "rejected": rejected});
     Ok((StatusCode::OK, Json(body)).into_response())
+}
+
+/// Plain bodies up to this size are decoded and processed on the async worker.
+pub const INLINE_MAX_BYTES: usize = 64 << 10;
+
+/// The CPU-heavy stages, on the blocking pool: decompress within the byte budget, parse, check
+/// the event count, validate and encode. Returns the records with the charge lowered to their size.
+#[allow(clippy::type_complexity)]
+fn decode_and_process(
+    gw: &AppState,
+    wire: Bytes,
+    enc: Encoding,
+    mut charge: Charge,
+    mut enrichment: Enrichment,
+    grant: Option<Grant>,
+) -> Result<Decoded, (ApiError, Bytes)> {
+    let limits = &gw.pipeline.limits;
+    let decoded = decompress_within(wire.clone(), enc, limits.max_decompressed_bytes, &mut |n| {
+        charge.grow(n)
+    })
+    .map_err(|e| (e, wire.clone()))?;
+    drop(wire);
+    metrics::counter!(m::DECOMPRESSED_BYTES).increment(decoded.len() as u64);
+    // The pipeline's output is bounded by a small multiple of its input (`limits.max_output_ratio`);
+    // charge one multiple up front, the rest is checked as records are built.
+    charge.grow(decoded.len()).map_err(|e| (e, Bytes::new()))?;
+
+    let bundle = Bundle::parse(&decoded, limits.max_depth).map_err(|e| {
+        let err = match e {
+            pipeline::BundleError::NotABundle(msg) => ApiError::NotABundle(msg),
+            other => ApiError::Undecodable(other.to_string()),
+        };
+        (err, decoded.clone())
+    })?;
+    if bundle.events.len() > limits.max_events {
+        let err = ApiError::TooManyEvents {
+            count: bundle.events.len(),
+            limit: limits.max_events,
+        };
+        return Err((err, decoded.clone()));
+    }
+    if bundle.context_bytes > limits.max_context_bytes {
+        let err = ApiError::ContextTooLarge {
+            size: bundle.context_bytes,
+            limit: limits.max_context_bytes,
+        };
+        return Err((err, decoded.clone()));
+    }
+    if let Some(err) = grant
+        .as_ref()
+        .and_then(|g| g.take_events(bundle.events.len()).err())
+    {
+        metrics::counter!(m::EVENTS, "outcome" => "refused", "reason" => err.code())
+            .increment(bundle.events.len() as u64);
+        return Err((err, Bytes::new()));
+    }
+    if let Some(sent_at) = &bundle.sent_at {
+        enrichment.sent_at = Some(sent_at.chars().take(64).collect());
+    }
+    let allowed = |s: &crate::schema::Schema| grant.as_ref().is_none_or(|g| g.allows_schema(s));
+    let processed =
+        pipeline::process_allowed(&bundle, &gw.registry, &gw.pipeline, &enrichment, &allowed)
+            .map_err(|e| (ApiError::OutputTooLarge(e), decoded.clone()))?;
+    let total = bundle.events.len();
+    drop(bundle);
+    // The body stays until the answer: a record Kafka refuses becomes a dead letter holding its
+    // event's JSON, sliced from it.
+    let held = processed.records.iter().map(record_bytes).sum::<usize>() + decoded.len();
+    charge.shrink_to(held);
+    Ok(Decoded {
+        processed,
+        total,
+        sent_at: enrichment.sent_at,
+        charge,
+        body: decoded,
+    })
+}
+
+/// What the CPU-heavy stages hand back to the request.
+struct Decoded {
+    processed: pipeline::Processed,
+    /// Events in the bundle.
+    total: usize,
+    sent_at: Option<String>,
+    /// Held until the answer is built.
+    charge: Charge,
+    /// The decompressed body the records' origins point into.
+    body: Bytes,
+}
+
+fn record_bytes(r: &crate::sink::Record) -> usize {
+    let headers: usize = r.headers.iter().map(|(k, v)| k.len() + v.len()).sum();
+    r.payload.len() + r.key.as_ref().map_or(0, Vec::len) + headers
+}
+
+fn content_length(headers: &HeaderMap) -> Option<usize> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
 }
 
 /// Every event ends in exactly one outcome, counted per request (not per event).

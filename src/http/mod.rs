@@ -1,11 +1,17 @@
 //! The public HTTP surface: `POST /v1/events` with CORS and a whole-request timeout.
+//!
+//! Layers, innermost first: the whole-request timeout (408 in the usual error shape), CORS (so
+//! every answer, 408s included, carries its headers), lingering close (`linger`), and the
+//! per-status request counter, outermost so it sees every answer.
 
+pub mod admission;
 pub mod auth;
 pub mod body;
 pub mod client_ip;
 pub mod error;
 mod ingest;
 pub mod keys;
+pub mod linger;
 pub mod rate_limit;
 mod refused;
 
@@ -13,12 +19,14 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, Method};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
 use ipnet::IpNet;
 use tower_http::cors::{AllowOrigin, CorsLayer};
-use tower_http::timeout::TimeoutLayer;
 
 use crate::config::CorsConfig;
 use crate::pipeline::{Collector, PipelineConfig};
@@ -44,6 +52,8 @@ pub struct Gateway {
     pub http_only: bool,
     /// Write keys and the per-IP rate limit (`auth`).
     pub access: auth::Access,
+    /// Limits on requests, bytes and connections in flight.
+    pub admission: admission::Admission,
 }
 
 pub type AppState = Arc<Gateway>;
@@ -55,19 +65,53 @@ pub fn app(state: AppState, cors: &CorsConfig, request_timeout: Duration) -> Rou
     } else {
         post(ingest::ingest)
     };
+    let lingering = linger::Linger {
+        max_bytes: state.pipeline.limits.max_body_bytes.saturating_mul(2),
+        max_time: linger::LINGER_MAX_TIME,
+    };
     Router::new()
         .route("/v1/events", ingest)
-        // Inside CORS: its refusals carry CORS headers; preflights never reach it.
-        .route_layer(axum::middleware::from_fn_with_state(
+        // Inside CORS and lingering close: its refusals carry CORS headers and reach clients
+        // that write their whole body first; preflights never reach it.
+        .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::authorize,
         ))
-        .layer(cors_layer(cors))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
+        .layer(middleware::from_fn_with_state(
             request_timeout,
+            whole_request_timeout,
         ))
+        .layer(cors_layer(cors))
+        .layer(middleware::from_fn_with_state(lingering, linger::linger))
+        .layer(middleware::from_fn(count_status))
         .with_state(state)
+}
+
+/// 408 when a request (body and Kafka wait included) takes longer than `limit`.
+async fn whole_request_timeout(
+    State(limit): State<Duration>,
+    req: Request,
+    next: Next,
+) -> Response {
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(response) => response,
+        Err(_) => {
+            let err = error::ApiError::RequestTimeout {
+                limit_ms: limit.as_millis() as u64,
+            };
+            metrics::counter!(crate::metrics::REQUESTS_REFUSED, "reason" => err.code())
+                .increment(1);
+            err.into_response()
+        }
+    }
+}
+
+/// Counts every answer by status, whichever layer gave it.
+async fn count_status(req: Request, next: Next) -> Response {
+    let response = next.run(req).await;
+    let status = response.status().as_str().to_owned();
+    metrics::counter!(crate::metrics::HTTP_REQUESTS, "status" => status).increment(1);
+    response
 }
 
 fn cors_layer(cors: &CorsConfig) -> CorsLayer {
@@ -99,3 +143,5 @@ mod auth_tests;
 mod size_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_inflight;
