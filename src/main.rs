@@ -40,6 +40,24 @@ enum Command {
     },
     /// Print messages of a topic as JSON lines, decoded from Thrift.
     Tail(TailArgs),
+    /// Inspect the local spool.
+    Spool {
+        #[command(subcommand)]
+        command: SpoolCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum SpoolCommand {
+    /// List the records replay moved to the quarantine (refused by Kafka for good, or damaged).
+    Quarantine {
+        /// The spool directory (spool.dir).
+        #[arg(long)]
+        dir: PathBuf,
+        /// One JSON object per line instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(clap::Args)]
@@ -183,6 +201,15 @@ fn main() -> anyhow::Result<()> {
                 idle_timeout: args.idle_timeout_ms.map(Duration::from_millis),
             };
             ops::tail::run(&opts, &mut std::io::stdout().lock())?;
+            Ok(())
+        }
+        Command::Spool {
+            command: SpoolCommand::Quarantine { dir, json },
+        } => {
+            let n = ops::quarantine::print(&dir, json, &mut std::io::stdout().lock())?;
+            if !json {
+                eprintln!("{n} quarantined entr{}", if n == 1 { "y" } else { "ies" });
+            }
             Ok(())
         }
     }

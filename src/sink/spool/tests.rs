@@ -1,14 +1,15 @@
 //! Spool tests: codec, torn tails, limits, group commit, and a model-based property test of the
 //! promise (every record reported written is delivered at least once, never garbage).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::path::Path;
 use std::sync::Mutex;
 
 use proptest::prelude::*;
 
-use super::segment::segment_path;
+use super::format::{encode_body, encode_quarantined, SEGMENT_HEADER};
+use super::segment::{read_ack, segment_path};
 use super::*;
 use crate::sink::{BoxFuture, RecordKind};
 
@@ -48,12 +49,16 @@ fn id_of(r: &Record) -> String {
         .unwrap_or_default()
 }
 
-/// A Kafka stand-in: acknowledges records unless told to fail.
+/// A Kafka stand-in: acknowledges records unless told to fail (all, while down; for good, the
+/// event ids in `refuse`).
 #[derive(Default)]
 struct FakeKafka {
     delivered: Mutex<Vec<Record>>,
     down: std::sync::atomic::AtomicBool,
+    refuse: Mutex<HashSet<String>>,
 }
+
+const REFUSAL: &str = "kafka_rejected:msg_size_too_large";
 
 impl ReplayTarget for FakeKafka {
     fn produce<'a>(
@@ -68,13 +73,57 @@ impl ReplayTarget for FakeKafka {
                     refused: Vec::new(),
                 };
             }
-            self.delivered
-                .lock()
-                .unwrap()
-                .extend(records.iter().cloned());
-            ReplayResult::default()
+            let refuse = self.refuse.lock().unwrap();
+            let mut result = ReplayResult::default();
+            let mut delivered = self.delivered.lock().unwrap();
+            for (i, r) in records.iter().enumerate() {
+                if refuse.contains(&id_of(r)) {
+                    result.refused.push((i, REFUSAL.to_owned()));
+                } else {
+                    delivered.push(r.clone());
+                }
+            }
+            result
         })
     }
+}
+
+/// The checked format of segment `seq` (its own nonce), as the writer made it.
+fn format_of(dir: &Path, seq: u64) -> Format {
+    Format::of(&std::fs::read(segment_path(dir, seq)).unwrap_or_default()).0
+}
+
+/// Frames of kind record in a file: (start, end, event id).
+fn record_frames(bytes: &[u8]) -> Vec<(usize, usize, String)> {
+    let (format, data) = Format::of(bytes);
+    format
+        .items(bytes, data, bytes.len())
+        .filter_map(|i| match i {
+            Item::Frame(f) if f.kind == FrameKind::Record => {
+                Some((f.start, f.end, id_of(&decode_record(f.body)?.0)))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// Quarantined entries: (event id of refused records, (segment, offset) of corrupt ranges).
+fn quarantined(dir: &Path) -> (Vec<String>, Vec<(u64, u64)>) {
+    let mut refused = Vec::new();
+    let mut corrupt = Vec::new();
+    for l in quarantine::list(dir).unwrap() {
+        match &l.entry.content {
+            Content::Record(body) => {
+                assert_eq!(l.entry.reason, REFUSAL);
+                refused.push(id_of(&decode_record(body).unwrap().0));
+            }
+            Content::Raw(_) => {
+                assert_eq!(l.entry.reason, "corrupt");
+                corrupt.push((l.entry.source_seq, l.entry.source_offset));
+            }
+        }
+    }
+    (refused, corrupt)
 }
 
 fn replay_opts() -> ReplayOptions {
@@ -96,45 +145,136 @@ async fn wait_until(mut f: impl FnMut() -> bool) -> bool {
     f()
 }
 
-#[test]
-fn codec_round_trips_and_rejects_damage() {
-    let mut buf = Vec::new();
-    for i in 0..10 {
-        encode_record(&record(i), 1000 + i as i64, &mut buf);
-    }
-    let result = scan(&buf, 0);
-    assert_eq!(
-        (result.records, result.valid_len, result.first_ms),
-        (10, buf.len() as u64, Some(1000))
-    );
-    let (body, _) = segment::frame_at(&buf, 0).unwrap();
-    let (r, ms) = decode_record(body).unwrap();
-    assert_eq!(
-        (r.topic.as_ref(), r.key.as_ref(), ms),
-        ("events.page_view", None, 1000)
-    );
-    assert_eq!(r.headers, record(0).headers);
-    // Every truncation point inside the last record cuts exactly that record.
-    let last_start = {
-        let mut b = Vec::new();
-        for i in 0..9 {
-            encode_record(&record(i), 1000 + i as i64, &mut b);
-        }
-        b.len()
+/// `n` records framed in `format`, a commit marker after each group of `group` (0: none).
+fn segment_bytes(format: &Format, n: u32, group: u32) -> (Vec<u8>, Vec<usize>) {
+    let mut buf = if format.is_legacy() {
+        Vec::new()
+    } else {
+        format.header().to_vec()
     };
-    for cut in last_start..buf.len() {
-        assert_eq!(scan(&buf[..cut], 0).valid_len, last_start as u64);
+    let mut starts = Vec::new();
+    for i in 0..n {
+        starts.push(buf.len());
+        encode_record(format, &record(i), 1000 + i as i64, &mut buf);
+        if group > 0 && (i + 1) % group == 0 {
+            format.push_commit(buf.len() as u64, &mut buf);
+        }
     }
-    // A flipped bit anywhere in the last record is caught by the checksum (or the length check).
-    for pos in last_start..buf.len() {
+    (buf, starts)
+}
+
+#[test]
+fn codec_round_trips_and_cuts_an_uncommitted_tail() {
+    for format in [Format::fresh(), Format::legacy()] {
+        let (buf, starts) = segment_bytes(&format, 10, 0);
+        let result = scan(&buf, 0);
+        assert_eq!(
+            (result.records, result.valid_len, result.first_ms),
+            (10, buf.len() as u64, Some(1000))
+        );
+        let f = format.frame_at(&buf, starts[0]).unwrap();
+        let (r, ms) = decode_record(f.body).unwrap();
+        assert_eq!(
+            (r.topic.as_ref(), r.key.as_ref(), ms),
+            ("events.page_view", None, 1000)
+        );
+        assert_eq!(r.headers, record(0).headers);
+        // No commit marker after the last record: every truncation point inside it cuts exactly
+        // that record, and so does a flipped bit anywhere in it.
+        let last = starts[9];
+        for cut in last..buf.len() {
+            assert_eq!(scan(&buf[..cut], 0).valid_len, last as u64);
+        }
+        for pos in last..buf.len() {
+            let mut damaged = buf.clone();
+            damaged[pos] ^= 0x40;
+            let r = scan(&damaged, 0);
+            assert_eq!((r.valid_len, r.records), (last as u64, 9), "flip at {pos}");
+        }
+    }
+}
+
+#[test]
+fn damage_before_a_commit_marker_is_a_corrupt_middle_at_every_byte() {
+    let format = Format::fresh();
+    // Groups of 3: records 0-2, marker, 3-5, marker, 6-8, marker.
+    let (buf, starts) = segment_bytes(&format, 9, 3);
+    let whole = scan(&buf, 0);
+    assert_eq!((whole.records, whole.valid_len), (9, buf.len() as u64));
+    assert!(whole.corrupt.is_empty());
+    // Record 4, in the middle of a committed group.
+    let (from, to) = (starts[4], starts[5]);
+    for pos in from..to {
         let mut damaged = buf.clone();
         damaged[pos] ^= 0x40;
+        let r = scan(&damaged, 0);
         assert_eq!(
-            scan(&damaged, 0).valid_len,
-            last_start as u64,
+            (r.valid_len, r.records, r.corrupt.clone()),
+            (buf.len() as u64, 8, vec![(from as u64, to as u64)]),
             "flip at {pos}"
         );
+        let ids: Vec<String> = record_frames(&damaged).into_iter().map(|f| f.2).collect();
+        assert!(
+            !ids.contains(&"id-4".to_string()) && ids.len() == 8,
+            "{ids:?}"
+        );
     }
+    // The last record of the last group is committed too (its marker follows it).
+    let mut damaged = buf.clone();
+    damaged[starts[8] + 20] ^= 1;
+    let r = scan(&damaged, 0);
+    assert_eq!((r.valid_len, r.records), (buf.len() as u64, 8));
+    assert_eq!(r.corrupt.len(), 1);
+    // A damaged last marker loses nothing: the records before it are a valid prefix.
+    let mut damaged = buf.clone();
+    let n = damaged.len();
+    damaged[n - 3] ^= 1;
+    let r = scan(&damaged, 0);
+    assert_eq!((r.records, r.corrupt.len()), (9, 0));
+    assert_eq!(r.valid_len, (n - format.commit_len()) as u64);
+    // Client bytes that look like a frame cannot pass for one without the nonce.
+    let mut forged = Vec::new();
+    encode_record(&Format::fresh(), &record(77), 1, &mut forged);
+    assert!(format.frame_at(&forged, 0).is_none());
+}
+
+#[test]
+fn quarantine_entries_round_trip_through_the_segment_reader() {
+    let format = Format::fresh();
+    let mut body = Vec::new();
+    encode_body(&record(5), 1234, &mut body);
+    let entries = [
+        Quarantined {
+            quarantined_ms: 99,
+            source_seq: 7,
+            source_offset: 16,
+            source_len: 80,
+            reason: REFUSAL.into(),
+            content: Content::Record(body),
+        },
+        Quarantined {
+            quarantined_ms: 100,
+            source_seq: 7,
+            source_offset: 96,
+            source_len: 5,
+            reason: "corrupt".into(),
+            content: Content::Raw(vec![1, 2, 3, 4, 5]),
+        },
+    ];
+    let mut buf = format.header().to_vec();
+    for q in &entries {
+        format.push_frame(FrameKind::Quarantined, &mut buf, |o| {
+            encode_quarantined(q, o)
+        });
+    }
+    let got: Vec<Quarantined> = format
+        .items(&buf, SEGMENT_HEADER, buf.len())
+        .map(|i| match i {
+            Item::Frame(f) => decode_quarantined(f.body).unwrap(),
+            Item::Bad { .. } => panic!("bad frame"),
+        })
+        .collect();
+    assert_eq!(got, entries);
 }
 
 #[tokio::test]
@@ -179,7 +319,7 @@ async fn records_survive_a_crash_and_a_torn_tail_is_cut() {
     spool.crash().await;
     // The crash interrupted a further append half way through its write.
     let mut partial = Vec::new();
-    encode_record(&record(99), 1, &mut partial);
+    encode_record(&format_of(dir.path(), 1), &record(99), 1, &mut partial);
     let seg = segment_path(dir.path(), 1);
     let mut f = std::fs::OpenOptions::new().append(true).open(&seg).unwrap();
     f.write_all(&partial[..partial.len() / 2]).unwrap();
@@ -288,16 +428,216 @@ async fn replay_waits_out_a_kafka_outage_without_losing_or_skipping() {
     spool.close().await;
 }
 
-/// Model-based: random appends, outages, crashes (with torn tails) and restarts. Whatever the
-/// interleaving, every record the spool reported written is delivered at least once, nothing
-/// that was never appended is delivered, and first deliveries come in append order.
+#[tokio::test]
+async fn a_refused_record_is_quarantined_and_the_records_after_it_are_delivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(opts(dir.path())).unwrap();
+    let kafka = Arc::new(FakeKafka::default());
+    kafka.refuse.lock().unwrap().insert("id-3".into());
+    let replayer = spawn_replayer(&spool, kafka.clone(), replay_opts());
+    spool
+        .append(&(0..20).map(record).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    assert!(wait_until(|| spool.is_empty() && spool.stats().bytes == 0).await);
+    let ids: Vec<String> = kafka.delivered.lock().unwrap().iter().map(id_of).collect();
+    let want: Vec<String> = (0..20)
+        .filter(|i| *i != 3)
+        .map(|i| format!("id-{i}"))
+        .collect();
+    assert_eq!(
+        ids, want,
+        "records after the refused one are delivered, in order"
+    );
+    assert_eq!(quarantined(dir.path()), (vec!["id-3".to_string()], vec![]));
+    spool.close().await;
+    replayer.await.unwrap();
+}
+
+#[tokio::test]
+async fn quarantine_survives_restart_is_listed_and_not_counted_as_spool() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(opts(dir.path())).unwrap();
+    let kafka = Arc::new(FakeKafka::default());
+    kafka.refuse.lock().unwrap().insert("id-1".into());
+    let replayer = spawn_replayer(&spool, kafka.clone(), replay_opts());
+    spool
+        .append(&(0..3).map(record).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    assert!(wait_until(|| kafka.delivered.lock().unwrap().len() == 2 && spool.is_empty()).await);
+    spool.crash().await;
+    replayer.await.unwrap();
+
+    let spool = Spool::open(opts(dir.path())).unwrap();
+    assert_eq!((spool.stats().bytes, spool.stats().records), (0, 0));
+    let listed = crate::ops::quarantine::entries(dir.path()).unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    let e = &listed[0];
+    assert_eq!(e["event_id"], "id-1");
+    assert_eq!(e["schema"], "page_view/1");
+    assert_eq!(e["topic"], "events.page_view");
+    assert_eq!(e["reason"], REFUSAL);
+    assert_eq!(e["segment"], 1);
+    assert!(
+        e["appended"].is_string() && e["offset"].as_u64().unwrap() > 0,
+        "{e}"
+    );
+    // Nothing replays it again on its own.
+    let kafka = Arc::new(FakeKafka::default());
+    let replayer = spawn_replayer(&spool, kafka.clone(), replay_opts());
+    spool.append(&[record(9)]).await.unwrap();
+    assert!(wait_until(|| kafka.delivered.lock().unwrap().len() == 1).await);
+    spool.close().await;
+    replayer.await.unwrap();
+    assert_eq!(id_of(&kafka.delivered.lock().unwrap()[0]), "id-9");
+    assert_eq!(quarantine::list(dir.path()).unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn an_oversize_append_is_refused_and_nothing_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(opts(dir.path())).unwrap();
+    let mut big = record(1);
+    big.payload = vec![b'x'; MAX_RECORD as usize];
+    let mut many_headers = record(2);
+    many_headers.headers = vec![("schema", String::new()); 256];
+    let mut long_topic = record(3);
+    long_topic.topic = "t".repeat(70_000).into();
+    for bad in [big, many_headers, long_topic] {
+        let err = spool.append(&[record(0), bad]).await.unwrap_err();
+        assert!(matches!(err, SinkError::Permanent(_)), "{err:?}");
+        assert_eq!((spool.stats().bytes, spool.stats().records), (0, 0));
+    }
+    // The largest record that fits is written and read back whole.
+    let mut fits = record(4);
+    let room = MAX_RECORD as usize - record_body_len(&fits).unwrap();
+    fits.payload.resize(fits.payload.len() + room, b'y');
+    spool.append(&[fits.clone()]).await.unwrap();
+    spool.close().await;
+    let kafka = Arc::new(FakeKafka::default());
+    let spool = Spool::open(opts(dir.path())).unwrap();
+    let replayer = spawn_replayer(&spool, kafka.clone(), replay_opts());
+    assert!(wait_until(|| kafka.delivered.lock().unwrap().len() == 1).await);
+    spool.close().await;
+    replayer.await.unwrap();
+    assert_eq!(kafka.delivered.lock().unwrap()[0].payload, fits.payload);
+    assert!(quarantine::list(dir.path()).unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_corrupt_middle_keeps_its_neighbours_and_a_torn_tail_is_still_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(SpoolOptions {
+        segment_bytes: 1 << 20,
+        seal_after: Duration::from_secs(60),
+        ..opts(dir.path())
+    })
+    .unwrap();
+    for chunk in (0..12).collect::<Vec<_>>().chunks(4) {
+        spool
+            .append(&chunk.iter().map(|&i| record(i)).collect::<Vec<_>>())
+            .await
+            .unwrap();
+    }
+    spool.close().await;
+    // While closed: flip a byte inside record 5 (second group), then add a torn tail.
+    let seg = segment_path(dir.path(), 1);
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let frames = record_frames(&bytes);
+    assert_eq!(frames.len(), 12);
+    let (from, to, _) = frames[5].clone();
+    bytes[(from + to) / 2] ^= 0xff;
+    let committed = bytes.len();
+    encode_record(&format_of(dir.path(), 1), &record(99), 1, &mut bytes);
+    bytes.truncate(committed + 10);
+    std::fs::write(&seg, &bytes).unwrap();
+
+    let spool = Spool::open(opts(dir.path())).unwrap();
+    assert_eq!(spool.stats().records, 11);
+    assert_eq!(
+        std::fs::metadata(&seg).unwrap().len(),
+        committed as u64,
+        "torn tail cut"
+    );
+    let kafka = Arc::new(FakeKafka::default());
+    let replayer = spawn_replayer(&spool, kafka.clone(), replay_opts());
+    assert!(wait_until(|| spool.is_empty() && spool.stats().bytes == 0).await);
+    spool.close().await;
+    replayer.await.unwrap();
+    let ids: Vec<String> = kafka.delivered.lock().unwrap().iter().map(id_of).collect();
+    let want: Vec<String> = (0..12)
+        .filter(|i| *i != 5)
+        .map(|i| format!("id-{i}"))
+        .collect();
+    assert_eq!(ids, want);
+    assert_eq!(quarantined(dir.path()), (vec![], vec![(1, from as u64)]));
+    let listed = quarantine::list(dir.path()).unwrap();
+    assert_eq!(listed[0].entry.source_len, (to - from) as u64);
+    assert_eq!(
+        listed[0].entry.content,
+        Content::Raw(bytes[from..to].to_vec()),
+        "the damaged bytes are kept as they were"
+    );
+}
+
+#[tokio::test]
+async fn legacy_segments_are_still_replayed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut bytes, _) = segment_bytes(&Format::legacy(), 5, 0);
+    bytes.extend_from_slice(&[1, 2, 3]); // a torn tail, cut as before
+    std::fs::write(segment_path(dir.path(), 3), &bytes).unwrap();
+    let spool = Spool::open(opts(dir.path())).unwrap();
+    assert_eq!(spool.stats().records, 5);
+    let kafka = Arc::new(FakeKafka::default());
+    let replayer = spawn_replayer(&spool, kafka.clone(), replay_opts());
+    assert!(wait_until(|| spool.is_empty() && spool.stats().bytes == 0).await);
+    spool.close().await;
+    replayer.await.unwrap();
+    let ids: Vec<String> = kafka.delivered.lock().unwrap().iter().map(id_of).collect();
+    assert_eq!(ids, (0..5).map(|i| format!("id-{i}")).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn closing_stops_a_replayer_that_cannot_read_its_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(opts(dir.path())).unwrap();
+    spool.append(&[record(1)]).await.unwrap();
+    spool.seal().await.unwrap();
+    // The sealed segment becomes unreadable (a directory where the file was).
+    let seg = segment_path(dir.path(), 1);
+    std::fs::remove_file(&seg).unwrap();
+    std::fs::create_dir(&seg).unwrap();
+    let kafka = Arc::new(FakeKafka::default());
+    let replayer = spawn_replayer(&spool, kafka.clone(), replay_opts());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!replayer.is_finished(), "it keeps retrying the read");
+    spool.close().await;
+    tokio::time::timeout(Duration::from_secs(10), replayer)
+        .await
+        .expect("close stops the replayer")
+        .unwrap();
+    assert!(kafka.delivered.lock().unwrap().is_empty());
+}
+
+/// Model-based: random appends, outages, permanent refusals, crashes (with torn tails),
+/// corrupted middles and restarts. Whatever the interleaving, every record the spool reported
+/// written is delivered or quarantined — exactly the refused and the corrupted ones are
+/// quarantined, nothing else is lost — nothing that was never appended is delivered, and first
+/// deliveries come in append order.
 #[derive(Debug, Clone)]
 enum Op {
     Append(u8),
     KafkaDown,
     KafkaUp,
     Pause,
-    Crash { torn_bytes: u8 },
+    Crash {
+        torn_bytes: u8,
+    },
+    /// Kafka refuses the record appended `i` records from now, for good.
+    RefusePermanently(u8),
+    /// With the spool stopped, flip one byte of a committed record not yet replayed.
+    CorruptMiddle(u16),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -307,7 +647,67 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::KafkaUp),
         2 => Just(Op::Pause),
         1 => (0u8..60).prop_map(|torn_bytes| Op::Crash { torn_bytes }),
+        1 => (0u8..20).prop_map(Op::RefusePermanently),
+        1 => any::<u16>().prop_map(Op::CorruptMiddle),
     ]
+}
+
+/// Segment files on disk, oldest first.
+fn segment_seqs(dir: &Path) -> Vec<u64> {
+    let mut seqs: Vec<u64> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| {
+            e.unwrap()
+                .file_name()
+                .to_string_lossy()
+                .strip_suffix(".seg")?
+                .parse::<u64>()
+                .ok()
+        })
+        .collect();
+    seqs.sort_unstable();
+    seqs
+}
+
+/// Flips one byte of a record that is committed (a commit marker follows it), at or after its
+/// segment's checkpoint, and neither damaged before nor next to a damaged one (adjacent damage
+/// is one range). Returns (segment, offset, end, event id).
+fn corrupt_one(
+    dir: &Path,
+    seed: u16,
+    done: &HashMap<(u64, u64), u64>,
+) -> Option<(u64, u64, u64, String)> {
+    let mut candidates = Vec::new();
+    for seq in segment_seqs(dir) {
+        let bytes = std::fs::read(segment_path(dir, seq)).unwrap();
+        let (format, data) = Format::of(&bytes);
+        let committed = format
+            .items(&bytes, data, bytes.len())
+            .filter_map(|i| match i {
+                Item::Frame(f) if f.kind == FrameKind::Commit => Some(f.start),
+                _ => None,
+            })
+            .last()
+            .unwrap_or(0);
+        let ack = read_ack(dir, seq) as usize;
+        for (start, end, id) in record_frames(&bytes) {
+            let touches = done
+                .iter()
+                .any(|((s, from), to)| *s == seq && *from < end as u64 + 1 && start as u64 <= *to);
+            if end <= committed && start >= ack && !touches {
+                candidates.push((seq, start, end, id));
+            }
+        }
+    }
+    if candidates.is_empty() {
+        return None;
+    }
+    let (seq, start, end, id) = candidates[seed as usize % candidates.len()].clone();
+    let path = segment_path(dir, seq);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[start + (seed as usize / 7) % (end - start)] ^= 0x5a;
+    std::fs::write(&path, bytes).unwrap();
+    Some((seq, start as u64, end as u64, id))
 }
 
 async fn run_model(ops: Vec<Op>) -> Result<(), TestCaseError> {
@@ -316,6 +716,8 @@ async fn run_model(ops: Vec<Op>) -> Result<(), TestCaseError> {
     let mut spool = Spool::open(opts(dir.path())).unwrap();
     let mut replayer = spawn_replayer(&spool, kafka.clone(), replay_opts());
     let mut acked: Vec<String> = Vec::new();
+    let mut damaged: HashMap<(u64, u64), u64> = HashMap::new();
+    let mut corrupted_ids: HashSet<String> = HashSet::new();
     let mut next = 0u32;
     for op in ops {
         match op {
@@ -331,30 +733,39 @@ async fn run_model(ops: Vec<Op>) -> Result<(), TestCaseError> {
             Op::KafkaDown => kafka.down.store(true, Ordering::Relaxed),
             Op::KafkaUp => kafka.down.store(false, Ordering::Relaxed),
             Op::Pause => tokio::time::sleep(Duration::from_millis(15)).await,
+            Op::RefusePermanently(i) => {
+                let id = id_of(&record(next + i as u32));
+                kafka.refuse.lock().unwrap().insert(id);
+            }
+            Op::CorruptMiddle(seed) => {
+                spool.crash().await;
+                let _ = replayer.await;
+                if let Some((seq, offset, end, id)) = corrupt_one(dir.path(), seed, &damaged) {
+                    damaged.insert((seq, offset), end);
+                    corrupted_ids.insert(id);
+                }
+                spool = Spool::open(opts(dir.path())).unwrap();
+                replayer = spawn_replayer(&spool, kafka.clone(), replay_opts());
+            }
             Op::Crash { torn_bytes } => {
                 spool.crash().await;
                 let _ = replayer.await;
                 // A write that was in progress leaves part of a record that no client was
                 // promised: it must never come back.
                 if torn_bytes > 0 {
+                    let last = segment_seqs(dir.path()).last().copied();
+                    let seq = last.unwrap_or(1_000_000);
                     let mut partial = Vec::new();
-                    encode_record(&record(1_000_000 + next), 1, &mut partial);
-                    let last = std::fs::read_dir(dir.path())
-                        .unwrap()
-                        .filter_map(|e| {
-                            e.unwrap()
-                                .file_name()
-                                .to_string_lossy()
-                                .strip_suffix(".seg")?
-                                .parse::<u64>()
-                                .ok()
-                        })
-                        .max();
-                    let seg = segment_path(dir.path(), last.unwrap_or(1_000_000));
+                    encode_record(
+                        &format_of(dir.path(), seq),
+                        &record(1_000_000 + next),
+                        1,
+                        &mut partial,
+                    );
                     let mut f = std::fs::OpenOptions::new()
                         .create(true)
                         .append(true)
-                        .open(&seg)
+                        .open(segment_path(dir.path(), seq))
                         .unwrap();
                     f.write_all(&partial[..(torn_bytes as usize).min(partial.len() - 1)])
                         .unwrap();
@@ -366,26 +777,59 @@ async fn run_model(ops: Vec<Op>) -> Result<(), TestCaseError> {
     }
     kafka.down.store(false, Ordering::Relaxed);
     spool.seal().await.unwrap();
-    let all_delivered = wait_until(|| {
+    let corrupted: HashSet<(u64, u64)> = damaged.keys().copied().collect();
+    let refused: HashSet<String> = kafka.refuse.lock().unwrap().clone();
+    let acked_set: HashSet<&String> = acked.iter().collect();
+    // Must be delivered: everything acknowledged except what was refused or damaged.
+    let must_deliver: Vec<&String> = acked
+        .iter()
+        .filter(|id| !refused.contains(*id) && !corrupted_ids.contains(*id))
+        .collect();
+    // Must be quarantined as refused: refused and acknowledged, unless damaged first.
+    let must_refuse: HashSet<String> = refused
+        .iter()
+        .filter(|id| acked_set.contains(id) && !corrupted_ids.contains(*id))
+        .cloned()
+        .collect();
+    let settled = wait_until(|| {
         let got: HashSet<String> = kafka.delivered.lock().unwrap().iter().map(id_of).collect();
-        acked.iter().all(|id| got.contains(id))
+        let (q_refused, q_corrupt) = quarantined(dir.path());
+        let q_refused: HashSet<String> = q_refused.into_iter().collect();
+        let q_corrupt: HashSet<(u64, u64)> = q_corrupt.into_iter().collect();
+        must_deliver.iter().all(|id| got.contains(*id))
+            && must_refuse.is_subset(&q_refused)
+            && corrupted.is_subset(&q_corrupt)
     })
     .await;
     spool.close().await;
     let _ = replayer.await;
     let delivered: Vec<String> = kafka.delivered.lock().unwrap().iter().map(id_of).collect();
-    prop_assert!(all_delivered, "acked but never delivered");
-    let acked_set: HashSet<&String> = acked.iter().collect();
+    prop_assert!(settled, "acked but neither delivered nor quarantined");
     for id in &delivered {
         prop_assert!(
             acked_set.contains(id),
             "delivered something never appended: {id}"
         );
+        prop_assert!(!refused.contains(id), "delivered a refused record: {id}");
     }
+    let (q_refused, q_corrupt) = quarantined(dir.path());
+    let q_refused: HashSet<String> = q_refused.into_iter().collect();
+    let q_corrupt: HashSet<(u64, u64)> = q_corrupt.into_iter().collect();
+    // Exactly the refused and the damaged ones are quarantined (a record refused and later
+    // damaged may be in either place).
+    for id in &q_refused {
+        prop_assert!(
+            refused.contains(id) && acked_set.contains(id),
+            "quarantined a record that was not refused: {id}"
+        );
+    }
+    prop_assert_eq!(&q_corrupt, &corrupted, "quarantined damage != damage done");
     let mut seen = HashSet::new();
-    let firsts: Vec<&String> = delivered.iter().filter(|id| seen.insert(*id)).collect();
-    let expected: Vec<&String> = acked.iter().collect();
-    prop_assert_eq!(firsts, expected, "first deliveries out of append order");
+    let firsts: Vec<&String> = delivered
+        .iter()
+        .filter(|id| !corrupted_ids.contains(*id) && seen.insert(*id))
+        .collect();
+    prop_assert_eq!(firsts, must_deliver, "first deliveries out of append order");
     Ok(())
 }
 
