@@ -162,3 +162,81 @@ async fn topics_create_is_idempotent_and_tail_prints_decoded_events() {
     assert_eq!(letter["index"], 1);
     gw.stop().await.unwrap();
 }
+
+#[test]
+fn spool_quarantine_lists_refused_records_and_damaged_bytes() {
+    use eventpipe::sink::spool::{encode_body, quarantine, Content, Quarantined};
+    use eventpipe::sink::{Record, RecordKind};
+    let dir = tempfile::tempdir().unwrap();
+    let out = eventpipe()
+        .args(["spool", "quarantine", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success() && out.stdout.is_empty(), "{out:?}");
+
+    let record = Record {
+        topic: "events.click".into(),
+        key: None,
+        payload: vec![1, 2, 3],
+        headers: vec![("schema", "click/1".into()), ("event_id", "e-1".into())],
+        kind: RecordKind::Event { client_id: None },
+    };
+    let mut body = Vec::new();
+    encode_body(&record, 1_700_000_000_000, &mut body);
+    let entries = [
+        Quarantined {
+            quarantined_ms: 1_700_000_001_000,
+            source_seq: 4,
+            source_offset: 16,
+            source_len: body.len() as u64 + 12,
+            reason: "kafka_rejected:msg_size_too_large".into(),
+            content: Content::Record(body),
+        },
+        Quarantined {
+            quarantined_ms: 1_700_000_002_000,
+            source_seq: 4,
+            source_offset: 200,
+            source_len: 7,
+            reason: "corrupt".into(),
+            content: Content::Raw(vec![0; 7]),
+        },
+    ];
+    quarantine::append(dir.path(), 4, &entries).unwrap();
+
+    let out = eventpipe()
+        .args(["spool", "quarantine", "--json", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    let want = json!({
+        "kind": "record", "segment": 4, "offset": 16, "topic": "events.click",
+        "reason": "kafka_rejected:msg_size_too_large", "event_id": "e-1", "schema": "click/1",
+        "appended": "2023-11-14T22:13:20Z", "quarantined": "2023-11-14T22:13:21Z",
+    });
+    for (k, v) in want.as_object().unwrap() {
+        assert_eq!(&lines[0][k], v, "{k}: {}", lines[0]);
+    }
+    assert_eq!(
+        (&lines[1]["kind"], &lines[1]["reason"], &lines[1]["offset"]),
+        (&json!("corrupt"), &json!("corrupt"), &json!(200))
+    );
+
+    let out = eventpipe()
+        .args(["spool", "quarantine", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("segment=4 offset=16 reason=kafka_rejected:msg_size_too_large topic=events.click event_id=e-1 schema=click/1"),
+        "{text}"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("2 quarantined entries"));
+}

@@ -128,8 +128,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub use format::{
-    decode_quarantined, decode_record, encode_record, record_body_len, Content, Format, Frame,
-    FrameKind, Item, Quarantined, MAX_RECORD,
+    decode_quarantined, decode_record, encode_body, encode_record, record_body_len, Content,
+    Format, Frame, FrameKind, Item, Quarantined, MAX_RECORD,
 };
 pub use replay::{spawn_replayer, ReplayOptions, ReplayResult, ReplayTarget};
 pub use segment::{scan, ScanResult};
