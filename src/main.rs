@@ -55,8 +55,14 @@ enum SpoolCommand {
         #[arg(long)]
         dir: PathBuf,
         /// One JSON object per line instead of text.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "replay")]
         json: bool,
+        /// Re-send the quarantined records (not damaged bytes) to Kafka, once the cause is fixed.
+        #[arg(long, requires = "brokers")]
+        replay: bool,
+        /// Kafka bootstrap brokers for --replay, HOST:PORT[,..].
+        #[arg(long)]
+        brokers: Option<String>,
     },
 }
 
@@ -204,8 +210,26 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Spool {
-            command: SpoolCommand::Quarantine { dir, json },
+            command:
+                SpoolCommand::Quarantine {
+                    dir,
+                    json,
+                    replay,
+                    brokers,
+                },
         } => {
+            if let (true, Some(brokers)) = (replay, brokers) {
+                let (sent, failed) = runtime()?.block_on(ops::quarantine::replay(
+                    &dir,
+                    &brokers,
+                    &mut std::io::stdout().lock(),
+                ))?;
+                eprintln!("{sent} sent, {failed} failed");
+                if failed > 0 {
+                    anyhow::bail!("{failed} quarantined record(s) were not acknowledged");
+                }
+                return Ok(());
+            }
             let n = ops::quarantine::print(&dir, json, &mut std::io::stdout().lock())?;
             if !json {
                 eprintln!("{n} quarantined entr{}", if n == 1 { "y" } else { "ies" });

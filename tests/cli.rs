@@ -240,3 +240,77 @@ fn spool_quarantine_lists_refused_records_and_damaged_bytes() {
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("2 quarantined entries"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spool_quarantine_replay_resends_refused_records() {
+    use eventpipe::sink::spool::{encode_body, quarantine, Content, Quarantined};
+    use eventpipe::sink::{Record, RecordKind};
+    let broker = Broker::memory();
+    let topics = Topics::unique();
+    topics.create(&broker.brokers()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let id = "6a1f7c5e-3b8e-4d7a-9d0c-2f4b8e1a9c33";
+    let record = Record {
+        topic: topics.topic("click").into(),
+        key: Some(b"k".to_vec()),
+        payload: vec![0],
+        headers: vec![("schema", "click/1".into()), ("event_id", id.into())],
+        kind: RecordKind::Event { client_id: None },
+    };
+    let mut body = Vec::new();
+    encode_body(&record, 1_700_000_000_000, &mut body);
+    let entry = Quarantined {
+        quarantined_ms: 1_700_000_001_000,
+        source_seq: 1,
+        source_offset: 16,
+        source_len: body.len() as u64 + 12,
+        reason: "kafka_rejected:unknown_topic_or_part".into(),
+        content: Content::Record(body),
+    };
+    quarantine::append(dir.path(), 1, &[entry]).unwrap();
+    let out = eventpipe()
+        .args([
+            "spool",
+            "quarantine",
+            "--replay",
+            "--brokers",
+            &broker.brokers(),
+        ])
+        .arg("--dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.starts_with("sent segment=1 offset=16"), "{stdout}");
+    let got = tokio::task::block_in_place(|| {
+        std::process::Command::new("python3")
+            .arg(common::root().join("tests/py/consume.py"))
+            .args([
+                "--brokers",
+                &broker.brokers(),
+                "--topic",
+                &topics.topic("click"),
+            ])
+            .args([
+                "--ids-only",
+                "--want",
+                id,
+                "--idle",
+                "1.5",
+                "--timeout",
+                "60",
+            ])
+            .output()
+            .unwrap()
+    });
+    assert!(
+        String::from_utf8_lossy(&got.stdout).contains(id),
+        "{}",
+        String::from_utf8_lossy(&got.stderr)
+    );
+}

@@ -102,3 +102,61 @@ pub fn print(dir: &Path, as_json: bool, out: &mut impl Write) -> anyhow::Result<
     }
     Ok(entries.len())
 }
+
+/// Re-sends every quarantined record (not damaged bytes: those cannot be trusted) to Kafka at
+/// `brokers`, with the gateway's producer settings, after an operator fixed what made Kafka
+/// refuse them. Prints one line per record (`sent` or `failed`); returns (sent, failed). The
+/// quarantine is left as it is: delete its files once everything is sent (sending twice only
+/// duplicates, with the same event id).
+pub async fn replay(
+    dir: &Path,
+    brokers: &str,
+    out: &mut impl Write,
+) -> anyhow::Result<(usize, usize)> {
+    use crate::sink::kafka::{producer_config, KafkaSink};
+    let mut records = Vec::new();
+    let mut origins = Vec::new();
+    for l in quarantine::list(dir)? {
+        if let Content::Record(body) = &l.entry.content {
+            if let Some((r, _)) = decode_record(body) {
+                origins.push((l.entry.source_seq, l.entry.source_offset, event_id(&r)));
+                records.push(r);
+            }
+        }
+    }
+    if records.is_empty() {
+        return Ok((0, 0));
+    }
+    let config = producer_config(brokers, &Default::default());
+    let kafka = KafkaSink::new(&config, std::time::Duration::from_secs(30))?;
+    let deadline = tokio::time::Instant::now()
+        + std::time::Duration::from_millis(crate::sink::kafka::MESSAGE_TIMEOUT_MS + 5_000);
+    let outcome = kafka
+        .send_partial(&records, deadline, std::time::Duration::from_secs(5))
+        .await;
+    let error = outcome
+        .error
+        .map(|e| e.to_string())
+        .unwrap_or_else(|| "not acknowledged".into());
+    for (i, (seq, offset, id)) in origins.iter().enumerate() {
+        let status = if outcome.unacked.contains(&i) {
+            format!("failed ({error})")
+        } else {
+            "sent".to_owned()
+        };
+        writeln!(
+            out,
+            "{status} segment={seq} offset={offset} topic={} event_id={id}",
+            records[i].topic
+        )?;
+    }
+    let failed = outcome.unacked.len();
+    Ok((records.len() - failed, failed))
+}
+
+fn event_id(r: &crate::sink::Record) -> String {
+    r.headers
+        .iter()
+        .find(|(k, _)| *k == "event_id")
+        .map_or_else(|| "-".to_owned(), |(_, v)| v.clone())
+}
