@@ -202,6 +202,7 @@ async fn read_segment(shared: &Shared, segment: &Sealed) -> Option<Vec<u8>> {
 /// Where a record of the batch being replayed is in its segment, and its body.
 struct Pending<'a> {
     offset: usize,
+    len: usize,
     body: &'a [u8],
 }
 
@@ -248,6 +249,7 @@ async fn replay_segment(
                         batch.push(record);
                         meta.push(Pending {
                             offset: f.start,
+                            len: f.end - f.start,
                             body: f.body,
                         });
                         batch_bytes += f.end - f.start;
@@ -360,7 +362,7 @@ async fn deliver(
                     quarantined_ms: now_ms(),
                     source_seq: segment.seq,
                     source_offset: meta[*i].offset as u64,
-                    source_len: (meta[*i].body.len() + 12) as u64,
+                    source_len: meta[*i].len as u64,
                     reason: reason.clone(),
                     content: Content::Record(meta[*i].body.to_vec()),
                 })
