@@ -5,6 +5,12 @@
 //! sets `limits.max_events`; `EVENTPIPE_LISTEN=0.0.0.0:8080` sets `listen`. Values are read as TOML
 //! scalars or arrays when they parse as such (`100`, `true`, `["a","b"]`), else as strings.
 //! Unknown keys and bad values are start-up errors naming the key.
+//!
+//! One exception: the variables Kubernetes injects for every Service in the namespace
+//! (`EVENTPIPE_SERVICE_HOST`, `EVENTPIPE_PORT_8080_TCP_ADDR`, ... for a Service named `eventpipe`,
+//! `EVENTPIPE_ADMIN_SERVICE_PORT` for `eventpipe-admin`) are skipped with one warning. Only those
+//! exact shapes are skipped, so a misspelt key (`EVENTPIPE_LISTN`) still stops start-up: a typo
+//! in `trusted_proxies` or `tls` silently falling back to a default is the worse failure.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -13,6 +19,13 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 use serde::Deserialize;
+
+use crate::http::client_ip::ClientIpHeader;
+
+mod auth;
+mod librdkafka;
+mod service_links;
+pub use auth::{check_rate, AuthConfig, RateLimitConfig};
 
 /// The whole configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -38,9 +51,15 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
     #[serde(default)]
     pub cors: CorsConfig,
-    /// Networks whose `X-Forwarded-For` / `Forwarded` headers are believed, e.g. `["10.0.0.0/8"]`.
+    /// Networks whose forwarding header (`client_ip_header`) is believed, e.g. `["10.0.0.0/8"]`.
     #[serde(default)]
     pub trusted_proxies: Vec<IpNet>,
+    /// The one header read for the client address when the peer is a trusted proxy:
+    /// `x-forwarded-for` (default; walked from the right past trusted proxies), `forwarded`
+    /// (RFC 7239 `for=`), or any header a proxy sets, e.g. `x-real-ip`, `cf-connecting-ip`.
+    /// Other forwarding headers are ignored: a client can send them through most proxies.
+    #[serde(default)]
+    pub client_ip_header: ClientIpHeader,
     /// Seconds to keep serving (with `/readyz` false) after SIGTERM before refusing connections,
     /// so the load balancer notices first.
     #[serde(default = "default_shutdown_grace_secs")]
@@ -52,6 +71,12 @@ pub struct Config {
     /// Benchmark-only switches; never set these in production.
     #[serde(default)]
     pub bench: BenchConfig,
+    /// Write keys; without `auth.keys_file` the gateway is open (local development).
+    #[serde(default)]
+    pub auth: AuthConfig,
+    /// Rate limits per client IP and per write key (off by default).
+    #[serde(default)]
+    pub rate_limit: RateLimitConfig,
 }
 
 /// The local spool (write-ahead log) used when Kafka cannot acknowledge in time.
@@ -160,6 +185,10 @@ pub struct TlsConfig {
     pub cert: PathBuf,
     /// PEM private key.
     pub key: PathBuf,
+    /// How often the two files are checked for a change (a new pair is then used for new
+    /// handshakes; connections stay up). 0 turns polling off; SIGHUP always reloads.
+    #[serde(default = "default_tls_reload_interval_ms")]
+    pub reload_interval_ms: u64,
 }
 
 /// Cross-origin settings for browsers posting beacons.
@@ -247,6 +276,9 @@ fn default_request_timeout_ms() -> u64 {
 }
 fn default_dead_letter_max_bytes() -> usize {
     64 << 10
+}
+fn default_tls_reload_interval_ms() -> u64 {
+    5_000
 }
 fn default_true() -> bool {
     true
@@ -363,6 +395,7 @@ pub fn load(
                 message: e.to_string(),
             })?;
     }
+    let mut skipped = Vec::new();
     for (var, raw) in env {
         let Some(rest) = var.strip_prefix("EVENTPIPE_") else {
             continue;
@@ -370,9 +403,21 @@ pub fn load(
         if rest == "CONFIG" || rest == "LOG" {
             continue; // read by the binary itself
         }
+        if service_links::is_service_link(rest) {
+            skipped.push(var);
+            continue;
+        }
         let key: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();
         let value = parse_env_value(&raw);
         set_path(&mut root, &key, value).map_err(|message| ConfigError::Env { var, message })?;
+    }
+    if !skipped.is_empty() {
+        skipped.sort();
+        tracing::warn!(
+            vars = %skipped.join(","),
+            "ignoring Kubernetes service-link environment variables (not config keys); \
+             set enableServiceLinks: false on the pod to drop them"
+        );
     }
     for (key, value) in overrides {
         let parts: Vec<String> = key.split('.').map(str::to_owned).collect();
@@ -459,9 +504,19 @@ impl Config {
         if !(0.0..=3600.0).contains(&self.shutdown_grace_secs) {
             return invalid("shutdown_grace_secs", "must be between 0 and 3600");
         }
-        Ok(())
+        if l.request_timeout_ms <= self.kafka.ack_timeout_ms {
+            return invalid(
+                "limits.request_timeout_ms",
+                "must be longer than kafka.ack_timeout_ms: a request would time out (408) \
+                 before Kafka's acknowledgements could arrive",
+            );
+        }
+        self.validate_auth()?;
+        self.kafka.validate_librdkafka()
     }
+}
 
+impl Config {
     /// The collector identity written into events.
     pub fn collector_host(&self) -> String {
         self.collector_id
@@ -570,5 +625,30 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("trusted_proxies"), "{err}");
+    }
+
+    #[test]
+    fn client_ip_header_is_configurable_and_checked() {
+        use crate::http::client_ip::ClientIpHeader;
+        let c = load(None, vec![], vec![]).unwrap();
+        assert_eq!(c.client_ip_header, ClientIpHeader::default());
+        let c = load(
+            None,
+            env(&[("EVENTPIPE_CLIENT_IP_HEADER", "CF-Connecting-IP")]),
+            vec![],
+        )
+        .unwrap();
+        assert_eq!(
+            c.client_ip_header,
+            ClientIpHeader::List(axum::http::HeaderName::from_static("cf-connecting-ip"))
+        );
+        let err = load(
+            None,
+            env(&[("EVENTPIPE_CLIENT_IP_HEADER", "x forwarded")]),
+            vec![],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("client_ip_header"), "{err}");
     }
 }

@@ -18,6 +18,7 @@ pub mod schema;
 pub mod server;
 pub mod sink;
 pub mod thrift;
+pub mod tls;
 
 /// True at most once per `interval` across threads: the caller that moves `last` (wall-clock ms of
 /// the previous true) wins. For log lines repeated during an outage and for the breaker's probes.

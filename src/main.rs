@@ -1,6 +1,6 @@
 //! The `eventpipe` binary: parses the command line and wires the library together.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -58,10 +58,14 @@ enum SpoolCommand {
         #[arg(long, conflicts_with = "replay")]
         json: bool,
         /// Re-send the quarantined records (not damaged bytes) to Kafka, once the cause is fixed.
-        #[arg(long, requires = "brokers")]
-        replay: bool,
-        /// Kafka bootstrap brokers for --replay, HOST:PORT[,..].
         #[arg(long)]
+        replay: bool,
+        /// For --replay: the gateway's TOML configuration (its `[kafka]` section: brokers,
+        /// librdkafka security settings). EVENTPIPE_* variables apply too.
+        #[arg(long, env = "EVENTPIPE_CONFIG", requires = "replay")]
+        config: Option<PathBuf>,
+        /// For --replay: Kafka bootstrap brokers (default: kafka.brokers).
+        #[arg(long, requires = "replay")]
         brokers: Option<String>,
     },
 }
@@ -95,24 +99,35 @@ struct ServeArgs {
     /// TLS private key (PEM).
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Spool directory (spool.dir; default "spool").
+    #[arg(long)]
+    spool_dir: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
 enum TopicsCommand {
     /// Create every topic the routing needs (idempotent).
     Create {
-        #[arg(long, default_value = "127.0.0.1:9092")]
-        brokers: String,
-        #[arg(long, default_value = "schemas")]
-        schemas: PathBuf,
+        /// The gateway's TOML configuration: its `[kafka]` section (brokers, topic names,
+        /// librdkafka security settings) and `schemas`. EVENTPIPE_* variables apply too.
+        #[arg(long, env = "EVENTPIPE_CONFIG")]
+        config: Option<PathBuf>,
+        /// Kafka bootstrap brokers (default: kafka.brokers, else 127.0.0.1:9092).
+        #[arg(long)]
+        brokers: Option<String>,
+        /// Schema directory (default: schemas, else "schemas").
+        #[arg(long)]
+        schemas: Option<PathBuf>,
         #[arg(long, default_value_t = 3)]
         partitions: i32,
         #[arg(long, default_value_t = 1)]
         replication_factor: i32,
-        #[arg(long, default_value = "events.")]
-        topic_prefix: String,
-        #[arg(long, default_value = "events.invalid")]
-        dead_letter_topic: String,
+        /// Topic prefix (default: kafka.topic_prefix, else "events.").
+        #[arg(long)]
+        topic_prefix: Option<String>,
+        /// Dead-letter topic (default: kafka.dead_letter_topic, else "events.invalid").
+        #[arg(long)]
+        dead_letter_topic: Option<String>,
     },
 }
 
@@ -127,8 +142,13 @@ enum SchemasCommand {
 
 #[derive(clap::Args)]
 struct TailArgs {
-    #[arg(long, default_value = "127.0.0.1:9092")]
-    brokers: String,
+    /// The gateway's TOML configuration: its `[kafka]` section (brokers, dead-letter topic,
+    /// librdkafka security settings). EVENTPIPE_* variables apply too.
+    #[arg(long, env = "EVENTPIPE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Kafka bootstrap brokers (default: kafka.brokers, else 127.0.0.1:9092).
+    #[arg(long)]
+    brokers: Option<String>,
     #[arg(long)]
     topic: String,
     /// Start at the oldest message instead of new ones.
@@ -140,9 +160,10 @@ struct TailArgs {
     /// Stop after this many milliseconds without a message.
     #[arg(long)]
     idle_timeout_ms: Option<u64>,
-    /// Which topic holds dead letters (decoded as such).
-    #[arg(long, default_value = "events.invalid")]
-    dead_letter_topic: String,
+    /// Which topic holds dead letters, decoded as such (default: kafka.dead_letter_topic, else
+    /// "events.invalid").
+    #[arg(long)]
+    dead_letter_topic: Option<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -159,6 +180,7 @@ fn main() -> anyhow::Result<()> {
         Command::Topics {
             command:
                 TopicsCommand::Create {
+                    config,
                     brokers,
                     schemas,
                     partitions,
@@ -167,10 +189,22 @@ fn main() -> anyhow::Result<()> {
                     dead_letter_topic,
                 },
         } => {
-            let registry = schema::Registry::load(&schemas)?;
-            let topics = ops::topics::needed_topics(&registry, &topic_prefix, &dead_letter_topic);
-            let (created, existing) = runtime()?.block_on(ops::topics::create(
-                &brokers,
+            let config = load_config(
+                config.as_deref(),
+                [
+                    ("kafka.brokers", brokers.map(string)),
+                    ("schemas", schemas.map(path)),
+                    ("kafka.topic_prefix", topic_prefix.map(string)),
+                    ("kafka.dead_letter_topic", dead_letter_topic.map(string)),
+                ],
+            )?;
+            let k = &config.kafka;
+            let registry = schema::Registry::load(&config.schemas)?;
+            let topics =
+                ops::topics::needed_topics(&registry, &k.topic_prefix, &k.dead_letter_topic);
+            let (created, existing) = runtime()?.block_on(ops::topics::create_with(
+                &k.brokers,
+                &k.librdkafka,
                 &topics,
                 partitions,
                 replication_factor,
@@ -198,10 +232,21 @@ fn main() -> anyhow::Result<()> {
             }
         },
         Command::Tail(args) => {
+            let config = load_config(
+                args.config.as_deref(),
+                [
+                    ("kafka.brokers", args.brokers.map(string)),
+                    (
+                        "kafka.dead_letter_topic",
+                        args.dead_letter_topic.map(string),
+                    ),
+                ],
+            )?;
             let opts = ops::tail::TailOptions {
-                brokers: args.brokers,
+                brokers: config.kafka.brokers,
+                librdkafka: config.kafka.librdkafka,
                 topic: args.topic,
-                dead_letter_topic: args.dead_letter_topic,
+                dead_letter_topic: config.kafka.dead_letter_topic,
                 from_beginning: args.from_beginning,
                 count: args.count,
                 idle_timeout: args.idle_timeout_ms.map(Duration::from_millis),
@@ -215,13 +260,17 @@ fn main() -> anyhow::Result<()> {
                     dir,
                     json,
                     replay,
+                    config,
                     brokers,
                 },
         } => {
-            if let (true, Some(brokers)) = (replay, brokers) {
+            if replay {
+                let config =
+                    load_config(config.as_deref(), [("kafka.brokers", brokers.map(string))])?;
                 let (sent, failed) = runtime()?.block_on(ops::quarantine::replay(
                     &dir,
-                    &brokers,
+                    &config.kafka.brokers,
+                    &config.kafka.librdkafka,
                     &mut std::io::stdout().lock(),
                 ))?;
                 eprintln!("{sent} sent, {failed} failed");
@@ -246,26 +295,44 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
+fn string(v: String) -> toml::Value {
+    toml::Value::String(v)
+}
+
+fn path(v: PathBuf) -> toml::Value {
+    toml::Value::String(v.to_string_lossy().into_owned())
+}
+
+/// The configuration `serve` would use: `file`, then EVENTPIPE_* variables, then the flags given.
+fn load_config<const N: usize>(
+    file: Option<&Path>,
+    flags: [(&'static str, Option<toml::Value>); N],
+) -> anyhow::Result<config::Config> {
+    let overrides = flags
+        .into_iter()
+        .filter_map(|(key, value)| value.map(|v| (key, v)))
+        .collect();
+    Ok(config::load(file, std::env::vars(), overrides)?)
+}
+
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let s = |v: String| toml::Value::String(v);
-    let p = |v: PathBuf| toml::Value::String(v.to_string_lossy().into_owned());
-    let mut overrides = Vec::new();
-    let flags = [
-        ("listen", args.listen.map(s)),
-        ("admin_listen", args.admin_listen.map(s)),
-        ("kafka.brokers", args.brokers.map(s)),
-        ("schemas", args.schemas.map(p)),
-        ("kafka.topic_prefix", args.topic_prefix.map(s)),
-        ("kafka.dead_letter_topic", args.dead_letter_topic.map(s)),
-        ("tls.cert", args.tls_cert.map(p)),
-        ("tls.key", args.tls_key.map(p)),
-    ];
-    for (key, value) in flags {
-        if let Some(v) = value {
-            overrides.push((key, v));
-        }
-    }
-    let config = config::load(args.config.as_deref(), std::env::vars(), overrides)?;
+    let config = load_config(
+        args.config.as_deref(),
+        [
+            ("listen", args.listen.map(string)),
+            ("admin_listen", args.admin_listen.map(string)),
+            ("kafka.brokers", args.brokers.map(string)),
+            ("schemas", args.schemas.map(path)),
+            ("kafka.topic_prefix", args.topic_prefix.map(string)),
+            (
+                "kafka.dead_letter_topic",
+                args.dead_letter_topic.map(string),
+            ),
+            ("tls.cert", args.tls_cert.map(path)),
+            ("tls.key", args.tls_key.map(path)),
+            ("spool.dir", args.spool_dir.map(path)),
+        ],
+    )?;
     let rt = runtime()?;
     rt.block_on(async move {
         let public = tokio::net::TcpListener::bind(config.listen)

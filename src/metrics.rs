@@ -8,11 +8,14 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 /// HTTP requests by `status` (the numeric code).
 pub const HTTP_REQUESTS: &str = "eventpipe_http_requests_total";
-/// Events by `outcome` (`kafka`, `rejected`, `refused`) and `reason`.
+/// Events by `outcome` (`kafka`, `spool`, `deduplicated`, `rejected`, `refused`, `failed`) and
+/// `reason` (`rejected` includes `kafka_rejected:<code>` for records Kafka refused for good;
+/// `failed`/`dead_letter_refused`: neither the event nor its dead letter could be stored).
 pub const EVENTS: &str = "eventpipe_events_total";
 /// Whole requests refused before their events were read, by `reason`.
 pub const REQUESTS_REFUSED: &str = "eventpipe_requests_refused_total";
-/// Dead letters that could not be written, by `reason` of the write failure.
+/// Dead letters that could not be written, by `reason` of the write failure (a sink error, or
+/// `kafka_rejected:<code>` when Kafka refused the dead letter itself).
 pub const DEAD_LETTER_FAILURES: &str = "eventpipe_dead_letter_failures_total";
 /// Time from handing a request's records to the producer until all are acknowledged.
 pub const PRODUCE_LATENCY: &str = "eventpipe_produce_latency_seconds";
@@ -84,3 +87,19 @@ pub const DEDUP_HITS: &str = "eventpipe_dedup_hits_total";
 pub fn log_allowed(last: &std::sync::atomic::AtomicI64) -> bool {
     crate::at_most_every(last, std::time::Duration::from_secs(1))
 }
+
+/// Keys-file reloads by `result` (`ok`, `error`; a failed one keeps the previous keys).
+pub const AUTH_RELOADS: &str = "eventpipe_auth_reloads_total";
+/// Write keys in force.
+pub const AUTH_KEYS: &str = "eventpipe_auth_keys";
+/// Requests admitted per write key, by `key` (the key's name from the keys file, never the key).
+pub const KEY_REQUESTS: &str = "eventpipe_key_requests_total";
+/// Requests answered 429, by `limit` (`client_ip` before the body, `write_key` after parsing).
+pub const RATE_LIMITED: &str = "eventpipe_rate_limited_requests_total";
+/// Client IPs with a token bucket of their own (bounded by `rate_limit.max_tracked_ips`).
+pub const RATE_LIMIT_TRACKED_IPS: &str = "eventpipe_rate_limit_tracked_ips";
+/// Requests checked against the shared overflow buckets because the per-IP map was full.
+pub const RATE_LIMIT_OVERFLOW: &str = "eventpipe_rate_limit_overflow_total";
+/// TLS certificate reloads (file change or SIGHUP) by `result`: `ok`, or `error` (the previous
+/// certificate stays in use).
+pub const TLS_RELOADS: &str = "eventpipe_tls_reloads_total";

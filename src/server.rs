@@ -80,12 +80,13 @@ pub async fn serve(
     serve_with_sink(config, registry, sink, public, admin, shutdown).await
 }
 
-/// The producer's `message.timeout.ms`: ours unless the raw librdkafka map overrides it.
+/// The producer's `message.timeout.ms`: ours unless the raw librdkafka map overrides it (also
+/// by its alias `delivery.timeout.ms`; the map hands them over in key order, so
+/// `message.timeout.ms` wins when both are set).
 fn message_timeout_ms(config: &Config) -> u64 {
-    config
-        .kafka
-        .librdkafka
-        .get("message.timeout.ms")
+    let raw = &config.kafka.librdkafka;
+    raw.get("message.timeout.ms")
+        .or_else(|| raw.get("delivery.timeout.ms"))
         .and_then(|v| v.parse().ok())
         .unwrap_or(crate::sink::kafka::MESSAGE_TIMEOUT_MS)
 }
@@ -107,10 +108,12 @@ pub fn gateway(config: &Config, registry: Registry, sink: Arc<dyn Sink>) -> Arc<
             version: env!("CARGO_PKG_VERSION").into(),
         },
         trusted_proxies: config.trusted_proxies.clone(),
+        client_ip_header: config.client_ip_header.clone(),
         ack_timeout: Duration::from_millis(config.kafka.ack_timeout_ms),
         draining: Default::default(),
         dedup: crate::dedup::DedupWindow::new(config.dedup.window),
         http_only: config.bench.http_only,
+        access: http::auth::Access::new(config),
     })
 }
 
@@ -125,9 +128,11 @@ pub async fn serve_with_sink(
 ) -> anyhow::Result<()> {
     // Install the metrics recorder before anything records.
     let prometheus = m::recorder();
-    let tls = config.tls.as_ref().map(tls_acceptor).transpose()?;
+    // New certificates are picked up while `_tls_reload` lives.
+    let (tls, _tls_reload) = config.tls.as_ref().map(tls_acceptor).transpose()?.unzip();
     metrics::gauge!(m::SCHEMAS_LOADED).set(registry.len() as f64);
     let gw = gateway(&config, registry, sink.clone());
+    gw.access.start().map_err(anyhow::Error::msg)?;
     let router = http::app(gw.clone(), &config.cors, config.limits.request_timeout());
 
     let (admin_stop_tx, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -239,29 +244,11 @@ async fn serve_connection<I>(
     }
 }
 
-/// rustls server config: TLS 1.2 and 1.3 only, HTTP/2 and HTTP/1.1 by ALPN.
-pub fn tls_acceptor(tls: &TlsConfig) -> anyhow::Result<TlsAcceptor> {
-    let cert_pem = std::fs::read(&tls.cert)
-        .with_context(|| format!("reading tls.cert {}", tls.cert.display()))?;
-    let key_pem = std::fs::read(&tls.key)
-        .with_context(|| format!("reading tls.key {}", tls.key.display()))?;
-    let certs = rustls_pemfile::certs(&mut &cert_pem[..])
-        .collect::<Result<Vec<_>, _>>()
-        .with_context(|| format!("tls.cert {}: not PEM certificates", tls.cert.display()))?;
-    anyhow::ensure!(
-        !certs.is_empty(),
-        "tls.cert {}: no certificate found",
-        tls.cert.display()
-    );
-    let key = rustls_pemfile::private_key(&mut &key_pem[..])
-        .with_context(|| format!("tls.key {}: not a PEM key", tls.key.display()))?
-        .with_context(|| format!("tls.key {}: no private key found", tls.key.display()))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut server = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .context("tls.cert and tls.key do not form a usable pair")?;
-    server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(server)))
+/// rustls server config (TLS 1.2 and 1.3 only, HTTP/2 and HTTP/1.1 by ALPN) whose certificate is
+/// reloaded when its files change or on SIGHUP (see `crate::tls`), for as long as the returned
+/// task lives.
+pub fn tls_acceptor(tls: &TlsConfig) -> anyhow::Result<(TlsAcceptor, crate::tls::ReloadTask)> {
+    let (acceptor, reloader) = crate::tls::Reloader::new(tls)?;
+    let task = reloader.spawn(Duration::from_millis(tls.reload_interval_ms));
+    Ok((acceptor, task))
 }

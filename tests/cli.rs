@@ -102,13 +102,35 @@ async fn topics_create_is_idempotent_and_tail_prints_decoded_events() {
         stdout.contains(&format!("created {}", topics.dead_letter)),
         "{stdout}"
     );
-    let second = create();
+    // The same topics, named by the gateway's config file instead of flags.
+    let dir = tempfile::tempdir().unwrap();
+    let gw_config = dir.path().join("gw.toml");
+    std::fs::write(
+        &gw_config,
+        format!(
+            "[kafka]\nbrokers = \"{}\"\ntopic_prefix = \"{}\"\ndead_letter_topic = \"{}\"\n",
+            broker.brokers(),
+            topics.prefix,
+            topics.dead_letter
+        ),
+    )
+    .unwrap();
+    let second = eventpipe()
+        .args(["topics", "create", "--partitions", "2", "--config"])
+        .arg(&gw_config)
+        .output()
+        .unwrap();
     assert!(
         second.status.success(),
         "{}",
         String::from_utf8_lossy(&second.stderr)
     );
-    assert!(String::from_utf8_lossy(&second.stdout).contains("exists"));
+    let stdout = String::from_utf8_lossy(&second.stdout);
+    assert!(
+        stdout.contains(&format!("exists  {}page_view", topics.prefix))
+            && !stdout.contains("created"),
+        "{stdout}"
+    );
 
     let gw = Gateway::start(common::config(&broker.brokers(), &topics, &[])).await;
     gw.wait_ready().await;
@@ -158,6 +180,21 @@ async fn topics_create_is_idempotent_and_tail_prints_decoded_events() {
     assert_eq!(event["data"]["total_minor"], 1999);
     assert_eq!(event["context"]["visitor_id"], "v");
     let letter = tail(&topics.dead_letter);
+    assert_eq!(letter["reason"], "schema_violation");
+    // `tail --config` takes brokers and the dead-letter topic's name from the file.
+    let out = eventpipe()
+        .args(["tail", "--from-beginning", "--count", "1", "--topic"])
+        .arg(&topics.dead_letter)
+        .args(["--idle-timeout-ms", "20000", "--config"])
+        .arg(&gw_config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let letter: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(letter["reason"], "schema_violation");
     assert_eq!(letter["index"], 1);
     gw.stop().await.unwrap();
@@ -313,4 +350,162 @@ async fn spool_quarantine_replay_resends_refused_records() {
         "{}",
         String::from_utf8_lossy(&got.stderr)
     );
+}
+
+/// A config whose librdkafka security setting librdkafka refuses: the tools must fail on it,
+/// not connect in plaintext as if it were not there.
+#[test]
+fn tail_and_topics_create_connect_with_the_configs_librdkafka_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("gw.toml");
+    std::fs::write(
+        &file,
+        "[kafka]\nbrokers = \"127.0.0.1:1\"\n[kafka.librdkafka]\n\"security.protocol\" = \"bogus\"\n\"sasl.mechanism\" = \"PLAIN\"\n\"linger.ms\" = 5\n",
+    )
+    .unwrap();
+    for args in [
+        &["tail", "--topic", "t", "--idle-timeout-ms", "100"][..],
+        &["topics", "create"][..],
+    ] {
+        let out = eventpipe()
+            .args(args)
+            .arg("--config")
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?} succeeded");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("security.protocol") && err.contains("bogus"),
+            "{args:?}: {err}"
+        );
+    }
+    // The same through the environment, as in the gateway's pod.
+    let out = eventpipe()
+        .args(["tail", "--topic", "t", "--idle-timeout-ms", "100"])
+        .env("EVENTPIPE_KAFKA__LIBRDKAFKA__security.protocol", "bogus")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("security.protocol"));
+}
+
+#[test]
+fn spool_dir_flag_sets_the_spool_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    // A file where the directory should be: opening the spool fails, naming the path we gave.
+    let not_a_dir = dir.path().join("taken");
+    std::fs::write(&not_a_dir, "x").unwrap();
+    let out = eventpipe()
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--brokers",
+            "127.0.0.1:1",
+            "--spool-dir",
+        ])
+        .arg(&not_a_dir)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("spool.dir") && err.contains(&not_a_dir.display().to_string()),
+        "{err}"
+    );
+}
+
+/// Which certificate a new TLS connection to `port` is given.
+async fn certificate_served(port: u16, roots: &[&str]) -> Option<Vec<u8>> {
+    let mut b = reqwest::Client::builder()
+        .tls_info(true)
+        .resolve("localhost", ([127, 0, 0, 1], port).into());
+    for pem in roots {
+        b = b.add_root_certificate(reqwest::Certificate::from_pem(pem.as_bytes()).unwrap());
+    }
+    let resp = b
+        .build()
+        .unwrap()
+        .get(format!("https://localhost:{port}/"))
+        .send()
+        .await
+        .ok()?;
+    let info = resp.extensions().get::<reqwest::tls::TlsInfo>()?;
+    info.peer_certificate().map(<[u8]>::to_vec)
+}
+
+/// The server process, killed on drop.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_tls_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let pair = || rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (a, b) = (pair(), pair());
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, a.cert.pem()).unwrap();
+    std::fs::write(&key, a.key_pair.serialize_pem()).unwrap();
+    let roots = [a.cert.pem(), b.cert.pem()];
+    let roots: Vec<&str> = roots.iter().map(String::as_str).collect();
+    let port = common::free_port();
+    let server = eventpipe()
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--admin-listen", "127.0.0.1:0", "--brokers", "127.0.0.1:1"])
+        .arg("--spool-dir")
+        .arg(dir.path().join("spool"))
+        .arg("--tls-cert")
+        .arg(&cert)
+        .arg("--tls-key")
+        .arg(&key)
+        // Polling off: only the signal can reload.
+        .env("EVENTPIPE_TLS__RELOAD_INTERVAL_MS", "0")
+        // What Kubernetes injects for a Service named `eventpipe` must not stop start-up.
+        .env("EVENTPIPE_SERVICE_HOST", "10.96.0.12")
+        .env("EVENTPIPE_PORT_8080_TCP_ADDR", "10.96.0.12")
+        .spawn()
+        .unwrap();
+    let mut server = Running(server);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let first = loop {
+        if let Some(der) = certificate_served(port, &roots).await {
+            break der;
+        }
+        if let Some(status) = server.0.try_wait().unwrap() {
+            panic!("serve exited: {status}");
+        }
+        assert!(std::time::Instant::now() < deadline, "serve never answered");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(first, a.cert.der().to_vec());
+
+    std::fs::write(&cert, b.cert.pem()).unwrap();
+    std::fs::write(&key, b.key_pair.serialize_pem()).unwrap();
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &server.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let served = certificate_served(port, &roots).await;
+        if served.as_deref() == Some(&b.cert.der()[..]) {
+            break;
+        }
+        assert!(server.0.try_wait().unwrap().is_none(), "SIGHUP ended serve");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still the old certificate after SIGHUP"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }

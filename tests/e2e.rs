@@ -417,6 +417,7 @@ async fn slow_clients_cannot_hold_the_server() {
     let (_broker, _topics, gw) = setup(&[
         ("EVENTPIPE_LIMITS__HEADER_TIMEOUT_MS", "500"),
         ("EVENTPIPE_LIMITS__REQUEST_TIMEOUT_MS", "1500"),
+        ("EVENTPIPE_KAFKA__ACK_TIMEOUT_MS", "1000"),
     ])
     .await;
     // A request head that never finishes is cut off.

@@ -27,6 +27,18 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("unsupported Content-Encoding '{0}': send gzip, deflate, zstd, br or none")]
     UnsupportedEncoding(String),
+    /// No write key, or one that is not ours (auth on).
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    /// The write key may not be used from the request's `Origin`.
+    #[error("this write key may not be used from this origin")]
+    ForbiddenOrigin,
+    /// A token bucket is empty: `scope` says which (`client` IP or write `key`).
+    #[error("rate limit for this {scope} exceeded; retry after {retry_after_secs} s")]
+    RateLimited {
+        scope: &'static str,
+        retry_after_secs: u64,
+    },
     #[error("events could not be stored right now; retry later")]
     Unavailable {
         cause: SinkError,
@@ -46,6 +58,9 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::UnsupportedEncoding(_) => "unsupported_encoding",
             ApiError::Unavailable { .. } => "unavailable",
+            ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::ForbiddenOrigin => "forbidden_origin",
+            ApiError::RateLimited { .. } => "rate_limited",
         }
     }
 
@@ -59,6 +74,9 @@ impl ApiError {
                 StatusCode::UNSUPPORTED_MEDIA_TYPE
             }
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::ForbiddenOrigin => StatusCode::FORBIDDEN,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 }
@@ -79,6 +97,7 @@ impl IntoResponse for ApiError {
         }
         let body = Json(json!({"error": self.code(), "message": self.to_string()}));
         let mut response = (status, body).into_response();
+        super::auth::add_headers(&self, &mut response);
         if let ApiError::Unavailable {
             retry_after_secs, ..
         } = self

@@ -12,12 +12,12 @@ use serde_json::json;
 use tokio::time::Instant;
 
 use super::body::{check_content_type, decompress, encoding, read_limited};
-use super::client_ip::client_ip;
 use super::error::ApiError;
-use super::AppState;
+use super::{refused, AppState};
+use crate::dedup::Seen;
 use crate::metrics as m;
 use crate::pipeline::{self, dead_letter_for_request, Bundle};
-use crate::sink::{Delivered, RecordKind};
+use crate::sink::RecordKind;
 use crate::thrift::Enrichment;
 
 pub async fn ingest(State(gw): State<AppState>, req: Request) -> Response {
@@ -27,10 +27,15 @@ pub async fn ingest(State(gw): State<AppState>, req: Request) -> Response {
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0);
     let mut enrichment = enrichment(&gw, peer, &parts.headers);
-    let (response, outcome) = match handle(&gw, &parts.headers, body, &mut enrichment).await {
+    let grant = parts.extensions.get::<super::auth::Grant>();
+    let (response, outcome) = match handle(&gw, &parts.headers, body, &mut enrichment, grant).await
+    {
         Ok(resp) => (resp, None),
         Err((err, body)) => {
-            let refused = matches!(err, ApiError::Unavailable { .. });
+            let refused = matches!(
+                err,
+                ApiError::Unavailable { .. } | ApiError::RateLimited { .. }
+            );
             metrics::counter!(m::REQUESTS_REFUSED, "reason" => err.code()).increment(1);
             if !refused {
                 record_refused_request(&gw, &err, &body, enrichment);
@@ -53,7 +58,7 @@ fn enrichment(gw: &AppState, peer: Option<SocketAddr>, headers: &HeaderMap) -> E
     };
     Enrichment {
         received_at_ms: crate::now_ms(),
-        client_ip: client_ip(peer, headers, &gw.trusted_proxies).map(|ip| ip.to_string()),
+        client_ip: gw.client_ip(peer, headers).map(|ip| ip.to_string()),
         user_agent: header_text(header::USER_AGENT),
         collector_host: gw.collector.host.clone(),
         collector_version: gw.collector.version.clone(),
@@ -67,6 +72,7 @@ async fn handle(
     headers: &HeaderMap,
     body: axum::body::Body,
     enrichment: &mut Enrichment,
+    grant: Option<&super::auth::Grant>,
 ) -> Result<Response, (ApiError, Bytes)> {
     let limits = &gw.pipeline.limits;
     check_content_type(headers).map_err(|e| (e, Bytes::new()))?;
@@ -91,34 +97,59 @@ async fn handle(
         };
         return Err((err, decoded.clone()));
     }
+    if let Some(err) = grant.and_then(|g| g.take_events(bundle.events.len()).err()) {
+        metrics::counter!(m::EVENTS, "outcome" => "refused", "reason" => err.code())
+            .increment(bundle.events.len() as u64);
+        return Err((err, Bytes::new()));
+    }
     if let Some(sent_at) = &bundle.sent_at {
         enrichment.sent_at = Some(sent_at.chars().take(64).collect());
     }
-    let mut processed = pipeline::process(&bundle, &gw.registry, &gw.pipeline, enrichment);
+    let allowed = |s: &crate::schema::Schema| grant.is_none_or(|g| g.allows_schema(s));
+    let mut processed =
+        pipeline::process_allowed(&bundle, &gw.registry, &gw.pipeline, enrichment, &allowed);
     let total = bundle.events.len();
     drop(bundle);
 
-    // Retries of events this host already made durable are answered without producing them.
+    // Retries of events this host already made durable are answered without producing them,
+    // with the durability their original got (a spooled original is answered 202 again).
     let client_id = |r: &crate::sink::Record| match r.kind {
         RecordKind::Event { client_id } => client_id,
         RecordKind::DeadLetter => None,
     };
     let offered: Vec<u128> = processed.records.iter().filter_map(client_id).collect();
     // `seen` is aligned with `offered`: one entry per record that has a client id, in order.
-    let mut seen = gw.dedup.seen(&offered).into_iter();
-    let mut client_ids = Vec::with_capacity(offered.len());
-    let mut deduplicated = 0u64;
-    processed.records.retain(|r| match client_id(r) {
-        Some(_) if seen.next().unwrap_or(false) => {
-            deduplicated += 1;
-            false
+    let seen = gw.dedup.seen(&offered);
+    let (mut deduplicated, mut dedup_spooled) = (0u64, 0usize);
+    for s in &seen {
+        match s {
+            Seen::New => {}
+            Seen::InKafka => deduplicated += 1,
+            Seen::Spooled => {
+                deduplicated += 1;
+                dedup_spooled += 1;
+            }
         }
-        Some(id) => {
-            client_ids.push(id);
-            true
-        }
-        None => true,
-    });
+    }
+    if deduplicated > 0 {
+        let mut seen = seen.iter();
+        let keep: Vec<bool> = processed
+            .records
+            .iter()
+            .map(|r| client_id(r).is_none() || seen.next() == Some(&Seen::New))
+            .collect();
+        let mut k = keep.iter();
+        processed.records.retain(|_| *k.next().unwrap_or(&true));
+        let mut k = keep.iter();
+        processed.origins.retain(|_| *k.next().unwrap_or(&true));
+    }
+    // (record index, client id) of what is produced, remembered once durable.
+    let client_ids: Vec<(usize, u128)> = processed
+        .records
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| client_id(r).map(|id| (i, id)))
+        .collect();
 
     let deadline = Instant::now() + gw.ack_timeout;
     let delivered = match gw.sink.send_batch(processed.records, deadline).await {
@@ -133,34 +164,86 @@ async fn handle(
             return Err((err, Bytes::new()));
         }
     };
-    gw.dedup.insert_all(client_ids);
+    let mut rejected = processed.rejected;
+    let mut accepted = processed.accepted;
+    let mut settled = refused::Settled::default();
+    if !delivered.refused.is_empty() {
+        settled = refused::settle(
+            gw,
+            &delivered.refused,
+            &processed.origins,
+            &decoded,
+            enrichment,
+        )
+        .await;
+        accepted -= settled.refused_events.len().min(accepted);
+        let mut lost = std::mem::take(&mut settled.lost_rejections);
+        lost.sort_unstable();
+        for &(position, reason) in lost.iter().rev() {
+            if position < rejected.len() {
+                let r = rejected.remove(position);
+                settled.failed.push(refused::to_failed(r, reason));
+            }
+        }
+        rejected.append(&mut settled.rejected);
+        rejected.sort_by_key(|r| r.index);
+        settled.failed.sort_by_key(|f| f.index);
+    }
+    let spooled = delivered.spooled_records + settled.spooled_letters > 0 || dedup_spooled > 0;
+    gw.dedup.insert_all(
+        client_ids
+            .into_iter()
+            .filter(|(i, _)| !settled.refused_events.contains(i))
+            .map(|(_, id)| id),
+        spooled,
+    );
     count_outcomes(
         &processed.accepted_by_schema,
-        &processed.rejected,
-        &delivered,
+        accepted,
+        &rejected,
+        delivered.spooled_events,
         deduplicated,
+        settled.failed.len(),
     );
-    if delivered.spooled_records > 0 {
+    let spooled_events = delivered.spooled_events + dedup_spooled;
+    if !settled.failed.is_empty() {
+        // Events neither stored nor dead-lettered: Kafka refuses our own dead letters, a
+        // misconfiguration (missing or unwritable dead-letter topic) only an operator can fix.
+        // 500, not 4xx: the event may be fine, and a client retry succeeds once the topic is
+        // fixed; a 4xx would make clients drop events nothing stored.
         let body = json!({
-            "accepted": processed.accepted,
-            "spooled": delivered.spooled_events,
-            "rejected": processed.rejected,
+            "error": "dead_letter_refused",
+            "message": "some events could not be stored, not even in the dead-letter topic; retry later",
+            "accepted": accepted,
+            "spooled": spooled_events,
+            "rejected": rejected,
+            "failed": settled.failed,
+        });
+        return Ok((StatusCode::INTERNAL_SERVER_ERROR, Json(body)).into_response());
+    }
+    if spooled {
+        let body = json!({
+            "accepted": accepted,
+            "spooled": spooled_events,
+            "rejected": rejected,
         });
         return Ok((StatusCode::ACCEPTED, Json(body)).into_response());
     }
-    let body = json!({"accepted": processed.accepted, "rejected": processed.rejected});
+    let body = json!({"accepted": accepted, "rejected": rejected});
     Ok((StatusCode::OK, Json(body)).into_response())
 }
 
 /// Every event ends in exactly one outcome, counted per request (not per event).
 fn count_outcomes(
     accepted_by_schema: &[(std::sync::Arc<str>, usize)],
+    accepted: usize,
     rejected: &[pipeline::Rejection],
-    delivered: &Delivered,
+    spooled_events: usize,
     deduplicated: u64,
+    failed: usize,
 ) {
-    let accepted: usize = accepted_by_schema.iter().map(|(_, n)| n).sum();
-    let spooled = delivered.spooled_events as u64;
+    let valid: usize = accepted_by_schema.iter().map(|(_, n)| n).sum();
+    let spooled = spooled_events as u64;
     if spooled > 0 {
         metrics::counter!(m::EVENTS, "outcome" => "spool", "reason" => "kafka_unavailable")
             .increment(spooled);
@@ -170,11 +253,15 @@ fn count_outcomes(
         metrics::counter!(m::EVENTS, "outcome" => "deduplicated", "reason" => "retry")
             .increment(deduplicated);
     }
-    // Events that went to Kafka: attribute per schema when nothing was spooled or deduplicated
-    // (the common case); otherwise as one total, since which schema's events were spooled is
-    // not tracked.
+    if failed > 0 {
+        metrics::counter!(m::EVENTS, "outcome" => "failed", "reason" => "dead_letter_refused")
+            .increment(failed as u64);
+    }
+    // Events that went to Kafka: attribute per schema when nothing was spooled, deduplicated or
+    // refused (the common case); otherwise as one total, since which schema's events were
+    // spooled is not tracked.
     let to_kafka = (accepted as u64).saturating_sub(spooled + deduplicated);
-    if to_kafka == accepted as u64 {
+    if to_kafka == valid as u64 {
         for (schema, n) in accepted_by_schema {
             metrics::counter!(m::EVENTS, "outcome" => "kafka", "reason" => "accepted", "schema" => schema.to_string())
                 .increment(*n as u64);
@@ -207,9 +294,16 @@ fn record_refused_request(gw: &AppState, err: &ApiError, body: &Bytes, enrichmen
     let gw = gw.clone();
     tokio::spawn(async move {
         let deadline = Instant::now() + gw.ack_timeout;
-        if let Err(e) = gw.sink.send_batch(vec![record], deadline).await {
-            metrics::counter!(m::DEAD_LETTER_FAILURES, "reason" => e.reason()).increment(1);
-            tracing::warn!(error = %e, "could not record a refused request in the dead-letter topic");
+        match gw.sink.send_batch(vec![record], deadline).await {
+            Err(e) => {
+                metrics::counter!(m::DEAD_LETTER_FAILURES, "reason" => e.reason()).increment(1);
+                tracing::warn!(error = %e, "could not record a refused request in the dead-letter topic");
+            }
+            Ok(d) => {
+                for (_, reason) in d.refused {
+                    refused::dead_letter_lost(reason);
+                }
+            }
         }
     });
 }

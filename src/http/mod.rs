@@ -1,9 +1,13 @@
 //! The public HTTP surface: `POST /v1/events` with CORS and a whole-request timeout.
 
+pub mod auth;
 pub mod body;
 pub mod client_ip;
 pub mod error;
 mod ingest;
+pub mod keys;
+pub mod rate_limit;
+mod refused;
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -28,6 +32,8 @@ pub struct Gateway {
     pub pipeline: PipelineConfig,
     pub collector: Collector,
     pub trusted_proxies: Vec<IpNet>,
+    /// The forwarding header read when the peer is a trusted proxy.
+    pub client_ip_header: client_ip::ClientIpHeader,
     /// How long a request waits for Kafka's acknowledgements.
     pub ack_timeout: Duration,
     /// Set when shutdown began; `/readyz` reports it.
@@ -36,6 +42,8 @@ pub struct Gateway {
     pub dedup: crate::dedup::DedupWindow,
     /// Benchmark mode: read bodies and discard them (see `BenchConfig`).
     pub http_only: bool,
+    /// Write keys and the per-IP rate limit (`auth`).
+    pub access: auth::Access,
 }
 
 pub type AppState = Arc<Gateway>;
@@ -49,6 +57,11 @@ pub fn app(state: AppState, cors: &CorsConfig, request_timeout: Duration) -> Rou
     };
     Router::new()
         .route("/v1/events", ingest)
+        // Inside CORS: its refusals carry CORS headers; preflights never reach it.
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::authorize,
+        ))
         .layer(cors_layer(cors))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
@@ -70,10 +83,17 @@ fn cors_layer(cors: &CorsConfig) -> CorsLayer {
     CorsLayer::new()
         .allow_origin(origins)
         .allow_methods([Method::POST, Method::OPTIONS])
-        .allow_headers([header::CONTENT_TYPE, header::CONTENT_ENCODING])
-        .expose_headers([header::RETRY_AFTER])
+        .allow_headers([
+            header::CONTENT_TYPE,
+            header::CONTENT_ENCODING,
+            header::AUTHORIZATION,
+            header::HeaderName::from_static(auth::WRITE_KEY_HEADER),
+        ])
+        .expose_headers([header::RETRY_AFTER, header::WWW_AUTHENTICATE])
         .max_age(Duration::from_secs(cors.max_age_secs))
 }
 
+#[cfg(test)]
+mod auth_tests;
 #[cfg(test)]
 mod tests;

@@ -111,6 +111,7 @@ pub fn print(dir: &Path, as_json: bool, out: &mut impl Write) -> anyhow::Result<
 pub async fn replay(
     dir: &Path,
     brokers: &str,
+    librdkafka: &std::collections::BTreeMap<String, String>,
     out: &mut impl Write,
 ) -> anyhow::Result<(usize, usize)> {
     use crate::sink::kafka::{producer_config, KafkaSink};
@@ -127,7 +128,7 @@ pub async fn replay(
     if records.is_empty() {
         return Ok((0, 0));
     }
-    let config = producer_config(brokers, &Default::default());
+    let config = producer_config(brokers, librdkafka);
     let kafka = KafkaSink::new(&config, std::time::Duration::from_secs(30))?;
     let deadline = tokio::time::Instant::now()
         + std::time::Duration::from_millis(crate::sink::kafka::MESSAGE_TIMEOUT_MS + 5_000);
@@ -139,7 +140,10 @@ pub async fn replay(
         .map(|e| e.to_string())
         .unwrap_or_else(|| "not acknowledged".into());
     for (i, (seq, offset, id)) in origins.iter().enumerate() {
-        let status = if outcome.unacked.contains(&i) {
+        let refused = outcome.refused.iter().find(|(r, _)| *r == i);
+        let status = if let Some((_, reason)) = refused {
+            format!("failed ({reason})")
+        } else if outcome.unacked.contains(&i) {
             format!("failed ({error})")
         } else {
             "sent".to_owned()
@@ -150,7 +154,7 @@ pub async fn replay(
             records[i].topic
         )?;
     }
-    let failed = outcome.unacked.len();
+    let failed = outcome.unacked.len() + outcome.refused.len();
     Ok((records.len() - failed, failed))
 }
 

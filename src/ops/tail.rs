@@ -1,20 +1,23 @@
 //! `eventpipe tail`: reads a topic and prints one JSON object per line, decoded from Thrift.
 //! Accepted events and dead letters alike; the dead-letter topic is recognised by name.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::{json, Value};
 
+use crate::sink::kafka::client_config;
 use crate::thrift::{self, json::from_thrift, DeadLetter, Enrichment, Event};
 
 pub struct TailOptions {
     pub brokers: String,
+    /// The config's `kafka.librdkafka` (its security and network settings are used).
+    pub librdkafka: BTreeMap<String, String>,
     pub topic: String,
     pub dead_letter_topic: String,
     pub from_beginning: bool,
@@ -25,8 +28,7 @@ pub struct TailOptions {
 
 /// Consumes and prints until `count` messages or the idle timeout. Returns messages printed.
 pub fn run(opts: &TailOptions, out: &mut impl Write) -> anyhow::Result<usize> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &opts.brokers)
+    let consumer: BaseConsumer = client_config(&opts.brokers, &opts.librdkafka)
         .set("group.id", "eventpipe-tail")
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "false")

@@ -1,32 +1,44 @@
 //! `eventpipe topics create`: one topic per schema name plus the dead-letter topic. An explicit
 //! admin step, never a side effect of `serve`; running it twice is harmless.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::Context;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
 use rdkafka::types::RDKafkaErrorCode;
 
 use crate::config::Limits;
 use crate::pipeline::PipelineConfig;
 use crate::schema::Registry;
+use crate::sink::kafka::client_config;
 
 /// Topics the routing needs for `registry` (the pipeline's own naming rule).
 pub fn needed_topics(registry: &Registry, prefix: &str, dead_letter: &str) -> Vec<String> {
     PipelineConfig::new(Limits::default(), prefix, dead_letter, registry).all_topics()
 }
 
-/// Creates `topics`; returns (created, already existing).
+/// Creates `topics` over a plain connection; returns (created, already existing).
 pub async fn create(
     brokers: &str,
     topics: &[String],
     partitions: i32,
     replication: i32,
 ) -> anyhow::Result<(Vec<String>, Vec<String>)> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
+    create_with(brokers, &BTreeMap::new(), topics, partitions, replication).await
+}
+
+/// Creates `topics`, connecting with the shared settings of `librdkafka` (the config's
+/// `kafka.librdkafka`: security, network); returns (created, already existing).
+pub async fn create_with(
+    brokers: &str,
+    librdkafka: &BTreeMap<String, String>,
+    topics: &[String],
+    partitions: i32,
+    replication: i32,
+) -> anyhow::Result<(Vec<String>, Vec<String>)> {
+    let admin: AdminClient<DefaultClientContext> = client_config(brokers, librdkafka)
         .create()
         .context("creating the Kafka admin client")?;
     let new: Vec<NewTopic> = topics

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
-use super::{PipelineConfig, Rejection, ValidEvent};
+use super::{PipelineConfig, RejectReason, Rejection, ValidEvent};
 use crate::sink::{Record, RecordKind};
 use crate::thrift::compact::{encode_event, EncodedEnrichment, EventFields};
 use crate::thrift::{self, DeadLetter, Enrichment};
@@ -110,6 +110,33 @@ pub fn dead_letter_for_event(
         headers,
         kind: RecordKind::DeadLetter,
     }
+}
+
+/// For an accepted event whose record Kafka then refused for good (`reason` is the sink's
+/// bounded `kafka_rejected:<code>`): the rejection reported to the client and the dead letter
+/// holding the event's original JSON, as for an event the pipeline rejected.
+pub fn dead_letter_for_refused(
+    index: usize,
+    reason: &'static str,
+    original: &str,
+    cfg: &PipelineConfig,
+    enrichment: &Enrichment,
+) -> (Rejection, Record) {
+    let rejection = Rejection {
+        index,
+        event_id: super::envelope::sniff_event_id(original),
+        reason: RejectReason::KafkaRejected(reason),
+        path: String::new(),
+        message: format!("kafka refused the event's record and retrying cannot help ({reason})"),
+    };
+    let record = dead_letter_for_event(
+        &rejection,
+        original.as_bytes(),
+        super::envelope::schema_as_sent(original),
+        cfg,
+        enrichment,
+    );
+    (rejection, record)
 }
 
 /// Builds the dead letter for a whole request that was refused (undecodable body, too large...),

@@ -18,6 +18,9 @@ pub struct Bundle<'a> {
     pub context: Map<String, Value>,
     #[serde(borrow)]
     pub events: Vec<&'a RawValue>,
+    /// Where the parsed body starts in memory, to give events' byte ranges (`span`).
+    #[serde(skip)]
+    body_start: usize,
 }
 
 /// Nesting serde_json parses at most (its recursion limit, which keeps parsing off the stack's
@@ -45,7 +48,7 @@ impl<'a> Bundle<'a> {
     pub fn parse(body: &'a [u8], max_depth: usize) -> Result<Bundle<'a>, BundleError> {
         let text = std::str::from_utf8(body)
             .map_err(|e| BundleError::NotJson(format!("not UTF-8: {e}")))?;
-        let bundle = serde_json::from_str::<Bundle<'a>>(text).map_err(|e| {
+        let mut bundle = serde_json::from_str::<Bundle<'a>>(text).map_err(|e| {
             // serde_json reports its recursion limit as a syntax error; only then is depth the
             // cause worth naming (a deep event inside an otherwise bad bundle is not).
             if e.is_syntax() && json_depth(body) > BODY_DEPTH_CAP {
@@ -60,7 +63,20 @@ impl<'a> Bundle<'a> {
         if bundle.context.values().map(value_depth).max().unwrap_or(0) + 1 > max_depth {
             return Err(BundleError::ContextTooDeep(max_depth));
         }
+        bundle.body_start = body.as_ptr() as usize;
         Ok(bundle)
+    }
+
+    /// Event `index`'s JSON text as a byte range of the body it was parsed from (empty if there
+    /// is no such event).
+    pub fn span(&self, index: usize) -> std::ops::Range<usize> {
+        let Some(event) = self.events.get(index) else {
+            return 0..0;
+        };
+        let text = event.get();
+        // The events borrow from the body, so their text lies inside it.
+        let start = (text.as_ptr() as usize).saturating_sub(self.body_start);
+        start..start + text.len()
     }
 }
 
@@ -265,7 +281,7 @@ pub fn is_rfc3339(s: &str) -> bool {
 
 /// Best-effort event id from an event that failed before its envelope was read, so the client
 /// can match the rejection to its event.
-fn sniff_event_id(text: &str) -> Option<String> {
+pub fn sniff_event_id(text: &str) -> Option<String> {
     #[derive(Deserialize)]
     struct Id {
         event_id: Option<String>,

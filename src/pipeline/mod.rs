@@ -11,7 +11,7 @@
 mod encode;
 mod envelope;
 
-pub use encode::{dead_letter_for_request, Collector};
+pub use encode::{dead_letter_for_refused, dead_letter_for_request, Collector};
 pub use envelope::{json_depth, Bundle, BundleError};
 
 use serde::Serialize;
@@ -24,8 +24,7 @@ use crate::thrift::compact::EncodedEnrichment;
 use crate::thrift::Enrichment;
 
 /// Why one event was rejected. The string forms are stable API (response `reason` and metrics).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RejectReason {
     /// Not an object, a missing or mistyped envelope field, an unknown field, a bad timestamp.
     InvalidEnvelope,
@@ -39,6 +38,11 @@ pub enum RejectReason {
     TooLarge,
     /// The event nests deeper than the depth limit.
     TooDeep,
+    /// The request's write key may not send this schema.
+    SchemaNotAllowed,
+    /// Kafka refused the event's record for good; holds the bounded `kafka_rejected:<code>`
+    /// reason from the sink (e.g. `kafka_rejected:msg_size_too_large`).
+    KafkaRejected(&'static str),
 }
 
 impl RejectReason {
@@ -50,7 +54,15 @@ impl RejectReason {
             RejectReason::SchemaViolation => "schema_violation",
             RejectReason::TooLarge => "too_large",
             RejectReason::TooDeep => "too_deep",
+            RejectReason::SchemaNotAllowed => "schema_not_allowed",
+            RejectReason::KafkaRejected(reason) => reason,
         }
+    }
+}
+
+impl Serialize for RejectReason {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
     }
 }
 
@@ -84,10 +96,22 @@ pub struct ValidEvent {
     pub schema: std::sync::Arc<crate::schema::Schema>,
 }
 
+/// Where an event record came from, so a record Kafka refuses can still become a dead letter
+/// holding its event's original JSON.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventOrigin {
+    /// The event's index in the bundle.
+    pub index: usize,
+    /// The event's JSON text: a byte range of the decoded body the bundle was parsed from.
+    pub span: std::ops::Range<usize>,
+}
+
 /// Everything produced from one bundle.
 pub struct Processed {
     /// Event records and dead-letter records together, all to be acknowledged before answering.
     pub records: Vec<Record>,
+    /// Aligned with `records`: an event record's origin, None for a dead letter.
+    pub origins: Vec<Option<EventOrigin>>,
     pub accepted: usize,
     pub rejected: Vec<Rejection>,
     /// Accepted events per schema name, for metrics (few distinct names per request).
@@ -149,8 +173,21 @@ pub fn process(
     cfg: &PipelineConfig,
     enrichment: &Enrichment,
 ) -> Processed {
+    process_allowed(bundle, registry, cfg, enrichment, &|_| true)
+}
+
+/// [`process`], rejecting (alone, as `schema_not_allowed`) each event whose schema `allowed`
+/// refuses: what a write key may send.
+pub fn process_allowed(
+    bundle: &Bundle<'_>,
+    registry: &Registry,
+    cfg: &PipelineConfig,
+    enrichment: &Enrichment,
+    allowed: &dyn Fn(&crate::schema::Schema) -> bool,
+) -> Processed {
     let mut out = Processed {
         records: Vec::with_capacity(bundle.events.len()),
+        origins: Vec::with_capacity(bundle.events.len()),
         accepted: 0,
         rejected: Vec::new(),
         accepted_by_schema: Vec::new(),
@@ -159,8 +196,8 @@ pub fn process(
     let encoded_enrichment = EncodedEnrichment::new(enrichment);
     for (index, raw_json) in bundle.events.iter().enumerate() {
         let text = raw_json.get();
-        let result =
-            envelope::parse_event(index, text, &cfg.limits).and_then(|raw| validate(raw, registry));
+        let result = envelope::parse_event(index, text, &cfg.limits)
+            .and_then(|raw| validate(raw, registry, allowed));
         match result {
             Ok(valid) => {
                 let name = valid.schema.name.clone();
@@ -171,6 +208,10 @@ pub fn process(
                     cfg,
                     &encoded_enrichment,
                 ));
+                out.origins.push(Some(EventOrigin {
+                    index,
+                    span: bundle.span(index),
+                }));
                 out.accepted += 1;
                 match out.accepted_by_schema.iter_mut().find(|(n, _)| *n == name) {
                     Some((_, count)) => *count += 1,
@@ -185,6 +226,7 @@ pub fn process(
                     cfg,
                     enrichment,
                 ));
+                out.origins.push(None);
                 out.rejected.push(rejection);
             }
         }
@@ -192,7 +234,11 @@ pub fn process(
     out
 }
 
-fn validate(raw: RawEvent, registry: &Registry) -> Result<ValidEvent, Rejection> {
+fn validate(
+    raw: RawEvent,
+    registry: &Registry,
+    allowed: &dyn Fn(&crate::schema::Schema) -> bool,
+) -> Result<ValidEvent, Rejection> {
     let reject = |raw: &RawEvent, reason, path: &str, message: String| Rejection {
         index: raw.index,
         event_id: Some(raw.event_id.clone()),
@@ -212,6 +258,16 @@ fn validate(raw: RawEvent, registry: &Registry) -> Result<ValidEvent, Rejection>
             message,
         ));
     };
+    // Before the payload is validated: no work spent on events this key may not send.
+    if !allowed(schema) {
+        let message = format!("this write key may not send '{}'", schema.id);
+        return Err(reject(
+            &raw,
+            RejectReason::SchemaNotAllowed,
+            "/schema",
+            message,
+        ));
+    }
     if let Err(v) = schema.validate(&raw.data) {
         let path = format!("/data{}", v.path);
         return Err(reject(

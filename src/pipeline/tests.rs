@@ -264,3 +264,57 @@ fn depth_scan_ignores_brackets_in_strings() {
         3
     );
 }
+
+/// Each event record remembers its event's index and exact JSON text in the body (a record Kafka
+/// later refuses becomes a dead letter holding that text); dead letters have no origin.
+#[test]
+fn event_records_keep_their_events_span_in_the_body() {
+    let body = br#"{"events": [ {"schema": "page_view/1", "data": {"url": 1}},
+        {"schema":"page_view/1",   "data": {"url": "https://e.com/\u00e9"}} ], "context": {}}"#;
+    let bundle = Bundle::parse(body, 64).unwrap();
+    let p = process(&bundle, &registry(), &cfg(), &enrichment());
+    assert_eq!(p.origins.len(), p.records.len());
+    assert_eq!(p.origins[0], None, "a dead letter has no origin");
+    let origin = p.origins[1].clone().expect("the accepted event's origin");
+    assert_eq!(origin.index, 1);
+    assert_eq!(
+        &body[origin.span],
+        &br#"{"schema":"page_view/1",   "data": {"url": "https://e.com/\u00e9"}}"#[..]
+    );
+    assert_eq!(bundle.span(9), 0..0);
+}
+
+#[test]
+fn a_refused_record_becomes_a_dead_letter_with_the_events_json() {
+    let text = r#"{"schema": "page_view/1", "event_id": "0f8fad5b-d9cb-469f-a165-70867728950e", "data": {"url": "x"}}"#;
+    let mut c = cfg();
+    c.limits.dead_letter_max_bytes = 40;
+    let (rejection, record) = dead_letter_for_refused(
+        3,
+        "kafka_rejected:msg_size_too_large",
+        text,
+        &c,
+        &enrichment(),
+    );
+    assert_eq!(rejection.index, 3);
+    assert_eq!(
+        rejection.reason.as_str(),
+        "kafka_rejected:msg_size_too_large"
+    );
+    assert_eq!(rejection.event_id.as_deref(), Some(ID));
+    assert_eq!(
+        serde_json::to_value(&rejection).unwrap()["reason"],
+        "kafka_rejected:msg_size_too_large"
+    );
+    assert_eq!(&*record.topic, "events.invalid");
+    assert!(record
+        .headers
+        .contains(&("reason", "kafka_rejected:msg_size_too_large".into())));
+    let dl: DeadLetter = from_compact_bytes(&record.payload).unwrap();
+    assert_eq!(
+        (dl.original.as_slice(), dl.truncated),
+        (&text.as_bytes()[..40], true)
+    );
+    assert_eq!(dl.schema.as_deref(), Some("page_view/1"));
+    assert_eq!(dl.enrichment.user_agent.as_deref(), Some("ua"));
+}

@@ -7,9 +7,13 @@
 //! Error classes (see `classify`): a full local queue is back-pressure and is retried until the
 //! request's deadline; unknown topic, oversized message and authorization failures are permanent;
 //! everything else is retryable by the client (librdkafka has already retried internally).
+//! Each record's fate is classified once, where librdkafka reports it (synchronously from `send`,
+//! e.g. a record over `message.max.bytes` or a topic already known not to exist, or later in its
+//! delivery report), and kept per record in the batch's waiter: a batch can be part acknowledged,
+//! part retryable (spool it), part refused for good (never spool it: no retry can succeed).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -27,11 +31,94 @@ use tokio::time::Instant;
 use super::{BoxFuture, Delivered, Record, Sink, SinkError};
 use crate::metrics as m;
 
-/// Counts a request's deliveries down and wakes its waiter on the last one; remembers which
-/// records were acknowledged so only the others need the spool.
+pub mod client;
+pub use client::client_config;
+
+/// A record's fate in `BatchWaiter::fates`: not known yet, acknowledged, failed retryably, or
+/// `REFUSED + i` for the permanent error `PERMANENT[i]`.
+const PENDING: u8 = 0;
+const ACKED: u8 = 1;
+const RETRYABLE: u8 = 2;
+const REFUSED: u8 = 3;
+
+/// The errors retrying cannot fix, with the bounded reason reported for them
+/// (`kafka_rejected:` + librdkafka's error name, lower case, without a local error's `_`).
+const PERMANENT: [(RDKafkaErrorCode, &str); 12] = [
+    (
+        RDKafkaErrorCode::MessageSizeTooLarge,
+        "kafka_rejected:msg_size_too_large",
+    ),
+    (
+        RDKafkaErrorCode::InvalidMessageSize,
+        "kafka_rejected:invalid_msg_size",
+    ),
+    (
+        RDKafkaErrorCode::MessageBatchTooLarge,
+        "kafka_rejected:record_list_too_large",
+    ),
+    (
+        RDKafkaErrorCode::UnknownTopic,
+        "kafka_rejected:unknown_topic",
+    ),
+    (
+        RDKafkaErrorCode::UnknownPartition,
+        "kafka_rejected:unknown_partition",
+    ),
+    (
+        RDKafkaErrorCode::UnknownTopicOrPartition,
+        "kafka_rejected:unknown_topic_or_part",
+    ),
+    (
+        RDKafkaErrorCode::InvalidTopic,
+        "kafka_rejected:topic_exception",
+    ),
+    (
+        RDKafkaErrorCode::TopicAuthorizationFailed,
+        "kafka_rejected:topic_authorization_failed",
+    ),
+    (
+        RDKafkaErrorCode::ClusterAuthorizationFailed,
+        "kafka_rejected:cluster_authorization_failed",
+    ),
+    (
+        RDKafkaErrorCode::InvalidRecord,
+        "kafka_rejected:invalid_record",
+    ),
+    (
+        RDKafkaErrorCode::InvalidTimestamp,
+        "kafka_rejected:invalid_timestamp",
+    ),
+    (
+        RDKafkaErrorCode::PolicyViolation,
+        "kafka_rejected:policy_violation",
+    ),
+];
+
+/// The librdkafka code of an error, if it has one.
+fn error_code(err: &KafkaError) -> Option<RDKafkaErrorCode> {
+    match err {
+        KafkaError::MessageProduction(c) => Some(*c),
+        other => other.rdkafka_error_code(),
+    }
+}
+
+/// Where `err` is in `PERMANENT`, if it is permanent.
+fn permanent_index(err: &KafkaError) -> Option<usize> {
+    let code = error_code(err)?;
+    PERMANENT.iter().position(|(c, _)| *c == code)
+}
+
+/// The bounded `kafka_rejected:<code>` reason of a permanent error (None if retryable).
+pub fn refusal_reason(err: &KafkaError) -> Option<&'static str> {
+    permanent_index(err).map(|i| PERMANENT[i].1)
+}
+
+/// Counts a request's deliveries down and wakes its waiter on the last one; remembers each
+/// record's fate (one byte per record, no allocation per delivery) so only the retryable ones
+/// need the spool.
 pub struct BatchWaiter {
     remaining: AtomicUsize,
-    acked: Vec<AtomicBool>,
+    fates: Vec<AtomicU8>,
     first_error: Mutex<Option<KafkaError>>,
     done: Notify,
 }
@@ -40,29 +127,56 @@ impl BatchWaiter {
     fn new(n: usize) -> Self {
         BatchWaiter {
             remaining: AtomicUsize::new(n),
-            acked: (0..n).map(|_| AtomicBool::new(false)).collect(),
+            fates: (0..n).map(|_| AtomicU8::new(PENDING)).collect(),
             first_error: Mutex::new(None),
             done: Notify::new(),
         }
     }
 
-    fn complete(&self, n: usize, error: Option<&KafkaError>) {
-        if let Some(e) = error {
-            let mut slot = self.first_error.lock().unwrap_or_else(|p| p.into_inner());
-            if slot.is_none() {
-                *slot = Some(e.clone());
-            }
+    /// Settles record `index`: acknowledged when `error` is None, else refused or retryable.
+    fn settle(&self, index: usize, error: Option<&KafkaError>) {
+        let fate = match error {
+            None => ACKED,
+            Some(e) => match permanent_index(e) {
+                Some(p) => REFUSED + p as u8,
+                None => {
+                    let mut slot = self.first_error.lock().unwrap_or_else(|p| p.into_inner());
+                    if slot.is_none() {
+                        *slot = Some(e.clone());
+                    }
+                    RETRYABLE
+                }
+            },
+        };
+        if let Some(f) = self.fates.get(index) {
+            f.store(fate, Ordering::Release);
         }
+        self.count_down(1);
+    }
+
+    /// `n` records will have no delivery report (never queued): stop waiting for them.
+    fn count_down(&self, n: usize) {
         if self.remaining.fetch_sub(n, Ordering::AcqRel) == n {
             // notify_one stores a permit if nobody is waiting yet, so this wake is never lost.
             self.done.notify_one();
         }
     }
 
-    fn unacked(&self) -> Vec<usize> {
-        (0..self.acked.len())
-            .filter(|&i| !self.acked[i].load(Ordering::Acquire))
-            .collect()
+    /// Splits the records not acknowledged into retryable (including not yet settled) and
+    /// refused, with their reasons; also whether any record was acknowledged.
+    fn outcome(&self) -> (Vec<usize>, Vec<(usize, &'static str)>, bool) {
+        let (mut unacked, mut refused, mut any_acked) = (Vec::new(), Vec::new(), false);
+        for (i, f) in self.fates.iter().enumerate() {
+            match f.load(Ordering::Acquire) {
+                ACKED => any_acked = true,
+                PENDING | RETRYABLE => unacked.push(i),
+                r => match PERMANENT.get(usize::from(r - REFUSED)) {
+                    Some((_, reason)) => refused.push((i, *reason)),
+                    None => unacked.push(i),
+                },
+            }
+        }
+        (unacked, refused, any_acked)
     }
 }
 
@@ -112,48 +226,44 @@ impl ProducerContext for GatewayContext {
 
     fn delivery(&self, result: &DeliveryResult<'_>, slot: Box<Slot>) {
         let error = result.as_ref().err().map(|(e, _)| e);
-        if error.is_none() {
-            slot.waiter.acked[slot.index].store(true, Ordering::Release);
-        }
-        slot.waiter.complete(1, error);
+        slot.waiter.settle(slot.index, error);
     }
 }
 
-/// What became of a batch handed to Kafka.
+/// What became of a batch handed to Kafka. Indices are into the batch; a record in neither list
+/// was acknowledged.
 #[derive(Debug, Default)]
 pub struct PartialOutcome {
-    /// Indices of records not acknowledged (failed, timed out, or never queued).
+    /// Records not acknowledged for a reason that may pass (timed out, retryable error, queue
+    /// full, never queued): these may be spooled and retried.
     pub unacked: Vec<usize>,
-    /// Why, when some were not.
+    /// Records Kafka refused for good, with a bounded reason (`kafka_rejected:<code>`).
+    pub refused: Vec<(usize, &'static str)>,
+    /// Whether at least one record was acknowledged (Kafka answered).
+    pub any_acked: bool,
+    /// Why the `unacked` ones were not, when there are some.
     pub error: Option<SinkError>,
 }
 
 /// Sorts a librdkafka error into the sink's classes.
 pub fn classify(err: &KafkaError) -> SinkError {
     use RDKafkaErrorCode as C;
-    let code = match err {
-        KafkaError::MessageProduction(c) => Some(*c),
-        other => other.rdkafka_error_code(),
-    };
-    match code {
+    if permanent_index(err).is_some() {
+        return SinkError::Permanent(err.to_string());
+    }
+    match error_code(err) {
         Some(C::QueueFull) => SinkError::QueueFull,
         Some(C::MessageTimedOut) => SinkError::Timeout,
-        Some(
-            C::MessageSizeTooLarge
-            | C::InvalidMessageSize
-            | C::UnknownTopic
-            | C::UnknownTopicOrPartition
-            | C::TopicAuthorizationFailed
-            | C::ClusterAuthorizationFailed
-            | C::InvalidRecord
-            | C::InvalidTopic,
-        ) => SinkError::Permanent(err.to_string()),
         _ => SinkError::Retryable(err.to_string()),
     }
 }
 
 /// How long librdkafka keeps retrying a message before failing it.
 pub const MESSAGE_TIMEOUT_MS: u64 = 30_000;
+
+/// How long a topic missing from the cluster's metadata may be waited for before its records
+/// are refused (librdkafka's default, 30 s, outlasts the request's ack deadline).
+pub const TOPIC_PROPAGATION_MS: u64 = 1_000;
 
 /// The producer settings we rely on; `overrides` (the config's raw librdkafka map) win.
 pub fn producer_config(brokers: &str, overrides: &BTreeMap<String, String>) -> ClientConfig {
@@ -169,6 +279,16 @@ pub fn producer_config(brokers: &str, overrides: &BTreeMap<String, String>) -> C
         // this long meanwhile. Longer means more duplicates after an outage (spooled and later
         // also delivered), shorter means more idempotent-producer epoch bumps.
         .set("message.timeout.ms", MESSAGE_TIMEOUT_MS.to_string())
+        // A topic that does not exist is a misconfiguration (`topics create` makes them): never
+        // create it with broker defaults, and refuse its records after at most this long
+        // instead of holding them until they time out, which would spool them and retry them
+        // forever. A topic created less than this before its first event may see those events
+        // refused (dead-lettered, not lost).
+        .set("allow.auto.create.topics", "false")
+        .set(
+            "topic.metadata.propagation.max.ms",
+            TOPIC_PROPAGATION_MS.to_string(),
+        )
         .set("statistics.interval.ms", "5000")
         .set("client.id", "eventpipe");
     for (k, v) in overrides {
@@ -211,12 +331,9 @@ impl KafkaSink {
             stop: Arc::new(AtomicBool::new(false)),
         };
         // The probe is a separate metadata-only client, so replacing the producer can't strand it.
-        let probe: BaseConsumer = ClientConfig::new()
-            .set(
-                "bootstrap.servers",
-                config.get("bootstrap.servers").unwrap_or_default(),
-            )
-            .create()?;
+        // It connects as the producer does (security settings included), else a SASL/SSL
+        // cluster would look down to it.
+        let probe: BaseConsumer = client::shared_part(config).create()?;
         let (ready, stop) = (sink.ready.clone(), sink.stop.clone());
         std::thread::Builder::new()
             .name("kafka-probe".into())
@@ -331,8 +448,10 @@ impl KafkaSink {
                     Ok(()) => false,
                     Err((e, _)) => match classify(&e) {
                         SinkError::QueueFull => true,
+                        // Refused before it was queued (too large, topic known not to exist
+                        // or not writable) or failed locally: settled now, no report will come.
                         _ => {
-                            waiter.complete(1, Some(&e));
+                            waiter.settle(i, Some(&e));
                             false
                         }
                     },
@@ -341,9 +460,9 @@ impl KafkaSink {
                     break;
                 }
                 if Instant::now() >= give_up_on_full {
+                    // The rest stay pending: reported unacknowledged (retryable).
                     queue_full = true;
-                    let full = KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull);
-                    waiter.complete(n - i, Some(&full));
+                    waiter.count_down(n - i);
                     break 'records;
                 }
                 // Back-pressure: let the polling thread drain the queue.
@@ -353,10 +472,16 @@ impl KafkaSink {
         let timed_out = tokio::time::timeout_at(deadline, waiter.done.notified())
             .await
             .is_err();
-        let unacked = waiter.unacked();
+        let (unacked, refused, any_acked) = waiter.outcome();
         if unacked.is_empty() {
-            metrics::histogram!(m::PRODUCE_LATENCY).record(started.elapsed().as_secs_f64());
-            return PartialOutcome::default();
+            if refused.is_empty() {
+                metrics::histogram!(m::PRODUCE_LATENCY).record(started.elapsed().as_secs_f64());
+            }
+            return PartialOutcome {
+                refused,
+                any_acked,
+                ..PartialOutcome::default()
+            };
         }
         let first_error = waiter
             .first_error
@@ -374,16 +499,22 @@ impl KafkaSink {
         };
         PartialOutcome {
             unacked,
+            refused,
+            any_acked,
             error: Some(error),
         }
     }
 
+    /// Without a spool: every record acknowledged or refused for good, or the batch fails.
     async fn send(&self, records: Vec<Record>, deadline: Instant) -> Result<Delivered, SinkError> {
         let wait = deadline.saturating_duration_since(Instant::now());
         let outcome = self.send_partial(&records, deadline, wait).await;
         match outcome.error {
-            None => Ok(Delivered::default()),
-            Some(e) => Err(e),
+            Some(e) if !outcome.unacked.is_empty() => Err(e),
+            _ => Ok(Delivered {
+                refused: outcome.refused,
+                ..Delivered::default()
+            }),
         }
     }
 }

@@ -14,6 +14,8 @@ pub struct MemorySink {
     fail_with: Mutex<Option<SinkError>>,
     /// Report every record as spooled rather than acknowledged by Kafka.
     spool_all: std::sync::atomic::AtomicBool,
+    /// Topics whose records are refused for good, with the reason Kafka would give.
+    refuse: Mutex<Vec<(String, &'static str)>>,
 }
 
 impl MemorySink {
@@ -31,6 +33,15 @@ impl MemorySink {
     pub fn spool_all(&self, on: bool) {
         self.spool_all
             .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Makes every following record to `topic` refused for good with `reason` (as Kafka refuses
+    /// a topic that does not exist or may not be written), as the Kafka sink reports it.
+    pub fn refuse_topic(&self, topic: &str, reason: &'static str) {
+        self.refuse
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((topic.to_string(), reason));
     }
 
     /// Everything acknowledged so far.
@@ -57,21 +68,40 @@ impl Sink for MemorySink {
             {
                 return Err(err);
             }
+            let mut refused = Vec::new();
+            {
+                let refuse = self.refuse.lock().unwrap_or_else(|p| p.into_inner());
+                for (i, r) in records.iter().enumerate() {
+                    if let Some((_, reason)) = refuse.iter().find(|(t, _)| **t == *r.topic) {
+                        refused.push((i, *reason));
+                    }
+                }
+            }
+            let taken: Vec<&Record> = records
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| !refused.iter().any(|(r, _)| r == i))
+                .map(|(_, r)| r)
+                .collect();
             self.records
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .extend(records.iter().cloned());
+                .extend(taken.iter().map(|r| (*r).clone()));
             if self.spool_all.load(std::sync::atomic::Ordering::Relaxed) {
-                let spooled_events = records
+                let spooled_events = taken
                     .iter()
                     .filter(|r| matches!(r.kind, super::RecordKind::Event { .. }))
                     .count();
                 return Ok(Delivered {
                     spooled_events,
-                    spooled_records: records.len(),
+                    spooled_records: taken.len(),
+                    refused,
                 });
             }
-            Ok(Delivered::default())
+            Ok(Delivered {
+                refused,
+                ..Delivered::default()
+            })
         })
     }
 

@@ -49,13 +49,17 @@ pub fn static_header_key(key: &str) -> Option<&'static str> {
     HEADER_KEYS.iter().copied().find(|k| *k == key)
 }
 
-/// Where a batch's records ended up.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// Where a batch's records ended up. A record neither spooled nor refused was acknowledged by
+/// Kafka.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Delivered {
     /// Accepted events written to the local spool (durable, on their way to Kafka).
     pub spooled_events: usize,
     /// All records written to the spool, dead letters included.
     pub spooled_records: usize,
+    /// Records Kafka refused for good (never spooled: no retry could succeed), as indices into
+    /// the batch passed in, with a bounded reason such as `kafka_rejected:msg_size_too_large`.
+    pub refused: Vec<(usize, &'static str)>,
 }
 
 /// Why a batch was not acknowledged. Every variant means "nothing reported as accepted".

@@ -1,15 +1,19 @@
 //! Kafka first, the spool when Kafka can't acknowledge in time: the sink behind "2xx means
 //! durable".
 //!
-//! A request's records go to Kafka; whatever is not acknowledged by the ack deadline (timed out,
-//! retryable or permanent error, local queue full) is appended to the spool and fsynced, and the
-//! request is answered 202. If the spool refuses too (full, too old, disk error), the request
-//! gets 503 and nothing is reported accepted.
+//! A request's records go to Kafka; whatever is not acknowledged by the ack deadline for a
+//! reason that may pass (timed out, retryable error, local queue full) is appended to the spool
+//! and fsynced, and the request is answered 202. If the spool refuses too (full, too old, disk
+//! error), the request gets 503 and nothing is reported accepted. A record Kafka refuses for good
+//! (too large, unknown topic, not authorized...) is never spooled — the replayer could only retry
+//! it forever — but handed back to the caller in `Delivered::refused`.
 //!
 //! A breaker avoids making every request wait out the deadline during an outage: after a
-//! failure, requests go straight to the spool until Kafka acknowledges something again — the
-//! replayer's batches are the probe — or, as a fallback, one request per `probe_every` tries
-//! Kafka.
+//! retryable failure, requests go straight to the spool until Kafka acknowledges something
+//! again — the replayer's batches are the probe — or, as a fallback, one request per
+//! `probe_every` tries Kafka. Permanent refusals say nothing about Kafka's health and leave the
+//! breaker alone. While the breaker is open, records are spooled without asking Kafka, so one
+//! Kafka would refuse can still reach the spool; the replayer deals with it.
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
@@ -17,7 +21,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::kafka::KafkaSink;
+use super::kafka::{KafkaSink, PartialOutcome};
 use super::spool::{now_ms, spawn_replayer, ReplayOptions, ReplayResult, ReplayTarget, Spool};
 use super::{BoxFuture, Delivered, Record, RecordKind, Sink, SinkError};
 use crate::metrics as m;
@@ -78,9 +82,20 @@ impl Breaker {
     pub fn is_closed(&self) -> bool {
         self.opened_ms.load(Ordering::Relaxed) == 0
     }
+
+    /// Learns from a batch: a retryable failure opens the breaker; acknowledgements with none
+    /// close it; records only refused for good (possibly without reaching a broker, e.g. too
+    /// large) say nothing about Kafka's health.
+    pub fn observe(&self, out: &PartialOutcome) {
+        if !out.unacked.is_empty() {
+            self.failure();
+        } else if out.any_acked {
+            self.success();
+        }
+    }
 }
 
-/// The replayer's view of Kafka: successes close the breaker, failures open it.
+/// The replayer's view of Kafka: successes close the breaker, retryable failures open it.
 struct ReplayToKafka {
     kafka: Arc<KafkaSink>,
     breaker: Arc<Breaker>,
@@ -97,14 +112,14 @@ impl ReplayTarget for ReplayToKafka {
                 .kafka
                 .send_partial(records, deadline, Duration::from_millis(200))
                 .await;
-            if out.unacked.is_empty() {
-                self.breaker.success();
-            } else {
-                self.breaker.failure();
-            }
+            self.breaker.observe(&out);
             ReplayResult {
                 retry: out.unacked,
-                refused: Vec::new(),
+                refused: out
+                    .refused
+                    .into_iter()
+                    .map(|(i, reason)| (i, reason.to_string()))
+                    .collect(),
             }
         })
     }
@@ -163,19 +178,22 @@ impl FallbackSink {
             return Ok(Delivered::default());
         }
         let mut kafka_error = None;
+        let mut refused = Vec::new();
         if let Some(kafka_deadline) = self.breaker.kafka_deadline(deadline) {
             let out = self
                 .kafka
                 .send_partial(&records, kafka_deadline, Duration::ZERO)
                 .await;
+            self.breaker.observe(&out);
             if out.unacked.is_empty() {
-                self.breaker.success();
-                return Ok(Delivered::default());
-            }
-            if !matches!(out.error, Some(SinkError::Permanent(_))) {
-                self.breaker.failure();
+                return Ok(Delivered {
+                    refused: out.refused,
+                    ..Delivered::default()
+                });
             }
             kafka_error = out.error;
+            refused = out.refused;
+            // Only the retryable ones are spooled.
             let mut keep = out.unacked.into_iter().peekable();
             let mut i = 0;
             records.retain(|_| {
@@ -198,6 +216,7 @@ impl FallbackSink {
         Ok(Delivered {
             spooled_events,
             spooled_records: records.len(),
+            refused,
         })
     }
 }

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
 use super::*;
@@ -30,10 +31,17 @@ struct Setup {
 }
 
 fn setup(max_bytes: u64) -> Setup {
+    setup_with(max_bytes, &[])
+}
+
+fn setup_with(max_bytes: u64, extra: &[(&str, &str)]) -> Setup {
     let cluster = MockCluster::new(1).unwrap();
     cluster.create_topic(TOPIC, 1, 1).unwrap();
     let mut overrides = BTreeMap::new();
     overrides.insert("message.timeout.ms".to_string(), "2000".to_string());
+    for (k, v) in extra {
+        overrides.insert(k.to_string(), v.to_string());
+    }
     let kafka = KafkaSink::new(
         &producer_config(&cluster.bootstrap_servers(), &overrides),
         Duration::from_millis(100),
@@ -229,5 +237,105 @@ async fn a_fatal_producer_is_replaced_without_losing_requests() {
             "event-{i} missing: {landed:?}"
         );
     }
+    s.sink.close().await;
+}
+
+/// A record Kafka refuses for good is handed back, never spooled, and does not open the breaker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_permanent_refusal_is_not_spooled_and_keeps_the_breaker_closed() {
+    let s = setup(1 << 20);
+    s.cluster.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE],
+    );
+    let d = s
+        .sink
+        .send_batch(vec![record(0)], deadline(5000))
+        .await
+        .unwrap();
+    assert_eq!(d.refused, [(0, "kafka_rejected:msg_size_too_large")]);
+    assert_eq!((d.spooled_events, d.spooled_records), (0, 0));
+    // A topic the cluster does not have.
+    let mut missing = record(1);
+    missing.topic = "events.missing".into();
+    let d = s
+        .sink
+        .send_batch(vec![missing], deadline(5000))
+        .await
+        .unwrap();
+    assert_eq!(d.refused.len(), 1, "{d:?}");
+    assert!(
+        d.refused[0].1.starts_with("kafka_rejected:unknown_topic"),
+        "{d:?}"
+    );
+    assert!(s.sink.spool().is_empty(), "{:?}", s.sink.spool().stats());
+    assert!(s.sink.breaker.is_closed(), "a refusal opened the breaker");
+    s.sink.close().await;
+}
+
+/// Broker down and one record too large: the large one is refused, the others spooled, and the
+/// breaker opens (for the retryable failure).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mixed_batch_spools_only_the_retryable_records() {
+    let s = setup_with(1 << 20, &[("message.max.bytes", "2000")]);
+    s.sink
+        .send_batch(vec![record(0)], deadline(5000))
+        .await
+        .unwrap();
+    s.cluster.broker_down(1).unwrap();
+    let mut records: Vec<Record> = (1..5).map(record).collect();
+    records[1].payload = vec![b'x'; 5000];
+    let d = s.sink.send_batch(records, deadline(300)).await.unwrap();
+    assert_eq!(d.refused, [(1, "kafka_rejected:msg_size_too_large")]);
+    assert_eq!((d.spooled_events, d.spooled_records), (3, 3));
+    assert!(!s.sink.breaker.is_closed());
+    s.sink.close().await;
+}
+
+/// The replayer's target reports refused records apart, and only retryable ones open the breaker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_reports_refused_records_without_opening_the_breaker() {
+    let s = setup_with(1 << 20, &[("message.max.bytes", "2000")]);
+    let target = ReplayToKafka {
+        kafka: s.sink.kafka.clone(),
+        breaker: s.sink.breaker.clone(),
+    };
+    let mut records: Vec<Record> = (0..3).map(record).collect();
+    records[0].payload = vec![b'x'; 5000];
+    let result = target.produce(&records, deadline(5000)).await;
+    assert_eq!(
+        result,
+        ReplayResult {
+            retry: vec![],
+            refused: vec![(0, "kafka_rejected:msg_size_too_large".to_string())],
+        }
+    );
+    assert!(s.sink.breaker.is_closed(), "a refusal opened the breaker");
+    s.sink.close().await;
+}
+
+/// A spooled record Kafka refuses for good on replay is quarantined, and the records after it
+/// are delivered: nothing blocks replay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_refused_on_replay_is_quarantined_and_the_rest_delivered() {
+    let s = setup_with(1 << 20, &[("message.max.bytes", "2000")]);
+    let mut records: Vec<Record> = (0..3).map(record).collect();
+    records[1].payload = vec![b'x'; 5000];
+    s.sink.spool().append(&records).await.unwrap();
+    let mut drained = false;
+    for _ in 0..200 {
+        if s.sink.spool().is_empty() && s.sink.spool().stats().bytes == 0 {
+            drained = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(drained, "replay is stuck: {:?}", s.sink.spool().stats());
+    let payloads = tokio::task::block_in_place(|| topic_payloads(&s.cluster));
+    assert_eq!(payloads, ["event-0", "event-2"]);
+    let listed = crate::sink::spool::quarantine::list(s._dir.path()).unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].entry.reason, "kafka_rejected:msg_size_too_large");
+    assert!(s.sink.breaker.is_closed(), "a refusal opened the breaker");
     s.sink.close().await;
 }

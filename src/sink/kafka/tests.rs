@@ -71,29 +71,109 @@ async fn transient_produce_errors_are_retried_inside_the_producer() {
         .unwrap();
 }
 
+/// A permanent error in the delivery report: the record is refused with its reason, not
+/// reported as unacknowledged (which would spool it).
 #[tokio::test]
-async fn permanent_errors_fail_the_batch_as_permanent() {
+async fn a_permanent_produce_error_refuses_the_record_with_its_reason() {
     let c = cluster();
     let s = sink(&c, &[]);
     c.request_errors(
         RDKafkaApiKey::Produce,
         &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE],
     );
-    let err = s.send(vec![record(1)], deadline(10_000)).await.unwrap_err();
-    assert!(matches!(err, SinkError::Permanent(_)), "{err:?}");
+    let out = s
+        .send_partial(&[record(1)], deadline(10_000), Duration::ZERO)
+        .await;
+    assert!(out.unacked.is_empty(), "{out:?}");
+    assert_eq!(out.refused, [(0, "kafka_rejected:msg_size_too_large")]);
+    assert!(out.error.is_none());
+    // Without a spool, the refusal is reported the same way.
+    c.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE],
+    );
+    let d = s.send(vec![record(2)], deadline(10_000)).await.unwrap();
+    assert_eq!(d.refused, [(0, "kafka_rejected:msg_size_too_large")]);
 }
 
 #[tokio::test]
-async fn unauthorized_topic_is_permanent() {
+async fn unauthorized_topic_is_refused() {
     let c = cluster();
-    let s = sink(&c, &[("topic.metadata.propagation.max.ms", "100")]);
+    let s = sink(&c, &[]);
     c.topic_error(
         TOPIC,
         RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED,
     )
     .unwrap();
-    let err = s.send(vec![record(1)], deadline(10_000)).await.unwrap_err();
-    assert!(matches!(err, SinkError::Permanent(_)), "{err:?}");
+    let d = s.send(vec![record(1)], deadline(10_000)).await.unwrap();
+    assert_eq!(
+        d.refused,
+        [(0, "kafka_rejected:topic_authorization_failed")]
+    );
+}
+
+/// A record over `message.max.bytes` is refused by `send()` itself, before it is queued; the
+/// rest of the batch is acknowledged.
+#[tokio::test]
+async fn an_oversize_record_is_refused_synchronously_and_the_rest_delivered() {
+    let c = cluster();
+    let s = sink(&c, &[("message.max.bytes", "2000")]);
+    let mut records: Vec<Record> = (0..4).map(record).collect();
+    records[2].payload = vec![7; 5000];
+    let out = s
+        .send_partial(&records, deadline(10_000), Duration::ZERO)
+        .await;
+    assert!(out.unacked.is_empty(), "{out:?}");
+    assert_eq!(out.refused, [(2, "kafka_rejected:msg_size_too_large")]);
+    assert!(out.any_acked);
+}
+
+/// A topic the cluster does not have (and may not auto-create) is refused within the request's
+/// deadline with the default producer settings, not left to time out (which would spool it);
+/// in a mixed batch only its records are refused.
+#[tokio::test]
+async fn an_unknown_topic_is_refused_fast_with_the_default_settings() {
+    let c = cluster();
+    let s = sink(&c, &[]);
+    let mut records: Vec<Record> = (0..4).map(record).collect();
+    records[1].topic = "events.missing".into();
+    records[3].topic = "events.missing".into();
+    let out = s
+        .send_partial(&records, deadline(5_000), Duration::ZERO)
+        .await;
+    assert!(out.unacked.is_empty(), "{out:?}");
+    let refused: Vec<usize> = out.refused.iter().map(|(i, _)| *i).collect();
+    assert_eq!(refused, [1, 3], "{out:?}");
+    assert!(
+        out.refused
+            .iter()
+            .all(|(_, r)| r.starts_with("kafka_rejected:unknown_topic")),
+        "{out:?}"
+    );
+    // Known not to exist now: refused by send() at once.
+    let out = s
+        .send_partial(&records[1..2], deadline(5_000), Duration::ZERO)
+        .await;
+    assert_eq!(
+        out.refused,
+        [(0, "kafka_rejected:unknown_topic")],
+        "{out:?}"
+    );
+}
+
+/// A retryable failure is never reported as refused.
+#[tokio::test]
+async fn a_retryable_failure_is_unacknowledged_not_refused() {
+    let c = cluster();
+    let s = sink(&c, &[]);
+    s.send(vec![record(0)], deadline(10_000)).await.unwrap();
+    c.broker_down(1).unwrap();
+    let out = s
+        .send_partial(&[record(1), record(2)], deadline(300), Duration::ZERO)
+        .await;
+    assert_eq!(out.unacked, [0, 1]);
+    assert!(out.refused.is_empty());
+    assert!(matches!(out.error, Some(SinkError::Timeout)), "{out:?}");
 }
 
 #[tokio::test]
@@ -172,4 +252,10 @@ fn classification() {
         classify(&e(C::BrokerTransportFailure)),
         SinkError::Retryable(_)
     ));
+    assert_eq!(
+        refusal_reason(&e(C::UnknownTopicOrPartition)),
+        Some("kafka_rejected:unknown_topic_or_part")
+    );
+    assert_eq!(refusal_reason(&e(C::NotEnoughReplicas)), None);
+    assert_eq!(refusal_reason(&e(C::QueueFull)), None);
 }
