@@ -40,6 +40,34 @@ enum Command {
     },
     /// Print messages of a topic as JSON lines, decoded from Thrift.
     Tail(TailArgs),
+    /// Inspect the local spool.
+    Spool {
+        #[command(subcommand)]
+        command: SpoolCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum SpoolCommand {
+    /// List the records replay moved to the quarantine (refused by Kafka for good, or damaged).
+    Quarantine {
+        /// The spool directory (spool.dir).
+        #[arg(long)]
+        dir: PathBuf,
+        /// One JSON object per line instead of text.
+        #[arg(long, conflicts_with = "replay")]
+        json: bool,
+        /// Re-send the quarantined records (not damaged bytes) to Kafka, once the cause is fixed.
+        #[arg(long)]
+        replay: bool,
+        /// For --replay: the gateway's TOML configuration (its `[kafka]` section: brokers,
+        /// librdkafka security settings). EVENTPIPE_* variables apply too.
+        #[arg(long, env = "EVENTPIPE_CONFIG", requires = "replay")]
+        config: Option<PathBuf>,
+        /// For --replay: Kafka bootstrap brokers (default: kafka.brokers).
+        #[arg(long, requires = "replay")]
+        brokers: Option<String>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -224,6 +252,37 @@ fn main() -> anyhow::Result<()> {
                 idle_timeout: args.idle_timeout_ms.map(Duration::from_millis),
             };
             ops::tail::run(&opts, &mut std::io::stdout().lock())?;
+            Ok(())
+        }
+        Command::Spool {
+            command:
+                SpoolCommand::Quarantine {
+                    dir,
+                    json,
+                    replay,
+                    config,
+                    brokers,
+                },
+        } => {
+            if replay {
+                let config =
+                    load_config(config.as_deref(), [("kafka.brokers", brokers.map(string))])?;
+                let (sent, failed) = runtime()?.block_on(ops::quarantine::replay(
+                    &dir,
+                    &config.kafka.brokers,
+                    &config.kafka.librdkafka,
+                    &mut std::io::stdout().lock(),
+                ))?;
+                eprintln!("{sent} sent, {failed} failed");
+                if failed > 0 {
+                    anyhow::bail!("{failed} quarantined record(s) were not acknowledged");
+                }
+                return Ok(());
+            }
+            let n = ops::quarantine::print(&dir, json, &mut std::io::stdout().lock())?;
+            if !json {
+                eprintln!("{n} quarantined entr{}", if n == 1 { "y" } else { "ies" });
+            }
             Ok(())
         }
     }

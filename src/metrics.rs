@@ -75,7 +75,7 @@ pub const SPOOL_FSYNC_LATENCY: &str = "eventpipe_spool_fsync_seconds";
 pub const SPOOL_GROUP_SIZE: &str = "eventpipe_spool_group_commit_appends";
 /// Spool: disk errors (ENOSPC, EIO, ...) on write or fsync.
 pub const SPOOL_IO_ERRORS: &str = "eventpipe_spool_io_errors_total";
-/// Spool: bytes of sealed segments that could not be read back (never-acknowledged leftovers).
+/// Spool: damaged bytes the replayer found in segments (each range is quarantined as `corrupt`).
 pub const SPOOL_CORRUPT_BYTES: &str = "eventpipe_spool_corrupt_bytes_total";
 /// Work in flight (set when `/metrics` is scraped): requests being processed, bytes they hold
 /// against `limits.max_inflight_bytes`, open client connections.
@@ -85,6 +85,9 @@ pub const HTTP_CONNECTIONS: &str = "eventpipe_http_connections";
 /// Early error answers after which the rest of the request body was read and discarded
 /// (lingering close), by `outcome`: `drained` (all of it) or `cut` (bound reached, closed).
 pub const LINGER: &str = "eventpipe_http_linger_total";
+/// Spool: records (or damaged byte ranges) the replayer moved to the quarantine, by `reason`
+/// (`corrupt`, or the bounded refusal reason such as `kafka_rejected:msg_size_too_large`).
+pub const SPOOL_QUARANTINED: &str = "eventpipe_spool_quarantined_records_total";
 /// Retried events answered from the dedup window without producing them again.
 pub const DEDUP_HITS: &str = "eventpipe_dedup_hits_total";
 

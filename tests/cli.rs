@@ -200,6 +200,158 @@ async fn topics_create_is_idempotent_and_tail_prints_decoded_events() {
     gw.stop().await.unwrap();
 }
 
+#[test]
+fn spool_quarantine_lists_refused_records_and_damaged_bytes() {
+    use eventpipe::sink::spool::{encode_body, quarantine, Content, Quarantined};
+    use eventpipe::sink::{Record, RecordKind};
+    let dir = tempfile::tempdir().unwrap();
+    let out = eventpipe()
+        .args(["spool", "quarantine", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success() && out.stdout.is_empty(), "{out:?}");
+
+    let record = Record {
+        topic: "events.click".into(),
+        key: None,
+        payload: vec![1, 2, 3],
+        headers: vec![("schema", "click/1".into()), ("event_id", "e-1".into())],
+        kind: RecordKind::Event { client_id: None },
+    };
+    let mut body = Vec::new();
+    encode_body(&record, 1_700_000_000_000, &mut body);
+    let entries = [
+        Quarantined {
+            quarantined_ms: 1_700_000_001_000,
+            source_seq: 4,
+            source_offset: 16,
+            source_len: body.len() as u64 + 12,
+            reason: "kafka_rejected:msg_size_too_large".into(),
+            content: Content::Record(body),
+        },
+        Quarantined {
+            quarantined_ms: 1_700_000_002_000,
+            source_seq: 4,
+            source_offset: 200,
+            source_len: 7,
+            reason: "corrupt".into(),
+            content: Content::Raw(vec![0; 7]),
+        },
+    ];
+    quarantine::append(dir.path(), 4, &entries).unwrap();
+
+    let out = eventpipe()
+        .args(["spool", "quarantine", "--json", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    let want = json!({
+        "kind": "record", "segment": 4, "offset": 16, "topic": "events.click",
+        "reason": "kafka_rejected:msg_size_too_large", "event_id": "e-1", "schema": "click/1",
+        "appended": "2023-11-14T22:13:20Z", "quarantined": "2023-11-14T22:13:21Z",
+    });
+    for (k, v) in want.as_object().unwrap() {
+        assert_eq!(&lines[0][k], v, "{k}: {}", lines[0]);
+    }
+    assert_eq!(
+        (&lines[1]["kind"], &lines[1]["reason"], &lines[1]["offset"]),
+        (&json!("corrupt"), &json!("corrupt"), &json!(200))
+    );
+
+    let out = eventpipe()
+        .args(["spool", "quarantine", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("segment=4 offset=16 reason=kafka_rejected:msg_size_too_large topic=events.click event_id=e-1 schema=click/1"),
+        "{text}"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("2 quarantined entries"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spool_quarantine_replay_resends_refused_records() {
+    use eventpipe::sink::spool::{encode_body, quarantine, Content, Quarantined};
+    use eventpipe::sink::{Record, RecordKind};
+    let broker = Broker::memory();
+    let topics = Topics::unique();
+    topics.create(&broker.brokers()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let id = "6a1f7c5e-3b8e-4d7a-9d0c-2f4b8e1a9c33";
+    let record = Record {
+        topic: topics.topic("click").into(),
+        key: Some(b"k".to_vec()),
+        payload: vec![0],
+        headers: vec![("schema", "click/1".into()), ("event_id", id.into())],
+        kind: RecordKind::Event { client_id: None },
+    };
+    let mut body = Vec::new();
+    encode_body(&record, 1_700_000_000_000, &mut body);
+    let entry = Quarantined {
+        quarantined_ms: 1_700_000_001_000,
+        source_seq: 1,
+        source_offset: 16,
+        source_len: body.len() as u64 + 12,
+        reason: "kafka_rejected:unknown_topic_or_part".into(),
+        content: Content::Record(body),
+    };
+    quarantine::append(dir.path(), 1, &[entry]).unwrap();
+    let out = eventpipe()
+        .args([
+            "spool",
+            "quarantine",
+            "--replay",
+            "--brokers",
+            &broker.brokers(),
+        ])
+        .arg("--dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.starts_with("sent segment=1 offset=16"), "{stdout}");
+    let got = tokio::task::block_in_place(|| {
+        std::process::Command::new("python3")
+            .arg(common::root().join("tests/py/consume.py"))
+            .args([
+                "--brokers",
+                &broker.brokers(),
+                "--topic",
+                &topics.topic("click"),
+            ])
+            .args([
+                "--ids-only",
+                "--want",
+                id,
+                "--idle",
+                "1.5",
+                "--timeout",
+                "60",
+            ])
+            .output()
+            .unwrap()
+    });
+    assert!(
+        String::from_utf8_lossy(&got.stdout).contains(id),
+        "{}",
+        String::from_utf8_lossy(&got.stderr)
+    );
+}
+
 /// A config whose librdkafka security setting librdkafka refuses: the tools must fail on it,
 /// not connect in plaintext as if it were not there.
 #[test]

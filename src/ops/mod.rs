@@ -1,4 +1,5 @@
-//! Operator commands: topic creation and tailing the log.
+//! Operator commands: topic creation, tailing the log, the spool's quarantine.
 
+pub mod quarantine;
 pub mod tail;
 pub mod topics;

@@ -288,6 +288,9 @@ pub struct Audit {
     /// What the independent consumer said on stderr (errors while reading), cut short.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub consumer_errors: String,
+    /// Every id the consumer found.
+    #[serde(skip)]
+    pub seen_ids: HashSet<String>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -346,6 +349,7 @@ pub fn audit(scenario: &str, faults: u64, brokers: &str, topic: &str, ledger: &L
             .chars()
             .take(2000)
             .collect(),
+        seen_ids: seen.keys().cloned().collect(),
     }
 }
 

@@ -313,3 +313,29 @@ async fn replay_reports_refused_records_without_opening_the_breaker() {
     assert!(s.sink.breaker.is_closed(), "a refusal opened the breaker");
     s.sink.close().await;
 }
+
+/// A spooled record Kafka refuses for good on replay is quarantined, and the records after it
+/// are delivered: nothing blocks replay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_refused_on_replay_is_quarantined_and_the_rest_delivered() {
+    let s = setup_with(1 << 20, &[("message.max.bytes", "2000")]);
+    let mut records: Vec<Record> = (0..3).map(record).collect();
+    records[1].payload = vec![b'x'; 5000];
+    s.sink.spool().append(&records).await.unwrap();
+    let mut drained = false;
+    for _ in 0..200 {
+        if s.sink.spool().is_empty() && s.sink.spool().stats().bytes == 0 {
+            drained = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(drained, "replay is stuck: {:?}", s.sink.spool().stats());
+    let payloads = tokio::task::block_in_place(|| topic_payloads(&s.cluster));
+    assert_eq!(payloads, ["event-0", "event-2"]);
+    let listed = crate::sink::spool::quarantine::list(s._dir.path()).unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].entry.reason, "kafka_rejected:msg_size_too_large");
+    assert!(s.sink.breaker.is_closed(), "a refusal opened the breaker");
+    s.sink.close().await;
+}

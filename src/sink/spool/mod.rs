@@ -4,9 +4,11 @@
 //! # Promise
 //! A record handed to [`Spool::append`] is reported written only after its bytes and every byte
 //! before them in the segment are on disk (`fdatasync` returned). The replayer deletes a segment
-//! only after every record in it has been acknowledged by Kafka (acks=all). Hence a record the
-//! gateway reported durable is, at every instant, either acknowledged by Kafka or in a spool
-//! segment on disk. Delivery is at-least-once: a record may reach Kafka twice (see Duplicates).
+//! only after every record in it has been acknowledged by Kafka (acks=all) or moved, fsynced, to
+//! the quarantine (Kafka refused it for good, or its bytes are damaged). Hence a record the
+//! gateway reported durable is, at every instant, acknowledged by Kafka, in a spool segment on
+//! disk, or in the quarantine on disk — and nothing can hold the records behind it back for
+//! ever. Delivery is at-least-once: a record may reach Kafka twice (see Duplicates).
 //!
 //! # Files
 //! `DIR/<seq>.seg`, `seq` a zero-padded 20-digit counter, oldest first. At most one segment is
@@ -14,47 +16,98 @@
 //! owned by the replayer). Segments are sealed when they reach `segment_bytes`, when their first
 //! record is `seal_after` old (so steady traffic can't keep the replayer waiting), and at
 //! shutdown. `DIR/<seq>.ack` is the replayer's checkpoint for
-//! `<seq>.seg`: the decimal byte offset up to which every record is acknowledged by Kafka.
-//! `DIR/LOCK` holds an exclusive `flock` so two processes never share a spool.
+//! `<seq>.seg`: the decimal byte offset up to which every record is done (acknowledged by Kafka
+//! or quarantined). `DIR/LOCK` holds an exclusive `flock` so two processes never share a spool.
+//! `DIR/quarantine/<seq>.seg` holds what replay of segment `seq` had to move out of its way
+//! (see Quarantine).
 //!
-//! # Record format (little-endian)
+//! # File format (little-endian)
 //! ```text
-//! record  := len:u32  crc:u32  body[len]          crc = CRC-32 (IEEE) of body
-//! body    := appended_ms:i64
+//! file    := "EPSPOOL2" nonce:u64 frame*
+//! frame   := word:u32 head_crc:u32 body_crc:u32 body[len]
+//!            word     = kind << 28 | len        kind: 0 record, 1 commit, 2 quarantined
+//!            head_crc = CRC-32(nonce ‖ word)     body_crc = CRC-32(nonce ‖ word ‖ body)
+//! record  := appended_ms:i64
 //!            topic_len:u16 topic
 //!            key_len:i32 key          (-1: no key)
 //!            n_headers:u8 { k_len:u8 k  v_len:u32 v }*
 //!            payload_len:u32 payload  (the Thrift bytes, exactly what Kafka would get)
+//! commit  := offset:u64               (where this marker frame starts in the file)
+//! quarantined := quarantined_ms:i64 source_seq:u64 source_offset:u64 source_len:u64
+//!            reason_len:u8 reason  tag:u8 (0: record body, 1: raw damaged bytes)
+//!            content_len:u32 content
 //! ```
-//! `len` is capped at 16 MiB; a larger value is treated like a bad checksum.
+//! A frame is valid only if both checksums match, `len` is within the limit and its body
+//! decodes completely (a commit marker must name its own offset). **One record-size limit**
+//! ([`MAX_RECORD`], 16 MiB of body) is enforced by both sides: [`Spool::append`] refuses a batch
+//! holding a record over it (or with a field too long for its length prefix) with
+//! `SinkError::Permanent` and writes nothing, so the reader never meets a record it would call
+//! corrupt. Quarantine frames may exceed it by a small fixed overhead.
+//!
+//! The nonce is random per spool instance (every segment it creates carries it). It makes frames
+//! unforgeable from outside: an event field can contain bytes that look like a frame, but without
+//! the nonce a client cannot give them valid checksums, so resynchronisation (below) never
+//! mistakes client data for a record. Random bytes pass the 32-bit header check with probability
+//! 2^-32 per position, and the body checksum and a complete decode on top of that, so a scan
+//! costs one 12-byte CRC per damaged byte (linear) and a fake frame is practically impossible.
+//!
+//! Legacy segments (written before this format: no header, frames `len:u32 crc:u32 body` with
+//! `crc = CRC-32(body)`) are still read, with the old rule: the first bad frame ends the file.
 //!
 //! # When fsync happens (group commit)
 //! Appends go through a channel to one writer thread. It takes every append waiting in the
-//! channel, writes them with one `write`, calls `fdatasync` once, and only then answers all of
-//! them. Concurrent requests therefore share one fsync; a lone request pays one. A new segment
-//! file is created and its directory entry fsynced before the first append to it is answered.
+//! channel, writes them and then a commit marker, calls `fdatasync` once, and only then answers
+//! all of them. Concurrent requests therefore share one fsync; a lone request pays one. A new
+//! segment file is created (with its header) and its directory entry fsynced before the first
+//! append to it is answered.
 //!
-//! # What a crash leaves behind
+//! # What a crash leaves behind, and what start-up may cut
 //! - Crash before `fdatasync` returned: the batch's clients got no answer (or their connection
 //!   dropped), so nothing was promised. The segment may end in a partial or complete copy of the
-//!   batch: a torn tail.
-//! - On start-up every segment is scanned; the first record with a short header, an impossible
-//!   length or a checksum mismatch ends the valid prefix and the file is truncated there (and
-//!   fsynced). Torn bytes are never replayed. Complete records of an unanswered batch survive
-//!   and are replayed: "unacknowledged but present", which at-least-once allows.
-//! - Crash after `fdatasync`: the records are in the valid prefix and will be replayed.
+//!   batch without a valid commit marker after it: a torn tail.
+//! - On start-up every segment is scanned. **Only bytes past the last valid commit marker may be
+//!   cut**: there, the first damaged frame ends the file (it is truncated and fsynced; records
+//!   before it, complete but unanswered, are kept and replayed: at-least-once allows that).
+//! - Damage before the last valid commit marker is a **corrupt middle** (bit rot, a bad sector,
+//!   an operator's editor): the reader resynchronises at the next valid frame, every record
+//!   around the damage is kept, an error is logged naming the file and offset, and the replayer
+//!   copies the damaged bytes to the quarantine (reason `corrupt`, metrics
+//!   `eventpipe_spool_corrupt_bytes_total` and `eventpipe_spool_quarantined_records_total`) before
+//!   moving its checkpoint past them. The same holds for damage the replayer meets in a segment
+//!   sealed during this run: everything up to a sealed segment's length was committed.
+//!   A damaged final commit marker loses nothing: the records before it are a valid prefix.
+//!   Damage to the last record *and* its marker together cuts that record (two independent
+//!   faults in the same few bytes at the end of a segment).
+//! - Crash after `fdatasync`: the records are before a valid marker and will be replayed.
 //! - Crash during replay: the checkpoint lags the truth, so records acknowledged by Kafka after
-//!   the last checkpoint are produced again (duplicates, same event id).
+//!   the last checkpoint are produced again (duplicates, same event id), and a record
+//!   quarantined after the last checkpoint may be quarantined again (listed twice).
 //! - A write or fsync error (ENOSPC, EIO): the batch is answered with an error (the clients get
 //!   503), the segment is cut back to its length before the batch and sealed; if even that
-//!   fails the segment is sealed as is, and a later scan keeps whatever valid prefix it has.
+//!   fails the segment is sealed as is, and the replayer quarantines whatever of it is damaged.
 //!   The spool refuses appends for `io_error_backoff` before trying again.
 //!
+//! # Quarantine
+//! Nothing may block replay. A record Kafka refuses for good (`ReplayResult::refused`: too
+//! large, unknown topic, not authorised...) and damaged bytes are appended to
+//! `DIR/quarantine/<seq>.seg` and fsynced (one write with a commit marker, like a group commit)
+//! *before* the checkpoint moves past them; only then are they counted
+//! (`eventpipe_spool_quarantined_records_total{reason}`, reason `corrupt` or the bounded refusal
+//! reason, anything else `other`) and logged. If the quarantine cannot be written, the records
+//! stay in the batch and are tried again: never dropped. A quarantine file has the segment file
+//! format (its own header and nonce), with `quarantined` frames: the same reader reads it, a torn
+//! tail in it is cut before the next append, and `eventpipe spool quarantine --dir DIR [--json]`
+//! lists it. Quarantine files are never deleted automatically (an operator fixes the cause,
+//! re-sends, then deletes them) and are **not** counted in `spool.max_bytes`: they are
+//! bounded by what Kafka refused, and counting them would let a burst of refusals fill the
+//! spool and make the host answer 503 for good with Kafka healthy.
+//!
 //! # When files are deleted
-//! A sealed segment (and its `.ack`) is deleted when the replayer has had every record in it
-//! acknowledged by Kafka. The active segment is never deleted; an empty segment is removed on
-//! start-up. Nothing else deletes spool files: when the spool is full or its oldest record is
-//! older than `max_age`, new appends are refused (503) rather than old data dropped.
+//! A sealed segment (and its `.ack`) is deleted when the replayer is done with every record in
+//! it (acknowledged by Kafka or quarantined). The active segment is never deleted; a segment
+//! with nothing to replay is removed on start-up. Nothing else deletes spool files: when the
+//! spool is full or its oldest record is older than `max_age`, new appends are refused (503)
+//! rather than old data dropped.
 //!
 //! # Ordering and duplicates
 //! The replayer drains segments oldest first and, within a segment, in append order, one batch
@@ -63,6 +116,8 @@
 //! acknowledges a record after the request's deadline made us spool it, and (b) when a crash
 //! loses the replay checkpoint. Each duplicate carries the same event id; consumers dedupe on it.
 
+mod format;
+pub mod quarantine;
 mod replay;
 mod segment;
 mod writer;
@@ -72,8 +127,12 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+pub use format::{
+    decode_quarantined, decode_record, encode_body, encode_record, record_body_len, Content,
+    Format, Frame, FrameKind, Item, Quarantined, MAX_RECORD,
+};
 pub use replay::{spawn_replayer, ReplayOptions, ReplayResult, ReplayTarget};
-pub use segment::{decode_record, encode_record, scan, ScanResult};
+pub use segment::{scan, ScanResult};
 
 use crate::sink::{Record, SinkError};
 
@@ -125,6 +184,10 @@ pub(crate) struct Shared {
     /// Group commits (fsyncs of appended data) so far.
     pub commits: AtomicU64,
     pub closed: AtomicBool,
+    /// Woken when `closed` is set, so the replayer's waits end promptly.
+    pub closed_notify: tokio::sync::Notify,
+    /// How this instance frames what it writes (its nonce goes into every new segment).
+    pub format: Format,
 }
 
 impl Shared {
@@ -183,6 +246,8 @@ impl Spool {
             commits: AtomicU64::new(0),
             last_full_ms: AtomicI64::new(0),
             closed: AtomicBool::new(false),
+            closed_notify: tokio::sync::Notify::new(),
+            format: Format::fresh(),
             opts,
         });
         let writer = writer::spawn(shared.clone(), recovered.lock, next_seq)?;
@@ -195,11 +260,18 @@ impl Spool {
         if records.is_empty() {
             return Ok(());
         }
+        // A record the reader would refuse must never be written: it could never be replayed.
+        let mut size = 0;
+        for r in records {
+            size += record_body_len(r).map_err(|why| {
+                SinkError::Permanent(format!("cannot spool a record to {}: {why}", r.topic))
+            })? + 16;
+        }
         self.check_accepting()?;
         let now = now_ms();
-        let mut bytes = Vec::with_capacity(records.iter().map(|r| r.payload.len() + 64).sum());
+        let mut bytes = Vec::with_capacity(size);
         for r in records {
-            encode_record(r, now, &mut bytes);
+            encode_record(&self.shared.format, r, now, &mut bytes);
         }
         self.writer.append(bytes, records.len() as u64, now).await
     }
@@ -268,6 +340,7 @@ impl Spool {
     /// fail with `Closed`.
     pub async fn close(&self) {
         self.shared.closed.store(true, Ordering::Relaxed);
+        self.shared.closed_notify.notify_waiters();
         let _ = self.writer.stop(true).await;
         self.shared.sealed_notify.notify_waiters();
     }
@@ -276,6 +349,7 @@ impl Spool {
     #[cfg(test)]
     pub(crate) async fn crash(&self) {
         self.shared.closed.store(true, Ordering::Relaxed);
+        self.shared.closed_notify.notify_waiters();
         let _ = self.writer.stop(false).await;
         self.shared.sealed_notify.notify_waiters();
     }

@@ -1,9 +1,10 @@
 //! The replayer: drains sealed segments to Kafka, oldest first, one bounded batch in flight at a
 //! time so live traffic keeps most of the producer. A batch waits for a definite answer for every
 //! record (acknowledged, or failed after librdkafka's own `message.timeout.ms`), so a record is
-//! never queued in the producer twice by the replayer; failed records are retried with
-//! exponential backoff until Kafka takes them, then the checkpoint moves past the batch. A
-//! segment is deleted once its last batch is acknowledged.
+//! never queued in the producer twice by the replayer; records that failed retryably are retried
+//! with exponential backoff until Kafka takes them; records Kafka refused for good, and damaged
+//! bytes, are moved to the quarantine (fsynced) first. Then the checkpoint moves past the batch.
+//! A segment is deleted once its last batch is done.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -11,8 +12,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::segment::{ack_path, frame_at, read_ack, write_ack};
-use super::{Sealed, Shared, Spool};
+use super::format::{decode_record, Content, Format, FrameKind, Item, Quarantined, MAX_RECORD};
+use super::segment::{ack_path, read_ack, write_ack};
+use super::{now_ms, quarantine, Sealed, Shared, Spool};
 use crate::metrics as m;
 use crate::sink::{BoxFuture, Record};
 
@@ -111,6 +113,99 @@ async fn run(shared: Arc<Shared>, target: Arc<dyn ReplayTarget>, opts: ReplayOpt
     }
 }
 
+/// Waits `d` or until the spool is closed; false if it was closed.
+async fn pause(shared: &Shared, d: Duration) -> bool {
+    let closed = shared.closed_notify.notified();
+    tokio::pin!(closed);
+    closed.as_mut().enable();
+    if shared.closed.load(Ordering::Relaxed) {
+        return false;
+    }
+    tokio::select! {
+        _ = closed => false,
+        _ = tokio::time::sleep(d) => !shared.closed.load(Ordering::Relaxed),
+    }
+}
+
+/// The metric label for a refusal reason: kept if it looks like one of ours, else `other`.
+fn reason_label(reason: &str) -> String {
+    let ok = !reason.is_empty()
+        && reason.len() <= 64
+        && reason
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_:.-".contains(&b));
+    if ok {
+        reason.to_owned()
+    } else {
+        "other".to_owned()
+    }
+}
+
+/// Moves entries of segment `seq` to its quarantine file (fsynced). Logs and counts them.
+async fn quarantine(shared: &Shared, segment: &Sealed, entries: Vec<Quarantined>) -> bool {
+    let dir = shared.opts.dir.clone();
+    let seq = segment.seq;
+    let labels: Vec<String> = entries.iter().map(|q| reason_label(&q.reason)).collect();
+    let first = entries.first().map(|q| (q.source_offset, q.reason.clone()));
+    let n = entries.len();
+    let written =
+        tokio::task::spawn_blocking(move || quarantine::append(&dir, seq, &entries)).await;
+    match written {
+        Ok(Ok(_)) => {
+            for label in labels {
+                metrics::counter!(m::SPOOL_QUARANTINED, "reason" => label).increment(1);
+            }
+            if let Some((offset, reason)) = first {
+                tracing::error!(segment = %segment.path.display(), offset, %reason, records = n,
+                    quarantine = %quarantine::quarantine_path(&shared.opts.dir, seq).display(),
+                    "spool: moved records replay cannot deliver to the quarantine \
+                     (list them with `eventpipe spool quarantine`)");
+            }
+            true
+        }
+        other => {
+            static LAST: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+            if m::log_allowed(&LAST) {
+                tracing::error!(segment = %segment.path.display(), ?other,
+                    "spool: cannot write the quarantine; keeping the records and retrying");
+            }
+            false
+        }
+    }
+}
+
+/// Reads a segment file, retrying (in a loop) until it can or the spool is closed.
+async fn read_segment(shared: &Shared, segment: &Sealed) -> Option<Vec<u8>> {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        if shared.closed.load(Ordering::Relaxed) {
+            return None;
+        }
+        let path = segment.path.clone();
+        match tokio::task::spawn_blocking(move || std::fs::read(path)).await {
+            Ok(Ok(b)) => return Some(b),
+            other => {
+                static LAST: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+                if m::log_allowed(&LAST) {
+                    tracing::error!(segment = %segment.path.display(), ?other,
+                        "spool: cannot read segment; retrying");
+                }
+            }
+        }
+        if !pause(shared, backoff).await {
+            return None;
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Where a record of the batch being replayed is in its segment, and its body.
+struct Pending<'a> {
+    offset: usize,
+    len: usize,
+    body: &'a [u8],
+}
+
 /// Replays one segment from its checkpoint. Returns false if the spool was closed first.
 async fn replay_segment(
     shared: &Shared,
@@ -118,89 +213,103 @@ async fn replay_segment(
     target: &dyn ReplayTarget,
     opts: &ReplayOptions,
 ) -> bool {
-    let path = segment.path.clone();
-    let bytes = match tokio::task::spawn_blocking(move || std::fs::read(path)).await {
-        Ok(Ok(b)) => b,
-        other => {
-            tracing::error!(segment = %segment.path.display(), ?other, "spool: cannot read segment; retrying");
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            return !shared.closed.load(Ordering::Relaxed)
-                && Box::pin(replay_segment(shared, segment, target, opts)).await;
-        }
+    let Some(bytes) = read_segment(shared, segment).await else {
+        return false;
     };
+    let (format, data) = Format::of(&bytes);
     let end = (segment.len as usize).min(bytes.len());
-    let mut pos = (read_ack(&shared.opts.dir, segment.seq) as usize).min(end);
+    let mut pos = (read_ack(&shared.opts.dir, segment.seq) as usize)
+        .max(data)
+        .min(end);
+    let mut items = format.items(&bytes, pos, end).peekable();
     let mut backoff = Duration::from_millis(50);
     while pos < end {
         let mut batch = Vec::new();
+        let mut meta = Vec::new();
         let mut next = pos;
         let mut batch_bytes = 0;
-        while next < end && batch.len() < opts.batch_records && batch_bytes < opts.batch_bytes {
-            let Some((body, after)) = frame_at(&bytes[..end], next) else {
-                break;
+        let mut bad = None;
+        while batch.len() < opts.batch_records && batch_bytes < opts.batch_bytes {
+            match items.peek().copied() {
+                None => break,
+                Some(Item::Bad { start, end }) => {
+                    if batch.is_empty() {
+                        bad = Some((start, end));
+                        items.next();
+                    }
+                    break;
+                }
+                Some(Item::Frame(f)) => {
+                    items.next();
+                    next = f.end;
+                    if f.kind != FrameKind::Record {
+                        continue;
+                    }
+                    if let Some((record, _)) = decode_record(f.body) {
+                        batch.push(record);
+                        meta.push(Pending {
+                            offset: f.start,
+                            len: f.end - f.start,
+                            body: f.body,
+                        });
+                        batch_bytes += f.end - f.start;
+                    }
+                }
+            }
+        }
+        if let Some((start, stop)) = bad {
+            // Damaged bytes inside what was committed (or kept at start-up): copy them to the
+            // quarantine and go on with the records after them.
+            tracing::error!(segment = %segment.path.display(), offset = start, bytes = stop - start,
+                "spool: corrupt bytes in a segment; quarantining them and replaying the rest");
+            metrics::counter!(m::SPOOL_CORRUPT_BYTES).increment((stop - start) as u64);
+            let entry = Quarantined {
+                quarantined_ms: now_ms(),
+                source_seq: segment.seq,
+                source_offset: start as u64,
+                source_len: (stop - start) as u64,
+                reason: "corrupt".into(),
+                content: Content::Raw(bytes[start..stop.min(start + MAX_RECORD as usize)].to_vec()),
             };
-            if let Some((record, _)) = super::decode_record(body) {
-                batch.push(record);
+            while !quarantine(shared, segment, vec![entry.clone()]).await {
+                if !pause(shared, Duration::from_secs(1)).await {
+                    return false;
+                }
             }
-            batch_bytes += after - next;
-            next = after;
+            next = stop;
         }
-        if batch.is_empty() {
-            // Only bytes that never passed an fsync can fail here (a write error left them);
-            // their clients were refused, so skipping them loses nothing promised.
-            tracing::error!(segment = %segment.path.display(), offset = pos, skipped = end - pos,
-                "spool: unreadable bytes in a sealed segment; skipping the rest of it");
-            metrics::counter!(m::SPOOL_CORRUPT_BYTES).increment((end - pos) as u64);
-            break;
-        }
-        let started = Instant::now();
-        let mut pending = batch;
-        loop {
-            let deadline = Instant::now() + opts.ack_timeout;
-            // Until refused records have somewhere to go, they are retried with the rest.
-            let result = target.produce(&pending, deadline).await;
-            let mut unacked = result.retry;
-            unacked.extend(result.refused.into_iter().map(|(i, _)| i));
-            unacked.sort_unstable();
-            let delivered = pending.len() - unacked.len();
-            metrics::counter!(m::SPOOL_REPLAYED).increment(delivered as u64);
-            let _ = shared
-                .records
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |r| {
-                    Some(r.saturating_sub(delivered as u64))
-                });
-            if unacked.is_empty() {
-                break;
-            }
-            pending = unacked
-                .into_iter()
-                .filter_map(|i| pending.get(i).cloned())
-                .collect();
-            if shared.closed.load(Ordering::Relaxed) {
+        if !batch.is_empty() {
+            let started = Instant::now();
+            if !deliver(shared, segment, target, opts, batch, meta, &mut backoff).await {
                 return false;
             }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(opts.max_backoff);
+            let secs = started.elapsed().as_secs_f64().max(1e-6);
+            let instant_rate = batch_bytes as f64 / secs;
+            let old = shared.drain_rate();
+            let rate = if old == 0.0 {
+                instant_rate
+            } else {
+                0.7 * old + 0.3 * instant_rate
+            };
+            shared
+                .drain_rate_bits
+                .store(rate.to_bits(), Ordering::Relaxed);
         }
-        backoff = Duration::from_millis(50);
-        let secs = started.elapsed().as_secs_f64().max(1e-6);
-        let instant_rate = batch_bytes as f64 / secs;
-        let old = shared.drain_rate();
-        let rate = if old == 0.0 {
-            instant_rate
-        } else {
-            0.7 * old + 0.3 * instant_rate
-        };
-        shared
-            .drain_rate_bits
-            .store(rate.to_bits(), Ordering::Relaxed);
+        if next == pos {
+            break; // nothing more to read (cannot happen: the reader always moves on)
+        }
         let (dir, seq) = (shared.opts.dir.clone(), segment.seq);
         let _ = tokio::task::spawn_blocking(move || write_ack(&dir, seq, next as u64)).await;
         pos = next;
         // The age bound looks at the oldest record still waiting: move it forward.
-        if let Some((_, ms)) =
-            frame_at(&bytes[..end], pos).and_then(|(body, _)| super::decode_record(body))
-        {
+        let oldest = format
+            .items(&bytes, pos, end)
+            .find_map(|i| match i {
+                Item::Frame(f) if f.kind == FrameKind::Record => decode_record(f.body),
+                _ => None,
+            })
+            .map(|(_, ms)| ms);
+        if let Some(ms) = oldest {
             if let Some(front) = shared
                 .sealed
                 .lock()
@@ -217,4 +326,78 @@ async fn replay_segment(
         }
     }
     true
+}
+
+/// Produces a batch until every record is acknowledged or quarantined. False if closed first.
+async fn deliver(
+    shared: &Shared,
+    segment: &Sealed,
+    target: &dyn ReplayTarget,
+    opts: &ReplayOptions,
+    mut pending: Vec<Record>,
+    mut meta: Vec<Pending<'_>>,
+    backoff: &mut Duration,
+) -> bool {
+    loop {
+        let deadline = Instant::now() + opts.ack_timeout;
+        let result = target.produce(&pending, deadline).await;
+        let mut keep = vec![false; pending.len()];
+        for i in result.retry {
+            if let Some(k) = keep.get_mut(i) {
+                *k = true;
+            }
+        }
+        let mut refused: Vec<(usize, String)> = result
+            .refused
+            .into_iter()
+            .filter(|(i, _)| *i < pending.len())
+            .collect();
+        refused.sort_by_key(|(i, _)| *i);
+        refused.dedup_by_key(|(i, _)| *i);
+        let mut quarantined = 0;
+        if !refused.is_empty() {
+            let entries = refused
+                .iter()
+                .map(|(i, reason)| Quarantined {
+                    quarantined_ms: now_ms(),
+                    source_seq: segment.seq,
+                    source_offset: meta[*i].offset as u64,
+                    source_len: meta[*i].len as u64,
+                    reason: reason.clone(),
+                    content: Content::Record(meta[*i].body.to_vec()),
+                })
+                .collect();
+            if quarantine(shared, segment, entries).await {
+                quarantined = refused.len();
+                for (i, _) in &refused {
+                    keep[*i] = false;
+                }
+            } else {
+                // Nowhere to put them: they stay in the batch (and the checkpoint stays).
+                for (i, _) in &refused {
+                    keep[*i] = true;
+                }
+            }
+        }
+        let kept = keep.iter().filter(|k| **k).count();
+        let delivered = pending.len() - kept - quarantined;
+        metrics::counter!(m::SPOOL_REPLAYED).increment(delivered as u64);
+        let _ = shared
+            .records
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |r| {
+                Some(r.saturating_sub((delivered + quarantined) as u64))
+            });
+        if kept == 0 {
+            *backoff = Duration::from_millis(50);
+            return true;
+        }
+        let mut flags = keep.iter();
+        pending.retain(|_| flags.next().copied().unwrap_or(false));
+        let mut flags = keep.iter();
+        meta.retain(|_| flags.next().copied().unwrap_or(false));
+        if !pause(shared, *backoff).await {
+            return false;
+        }
+        *backoff = (*backoff * 2).min(opts.max_backoff);
+    }
 }

@@ -1,157 +1,65 @@
-//! Segment files: the record codec, the torn-tail scan, and start-up recovery of a directory.
+//! Segment files: paths, checkpoints, the torn-tail scan, and start-up recovery of a directory.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
+use super::format::{decode_record, Format, FrameKind, Item};
 use super::Sealed;
-use crate::sink::{static_header_key, Record, RecordKind};
-
-/// Records larger than this are treated as corruption.
-pub const MAX_RECORD: u32 = 16 << 20;
-const HEADER: usize = 8;
-
-/// Appends one framed record to `out`.
-pub fn encode_record(r: &Record, appended_ms: i64, out: &mut Vec<u8>) {
-    let start = out.len();
-    out.extend_from_slice(&[0; HEADER]);
-    out.extend_from_slice(&appended_ms.to_le_bytes());
-    let topic = r.topic.as_bytes();
-    out.extend_from_slice(&(topic.len() as u16).to_le_bytes());
-    out.extend_from_slice(topic);
-    match &r.key {
-        Some(k) => {
-            out.extend_from_slice(&(k.len() as i32).to_le_bytes());
-            out.extend_from_slice(k);
-        }
-        None => out.extend_from_slice(&(-1i32).to_le_bytes()),
-    }
-    out.push(r.headers.len() as u8);
-    for (k, v) in &r.headers {
-        out.push(k.len() as u8);
-        out.extend_from_slice(k.as_bytes());
-        out.extend_from_slice(&(v.len() as u32).to_le_bytes());
-        out.extend_from_slice(v.as_bytes());
-    }
-    out.extend_from_slice(&(r.payload.len() as u32).to_le_bytes());
-    out.extend_from_slice(&r.payload);
-    let body_len = (out.len() - start - HEADER) as u32;
-    let crc = crc32fast::hash(&out[start + HEADER..]);
-    out[start..start + 4].copy_from_slice(&body_len.to_le_bytes());
-    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
-}
-
-/// A cursor over a record body; every read is bounds-checked.
-struct Cursor<'a>(&'a [u8]);
-
-impl<'a> Cursor<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        if self.0.len() < n {
-            return None;
-        }
-        let (head, rest) = self.0.split_at(n);
-        self.0 = rest;
-        Some(head)
-    }
-    fn u8(&mut self) -> Option<u8> {
-        self.take(1).map(|b| b[0])
-    }
-    fn u16(&mut self) -> Option<u16> {
-        self.take(2).map(|b| u16::from_le_bytes([b[0], b[1]]))
-    }
-    fn u32(&mut self) -> Option<u32> {
-        self.take(4)
-            .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")))
-    }
-    fn i64(&mut self) -> Option<i64> {
-        self.take(8)
-            .map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")))
-    }
-}
-
-/// Decodes one record body (checksum already verified). Returns the record and its append time.
-pub fn decode_record(body: &[u8]) -> Option<(Record, i64)> {
-    let mut c = Cursor(body);
-    let appended_ms = c.i64()?;
-    let topic_len = c.u16()? as usize;
-    let topic = std::str::from_utf8(c.take(topic_len)?).ok()?;
-    let key_len = c.u32()? as i32;
-    let key = if key_len < 0 {
-        None
-    } else {
-        Some(c.take(key_len as usize)?.to_vec())
-    };
-    let n_headers = c.u8()?;
-    let mut headers = Vec::with_capacity(n_headers as usize);
-    for _ in 0..n_headers {
-        let k_len = c.u8()? as usize;
-        let k = std::str::from_utf8(c.take(k_len)?).ok()?;
-        let v_len = c.u32()? as usize;
-        let v = std::str::from_utf8(c.take(v_len)?).ok()?;
-        // Only keys the gateway writes can be here; anything else means a bug, not data.
-        headers.push((static_header_key(k)?, v.to_owned()));
-    }
-    let payload_len = c.u32()? as usize;
-    let payload = c.take(payload_len)?.to_vec();
-    if !c.0.is_empty() {
-        return None;
-    }
-    let kind = if headers.iter().any(|(k, _)| *k == "reason") {
-        RecordKind::DeadLetter
-    } else {
-        RecordKind::Event { client_id: None }
-    };
-    let record = Record {
-        topic: Arc::from(topic),
-        key,
-        payload,
-        headers,
-        kind,
-    };
-    Some((record, appended_ms))
-}
 
 /// What a scan of a segment found.
 #[derive(Debug, Default)]
 pub struct ScanResult {
-    /// Length of the valid prefix: every record before it is complete and checksummed.
+    /// Where the file must be cut: the end of its last frame, unless damage past the last
+    /// commit marker (a torn tail) comes first. Everything before it is kept.
     pub valid_len: u64,
+    /// Valid records at or after the scan start.
     pub records: u64,
     /// Append time of the first valid record at or after the scan start.
     pub first_ms: Option<i64>,
+    /// Damaged byte ranges before `valid_len` (at or after the scan start): corrupt middles,
+    /// for the replayer to quarantine.
+    pub corrupt: Vec<(u64, u64)>,
 }
 
-/// Reads one framed record from `buf` at `pos`. `None` means torn or corrupt at `pos`.
-pub fn frame_at(buf: &[u8], pos: usize) -> Option<(&[u8], usize)> {
-    let header = buf.get(pos..pos + HEADER)?;
-    let len = u32::from_le_bytes(header[0..4].try_into().expect("4 bytes"));
-    let crc = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes"));
-    if len > MAX_RECORD {
-        return None;
-    }
-    let body = buf.get(pos + HEADER..pos + HEADER + len as usize)?;
-    if crc32fast::hash(body) != crc {
-        return None;
-    }
-    decode_record(body)?;
-    Some((body, pos + HEADER + len as usize))
-}
-
-/// Scans `bytes` from `start` and reports the valid prefix.
+/// Scans a whole segment file (`bytes`) and reports what it holds from `start` on; the cut point
+/// depends on the whole file (where its last commit marker is), not on `start`.
 pub fn scan(bytes: &[u8], start: usize) -> ScanResult {
+    let (format, data) = Format::of(bytes);
+    let items: Vec<Item> = format.items(bytes, data, bytes.len()).collect();
+    // Only bytes past the last fsynced commit may be a torn tail. Legacy segments have no
+    // markers: for them every damaged byte ends the valid prefix, as before.
+    let committed = items
+        .iter()
+        .rev()
+        .find_map(|i| match i {
+            Item::Frame(f) if f.kind == FrameKind::Commit => Some(f.end),
+            _ => None,
+        })
+        .unwrap_or(data);
     let mut result = ScanResult {
-        valid_len: start as u64,
+        valid_len: data.min(bytes.len()) as u64,
         ..Default::default()
     };
-    let mut pos = start;
-    while let Some((body, next)) = frame_at(bytes, pos) {
-        if result.first_ms.is_none() {
-            result.first_ms = decode_record(body).map(|(_, ms)| ms);
+    for item in items {
+        match item {
+            Item::Frame(f) => {
+                if f.start >= start && f.kind == FrameKind::Record {
+                    if result.first_ms.is_none() {
+                        result.first_ms = decode_record(f.body).map(|(_, ms)| ms);
+                    }
+                    result.records += 1;
+                }
+                result.valid_len = f.end as u64;
+            }
+            Item::Bad { start: from, .. } if from >= committed => break,
+            Item::Bad { start: from, end } => {
+                if from >= start {
+                    result.corrupt.push((from as u64, end as u64));
+                }
+                result.valid_len = end as u64;
+            }
         }
-        result.records += 1;
-        pos = next;
-        result.valid_len = pos as u64;
     }
     result
 }
@@ -238,13 +146,22 @@ pub fn recover_dir(dir: &Path) -> std::io::Result<Recovered> {
             file.sync_all()?;
         }
         let acked = read_ack(dir, seq).min(whole.valid_len);
-        if acked >= whole.valid_len {
+        let rest = scan(&bytes, acked as usize);
+        if acked >= whole.valid_len || (rest.records == 0 && rest.corrupt.is_empty()) {
             // Empty, or every record acknowledged before the crash: nothing to replay.
             std::fs::remove_file(&path)?;
             let _ = std::fs::remove_file(ack_path(dir, seq));
             continue;
         }
-        let rest = scan(&bytes, acked as usize);
+        for (from, to) in &rest.corrupt {
+            tracing::error!(
+                segment = %path.display(),
+                offset = from,
+                bytes = to - from,
+                "spool: damaged bytes in the middle of a segment; the records around them are \
+                 kept, the damaged bytes will be quarantined by replay"
+            );
+        }
         records += rest.records;
         segments.push(Sealed {
             seq,

@@ -216,6 +216,7 @@ impl Writer {
     }
 
     fn write_group(&mut self, appends: &[Admitted]) -> Result<(), SinkError> {
+        let format = self.shared.format;
         let active = match self.active_segment() {
             Ok(a) => a,
             Err(e) => return Err(self.disk_error(e)),
@@ -223,12 +224,19 @@ impl Writer {
         let before = active.len;
         let started = Instant::now();
         let mut written = Ok(());
+        let mut end = before;
         for (bytes, ..) in appends {
             if let Err(e) = active.file.write_all(bytes) {
                 written = Err(e);
                 break;
             }
+            end += bytes.len() as u64;
         }
+        // The commit marker ends the group: bytes before it were fsynced with it, so damage
+        // before a valid marker is corruption, never a torn tail (module doc). Same fsync.
+        let mut marker = Vec::with_capacity(format.commit_len());
+        format.push_commit(end, &mut marker);
+        let written = written.and_then(|_| active.file.write_all(&marker));
         let synced = written.and_then(|_| active.file.sync_data());
         metrics::histogram!(m::SPOOL_FSYNC_LATENCY).record(started.elapsed().as_secs_f64());
         if let Err(e) = synced {
@@ -245,7 +253,7 @@ impl Writer {
             }
             return Err(self.disk_error(e));
         }
-        let added: u64 = appends.iter().map(|(b, ..)| b.len() as u64).sum();
+        let added: u64 = end + marker.len() as u64 - before;
         let records: u64 = appends.iter().map(|(_, r, ..)| *r).sum();
         let first_ms = appends
             .iter()
@@ -289,19 +297,24 @@ impl Writer {
             let dir = self.shared.opts.dir.clone();
             let seq = self.next_seq;
             let path = segment_path(&dir, seq);
-            let file = OpenOptions::new()
+            let mut file = OpenOptions::new()
                 .create_new(true)
                 .append(true)
                 .open(&path)?;
-            if let Err(e) = fsync_dir(&dir) {
+            // The header (magic + nonce) is made durable by the first group's fdatasync.
+            let header = self.shared.format.header();
+            if let Err(e) = file.write_all(&header).and_then(|_| fsync_dir(&dir)) {
                 let _ = std::fs::remove_file(&path);
                 return Err(e);
             }
+            self.shared
+                .bytes
+                .fetch_add(header.len() as u64, Ordering::Relaxed);
             self.next_seq += 1;
             self.active = Some(Active {
                 seq,
                 file,
-                len: 0,
+                len: header.len() as u64,
                 first_ms: 0,
                 first_append: None,
             });
@@ -315,8 +328,15 @@ impl Writer {
             return Ok(());
         };
         let path = segment_path(&self.shared.opts.dir, active.seq);
-        if active.len == 0 {
+        if active.first_append.is_none() {
+            // Nothing was ever committed to it: only its header (or an unanswered write).
             let _ = std::fs::remove_file(&path);
+            let _ = self
+                .shared
+                .bytes
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+                    Some(b.saturating_sub(active.len))
+                });
             return Ok(());
         }
         self.shared
