@@ -434,3 +434,119 @@ async fn corrupt_middle_of_a_spooled_segment_costs_only_the_quarantined_record()
     );
     gw.terminate();
 }
+
+/// Records Kafka refuses for good, spooled while it could not say so, never block replay: while
+/// the broker is frozen, clients post bundles mixing events of a schema whose topic was never
+/// created with ordinary ones (all acknowledged 202, spooled), plus a request with a 700 KB
+/// event id. Once the broker is back, the replayer delivers everything else and moves exactly the
+/// refused events to the quarantine; the spool drains and the host stays ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn records_kafka_refuses_after_an_outage_are_quarantined_without_blocking_replay() {
+    use serde_json::json;
+    let _one = ONE_AT_A_TIME.lock().await;
+    let broker = Broker::sqlite();
+    let topics = Topics::unique();
+    topics.create(&broker.brokers()).await; // no topic for `orphan`
+    let work = tempfile::tempdir().unwrap();
+    let schemas = work.path().join("schemas");
+    common::copy_dir(&common::root().join("schemas"), &schemas);
+    std::fs::create_dir_all(schemas.join("orphan")).unwrap();
+    std::fs::write(schemas.join("orphan/1.json"), r#"{"type": "object"}"#).unwrap();
+    let spool_dir = work.path().join("spool");
+    let schemas_env = schemas.display().to_string();
+    let mut gw = GatewayProc::new(
+        &broker.brokers(),
+        &topics,
+        spool_dir.clone(),
+        &[("EVENTPIPE_SCHEMAS", &schemas_env)],
+    );
+    let ledger = Arc::new(Ledger::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = spawn_load(
+        gw.url(),
+        4,
+        10,
+        Duration::from_millis(20),
+        ledger.clone(),
+        stop.clone(),
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    signal(broker.pid(), "STOP");
+    let client = reqwest::Client::new();
+    let mut orphans_acked = Vec::new();
+    for round in 0..8 {
+        let orphan = uuid::Uuid::new_v4().to_string();
+        let click = uuid::Uuid::new_v4().to_string();
+        let bundle = json!({"events": [
+            {"schema": "orphan/1", "event_id": orphan, "data": {"round": round}},
+            {"schema": "click/1", "event_id": click, "data": {"element": "poison-round"}},
+        ]});
+        let resp = client.post(gw.url()).json(&bundle).send().await.unwrap();
+        assert!(resp.status().is_success(), "{}", resp.status());
+        orphans_acked.push(orphan);
+        ledger.acked.lock().unwrap().insert(click.clone());
+        ledger.sent.lock().unwrap().push(click);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let poison = json!({"events": [{"schema": "click/1", "event_id": "p".repeat(700_000)}]});
+    let resp = client.post(gw.url()).json(&poison).send().await.unwrap();
+    assert!(resp.status().is_success(), "{}", resp.status());
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    signal(broker.pid(), "CONT");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, Ordering::Relaxed);
+    for task in load {
+        task.await.unwrap();
+    }
+    assert!(
+        gw.wait_spool_empty(Duration::from_secs(90)).await,
+        "refused records blocked the replay: {}",
+        gw.log_tail()
+    );
+    assert_eq!(gw.ready().await, Some(true), "the host must stay ready");
+
+    let listed = std::process::Command::new(env!("CARGO_BIN_EXE_eventpipe"))
+        .args(["spool", "quarantine", "--json", "--dir"])
+        .arg(&spool_dir)
+        .output()
+        .unwrap();
+    assert!(listed.status.success());
+    let quarantined: std::collections::HashSet<String> = String::from_utf8_lossy(&listed.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|e| {
+            e["reason"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("kafka_rejected:"))
+        })
+        .filter_map(|e| e["event_id"].as_str().map(str::to_owned))
+        .collect();
+    let expected: std::collections::HashSet<String> = orphans_acked.into_iter().collect();
+    assert_eq!(
+        quarantined, expected,
+        "exactly the refused events are quarantined"
+    );
+
+    let topic = topics.topic("click");
+    let result = tokio::task::block_in_place(|| {
+        audit(
+            "refused after outage",
+            1,
+            &broker.brokers(),
+            &topic,
+            &ledger,
+        )
+    });
+    let line = serde_json::to_string(&result).unwrap();
+    println!("FAULT-AUDIT {line}");
+    let report = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/fault-audit.jsonl");
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(report)
+    {
+        let _ = writeln!(f, "{line}");
+    }
+    assert_eq!(result.acked_but_missing, 0, "{line}\n{}", gw.log_tail());
+    gw.terminate();
+}

@@ -84,7 +84,10 @@ async fn a_slow_body_gets_408_in_the_error_shape_with_cors_and_counted() {
         crate::metrics::HTTP_REQUESTS,
         "status=\"408\"",
     );
-    let router = router(&config(&[("LIMITS__REQUEST_TIMEOUT_MS", "200")]));
+    let router = router(&config(&[
+        ("LIMITS__REQUEST_TIMEOUT_MS", "200"),
+        ("KAFKA__ACK_TIMEOUT_MS", "100"),
+    ]));
     let (req, _keep_stalled) = stalled_post(b"{\"events\":[", 100);
     let (status, headers, body) = answer(&router, req).await;
     assert_eq!(status, StatusCode::REQUEST_TIMEOUT);
