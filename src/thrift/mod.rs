@@ -7,6 +7,7 @@
 #[allow(clippy::all, clippy::pedantic, dead_code, non_camel_case_types)]
 #[rustfmt::skip]
 pub mod generated;
+pub mod check;
 pub mod compact;
 pub mod json;
 
@@ -28,8 +29,16 @@ pub fn to_compact_bytes<T: TSerializable>(value: &T) -> Vec<u8> {
     buf
 }
 
-/// Decodes a compact-protocol struct from bytes.
+/// Decodes a compact-protocol struct from bytes. Every length prefix is checked against the
+/// bytes first (`check`), so hostile bytes cannot make the decoder allocate more than a small
+/// multiple of their size.
 pub fn from_compact_bytes<T: TSerializable>(mut bytes: &[u8]) -> thrift::Result<T> {
+    check::check_struct(bytes).map_err(|e| {
+        thrift::Error::Protocol(thrift::ProtocolError::new(
+            thrift::ProtocolErrorKind::InvalidData,
+            e.to_string(),
+        ))
+    })?;
     let mut proto = TCompactInputProtocol::new(&mut bytes);
     T::read_from_in_protocol(&mut proto)
 }

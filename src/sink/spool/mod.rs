@@ -64,7 +64,7 @@
 //! loses the replay checkpoint. Each duplicate carries the same event id; consumers dedupe on it.
 
 mod replay;
-mod segment;
+pub(crate) mod segment;
 mod writer;
 
 use std::path::PathBuf;
