@@ -36,6 +36,6 @@ for t in "${targets[@]}"; do
   cargo +nightly fuzz run "$t" "$work/$t" "corpus/$t" -- \
     -max_total_time="$seconds" -max_len=16384 -rss_limit_mb=2048 -print_final_stats=1 \
     "${dict[@]}" 2>"$work/$t.log" || { tail -n 60 "$work/$t.log" >&2; echo "fuzz: $t FAILED" >&2; exit 1; }
-  grep -E '^stat::(number_of_executed_units|new_units_added|peak_rss_mb)|cov: .*(DONE|INITED)' "$work/$t.log" | tail -n 4
+  grep -E '^stat::(number_of_executed_units|new_units_added|peak_rss_mb)|(INITED|DONE) +cov' "$work/$t.log" | tail -n 5
 done
 echo "fuzz: ${#targets[@]} targets ran ${seconds}s each without a crash"
