@@ -41,6 +41,11 @@ pub struct BoundedCompact<'a> {
     inner: TCompactInputProtocol<Slice<'a>>,
     bytes: &'a [u8],
     pos: Rc<Cell<usize>>,
+    /// The decoder's last field id and the stack of enclosing structs' ones, mirrored: a
+    /// field-id delta past `i16::MAX` overflows inside the thrift crate (a panic where overflow
+    /// checks are on), so it is refused here first.
+    last_field_id: i16,
+    field_ids: Vec<i16>,
 }
 
 impl<'a> BoundedCompact<'a> {
@@ -54,6 +59,8 @@ impl<'a> BoundedCompact<'a> {
             inner: TCompactInputProtocol::new(transport),
             bytes,
             pos,
+            last_field_id: 0,
+            field_ids: Vec::new(),
         }
     }
 
@@ -114,13 +121,30 @@ impl TInputProtocol for BoundedCompact<'_> {
         self.inner.read_message_end()
     }
     fn read_struct_begin(&mut self) -> thrift::Result<Option<TStructIdentifier>> {
+        self.field_ids.push(self.last_field_id);
+        self.last_field_id = 0;
         self.inner.read_struct_begin()
     }
     fn read_struct_end(&mut self) -> thrift::Result<()> {
+        self.last_field_id = self.field_ids.pop().unwrap_or(0);
         self.inner.read_struct_end()
     }
     fn read_field_begin(&mut self) -> thrift::Result<TFieldIdentifier> {
-        self.inner.read_field_begin()
+        // Header: (id delta << 4) | type; type 0 is the stop, delta 0 means an explicit id.
+        if let Some(&header) = self.bytes.get(self.pos.get()) {
+            let delta = i16::from(header >> 4);
+            if header & 0x0f != 0 && self.last_field_id.checked_add(delta).is_none() {
+                return Err(thrift::Error::Protocol(ProtocolError::new(
+                    ProtocolErrorKind::InvalidData,
+                    format!("field id past {} at byte {}", i16::MAX, self.pos.get()),
+                )));
+            }
+        }
+        let field = self.inner.read_field_begin()?;
+        if let Some(id) = field.id {
+            self.last_field_id = id;
+        }
+        Ok(field)
     }
     fn read_field_end(&mut self) -> thrift::Result<()> {
         self.inner.read_field_end()
@@ -206,6 +230,19 @@ mod tests {
         assert!(refused_length(
             from_compact_bytes::<Json>(&bytes).unwrap_err()
         ));
+    }
+
+    /// Found by the `thrift_tail` fuzz target: an explicit field id near `i16::MAX`, then a
+    /// delta; the thrift crate's `last_read_field_id += delta` overflowed (a panic in debug
+    /// builds, a wrapped id in release).
+    #[test]
+    fn a_field_id_past_i16_max_is_an_error_not_an_overflow() {
+        let bytes = include_bytes!("../../fuzz/corpus/thrift_tail/crash-field-id-overflow");
+        let err = from_compact_bytes::<Json>(bytes).unwrap_err();
+        assert!(
+            matches!(&err, Error::Protocol(e) if e.kind == ProtocolErrorKind::InvalidData),
+            "{err:?}"
+        );
     }
 
     /// Found by the `thrift_tail` fuzz target: field 3 of `Event` (an i32) sent as a string; the
