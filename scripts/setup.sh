@@ -2,7 +2,7 @@
 # Installs what the tests and the dev gateway need on a fresh machine; skips what is present.
 #   - Debian: thrift-compiler (regenerating Thrift code), build tools for librdkafka
 #   - PyPI: confluent-kafka + thriftpy2 (independent consumer/decoder in tests)
-#   - crates.io: the Tansu broker (~10 minutes to build the first time)
+#   - crates.io: the Tansu broker (~10 minutes to build the first time), cargo-fuzz (scripts/fuzz.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -37,5 +37,10 @@ if ! tansu_ok; then
   fi
   echo "setup: cargo install tansu $TANSU_VERSION (takes ~10 minutes)"
   cargo install tansu --version "$TANSU_VERSION" --locked --features dynostore,libsql
+fi
+CARGO_FUZZ_VERSION=0.13.2
+if ! cargo fuzz --version 2>/dev/null | grep -q "$CARGO_FUZZ_VERSION"; then
+  echo "setup: cargo install cargo-fuzz $CARGO_FUZZ_VERSION (about 2 minutes)"
+  cargo install cargo-fuzz --version "$CARGO_FUZZ_VERSION" --locked
 fi
 echo "setup: ok"

@@ -10,6 +10,8 @@
 pub mod admin;
 pub mod config;
 pub mod dedup;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod metrics;
 pub mod ops;

@@ -7,12 +7,13 @@
 #[allow(clippy::all, clippy::pedantic, dead_code, non_camel_case_types)]
 #[rustfmt::skip]
 pub mod generated;
+pub mod bounded;
 pub mod compact;
 pub mod json;
 
 pub use generated::{DeadLetter, Enrichment, Event, Json, Token, TokenKind};
 
-use thrift::protocol::{TCompactInputProtocol, TCompactOutputProtocol, TSerializable};
+use thrift::protocol::{TCompactOutputProtocol, TSerializable};
 
 /// Serializes any generated struct with the compact protocol.
 pub fn to_compact_bytes<T: TSerializable>(value: &T) -> Vec<u8> {
@@ -28,9 +29,11 @@ pub fn to_compact_bytes<T: TSerializable>(value: &T) -> Vec<u8> {
     buf
 }
 
-/// Decodes a compact-protocol struct from bytes.
-pub fn from_compact_bytes<T: TSerializable>(mut bytes: &[u8]) -> thrift::Result<T> {
-    let mut proto = TCompactInputProtocol::new(&mut bytes);
+/// Decodes a compact-protocol struct from bytes. Length prefixes are checked against the bytes
+/// left before anything is allocated (`bounded`): hostile bytes cannot make the decoder
+/// allocate more than a small multiple of their size.
+pub fn from_compact_bytes<T: TSerializable>(bytes: &[u8]) -> thrift::Result<T> {
+    let mut proto = bounded::BoundedCompact::new(bytes);
     T::read_from_in_protocol(&mut proto)
 }
 

@@ -119,7 +119,7 @@
 mod format;
 pub mod quarantine;
 mod replay;
-mod segment;
+pub(crate) mod segment;
 mod writer;
 
 use std::path::PathBuf;
