@@ -3,7 +3,7 @@
 # committed seeds in fuzz/corpus/<target>/ (read only: new inputs go to a temporary directory).
 # Fails on the first crash, leaving its input in fuzz/artifacts/<target>/ (reproduce:
 # `cargo +nightly fuzz run <target> <file>`). Needs a nightly toolchain and cargo-fuzz
-# (scripts/setup.sh installs cargo-fuzz); without nightly it says so and skips.
+# (scripts/setup.sh installs cargo-fuzz); without nightly it fails and says so.
 #   scripts/fuzz.sh [SECONDS] [TARGET...]
 # The build (nightly, ASan) goes to $EVENTPIPE_FUZZ_TARGET_DIR, by default a cache under $HOME,
 # so a machine builds the dependencies once; a cold build takes several minutes.
@@ -16,8 +16,8 @@ targets=("$@")
 ((${#targets[@]})) || targets=(body thrift_tail spool_segment spool_recover)
 
 if ! rustup run nightly rustc --version >/dev/null 2>&1; then
-  echo "fuzz: no nightly toolchain (rustup toolchain list): skipped"
-  exit 0
+  echo "fuzz: no nightly toolchain: install it with 'rustup toolchain install nightly'" >&2
+  exit 1
 fi
 command -v cargo-fuzz >/dev/null || { echo "fuzz: cargo-fuzz missing: run scripts/setup.sh" >&2; exit 1; }
 export CARGO_TARGET_DIR=${EVENTPIPE_FUZZ_TARGET_DIR:-$HOME/.cache/eventpipe/fuzz-target}

@@ -26,7 +26,7 @@ use crate::config::Limits;
 use crate::http::body::{decompress, Encoding};
 use crate::pipeline::{self, Bundle, PipelineConfig};
 use crate::schema::Registry;
-use crate::sink::spool::segment;
+use crate::sink::spool::{decode_record, encode_record, segment, Format, FrameKind, Item};
 use crate::sink::{Record, RecordKind};
 use crate::thrift::{self, DeadLetter, Enrichment, Event, Json};
 
@@ -100,19 +100,36 @@ impl BodyFuzzer {
             .sent_at
             .as_ref()
             .map(|s| s.chars().take(64).collect());
-        let processed = pipeline::process(&bundle, &self.registry, &self.cfg, &enrichment);
-        check_processed(&bundle, &processed, decoded.len(), limits);
+        // A request over its output budget is refused whole (413): nothing to check.
+        let Ok(processed) = pipeline::process(&bundle, &self.registry, &self.cfg, &enrichment)
+        else {
+            return;
+        };
+        check_processed(&bundle, &processed, decoded.len(), &self.cfg);
     }
 }
 
-/// Every event ends in exactly one outcome and one record, in order; no record outgrows the body.
+/// Every event ends in exactly one outcome and one record, in order; no record outgrows the body
+/// or `message.max.bytes`, and the request's records stay within its output budget.
 fn check_processed(
     bundle: &Bundle<'_>,
     processed: &pipeline::Processed,
     body_len: usize,
-    limits: &Limits,
+    cfg: &PipelineConfig,
 ) {
+    let limits = &cfg.limits;
     let n = bundle.events.len();
+    let total: usize = processed
+        .records
+        .iter()
+        .map(pipeline::bounds::size_of)
+        .sum();
+    // The enrichment (user agent, origin, ids) adds at most a few KiB per event.
+    let budget = limits.max_output_ratio * body_len + n * (limits.output_bytes_per_event + 4096);
+    assert!(
+        total <= budget,
+        "{n} events from a {body_len}-byte body produced {total} bytes"
+    );
     assert_eq!(processed.accepted + processed.rejected.len(), n);
     assert_eq!(processed.records.len(), n);
     let by_schema: usize = processed.accepted_by_schema.iter().map(|(_, c)| c).sum();
@@ -120,6 +137,7 @@ fn check_processed(
     let mut rejections = processed.rejected.iter().peekable();
     for (index, (record, raw)) in processed.records.iter().zip(&bundle.events).enumerate() {
         let size = record_size(record);
+        assert!(pipeline::bounds::size_of(record) <= cfg.max_record_bytes);
         assert!(
             size <= RECORD_BYTES_PER_BODY_BYTE * body_len + RECORD_SLACK,
             "event {index}: a {size}-byte record from a {body_len}-byte body"
@@ -140,10 +158,14 @@ fn check_processed(
                 let dl: DeadLetter = thrift::from_compact_bytes(&record.payload)
                     .expect("a dead letter's record decodes");
                 assert_eq!(dl.reason, rejection.reason.as_str());
+                // The original is kept, cut to the cap (and to what fits in a record).
                 let text = raw.get().as_bytes();
-                let keep = text.len().min(limits.dead_letter_max_bytes);
-                assert_eq!(dl.original, text[..keep], "event {index}: original changed");
-                assert_eq!(dl.truncated, text.len() > keep);
+                assert!(dl.original.len() <= limits.dead_letter_max_bytes);
+                assert!(
+                    text.starts_with(&dl.original),
+                    "event {index}: original changed"
+                );
+                assert_eq!(dl.truncated, text.len() > dl.original.len());
             }
             (kind, rejection) => {
                 panic!("event {index}: record {kind:?} but rejection {rejection:?}")
@@ -187,60 +209,53 @@ pub fn thrift_tail(data: &[u8]) {
     }
 }
 
-/// A segment file as the spool reader sees it. Scanning is idempotent on the valid prefix it
-/// reports; every whole, checksummed record in it decodes and re-encodes to a record that
-/// decodes the same; a valid prefix written by the encoder, followed by these bytes, keeps
-/// every record of the prefix. (Only `scan`, `decode_record` and `encode_record` are used, so
-/// the invariants hold whether the reader stops at a bad record or resyncs past it.)
+/// A segment file as the spool reader sees it. Scanning is idempotent on the prefix it keeps;
+/// every frame the reader accepts as a record decodes, and re-encodes (in a fresh segment) to a
+/// record that decodes the same; a segment the writer made (header, records, commit marker)
+/// followed by these bytes keeps every record it committed, whatever follows.
 pub fn spool_segment(data: &[u8]) {
     let scanned = segment::scan(data, 0);
     assert!(scanned.valid_len <= data.len() as u64);
     let prefix = &data[..scanned.valid_len as usize];
     let again = segment::scan(prefix, 0);
     assert_eq!(again.valid_len, scanned.valid_len);
-    assert_eq!(again.records, scanned.records);
-    for (record, ms) in checksummed_records(prefix) {
-        let mut out = Vec::new();
-        segment::encode_record(&record, ms, &mut out);
-        let decoded = checksummed_records(&out);
-        assert_eq!(decoded.len(), 1);
-        assert_eq!(decoded[0].0, record);
-        assert_eq!(decoded[0].1, ms);
+    let (format, start) = Format::of(data);
+    for item in format.items(data, start.min(data.len()), data.len()) {
+        let Item::Frame(frame) = item else { continue };
+        if frame.kind != FrameKind::Record {
+            continue;
+        }
+        let (record, ms) = decode_record(frame.body).expect("an accepted record frame decodes");
+        let fresh = Format::fresh();
+        let mut out = fresh.header().to_vec();
+        encode_record(&fresh, &record, ms, &mut out);
+        let at = out.len() as u64;
+        fresh.push_commit(at, &mut out);
+        let (f, s) = Format::of(&out);
+        let frames: Vec<_> = f
+            .items(&out, s, out.len())
+            .filter_map(|i| match i {
+                Item::Frame(fr) if fr.kind == FrameKind::Record => decode_record(fr.body),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(frames, vec![(record, ms)]);
         assert_eq!(segment::scan(&out, 0).records, 1);
     }
-    // The same bytes as the torn tail of a segment the writer made.
-    let mut file = Vec::new();
+    // The same bytes after the last commit of a segment the writer made: a torn tail at worst.
+    let fresh = Format::fresh();
+    let mut file = fresh.header().to_vec();
     let written = seeds::sample_records();
     for (i, r) in written.iter().enumerate() {
-        segment::encode_record(r, i as i64, &mut file);
+        encode_record(&fresh, r, i as i64, &mut file);
     }
-    let prefix_len = file.len() as u64;
+    let at = file.len() as u64;
+    fresh.push_commit(at, &mut file);
+    let committed_len = file.len() as u64;
     file.extend_from_slice(data);
     let scanned = segment::scan(&file, 0);
     assert!(scanned.records >= written.len() as u64);
-    assert!(scanned.valid_len >= prefix_len);
-}
-
-/// The records framed one after the other from the start of `bytes` (documented format: len,
-/// CRC-32 of the body, body) while the framing, checksum and record codec hold.
-fn checksummed_records(mut bytes: &[u8]) -> Vec<(Record, i64)> {
-    let mut out = Vec::new();
-    while bytes.len() >= 8 {
-        let len = u32::from_le_bytes(bytes[..4].try_into().expect("4 bytes")) as usize;
-        let crc = u32::from_le_bytes(bytes[4..8].try_into().expect("4 bytes"));
-        let Some(body) = bytes.get(8..8 + len) else {
-            break;
-        };
-        if crc32fast::hash(body) != crc {
-            break;
-        }
-        let Some(decoded) = segment::decode_record(body) else {
-            break;
-        };
-        out.push(decoded);
-        bytes = &bytes[8 + len..];
-    }
-    out
+    assert!(scanned.valid_len >= committed_len);
 }
 
 /// Start-up recovery of a spool directory holding these bytes: `data[0]` picks how many

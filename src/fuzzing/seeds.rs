@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use super::{BodyFuzzer, ENCODINGS};
 use crate::http::body::Encoding;
 use crate::pipeline::{self, Bundle};
-use crate::sink::spool::segment;
+use crate::sink::spool::{encode_record, Format};
 use crate::sink::{Record, RecordKind};
 use crate::thrift::{self, DeadLetter};
 
@@ -158,7 +158,8 @@ pub fn write_corpus(repo: &Path, corpus: &Path) -> std::io::Result<usize> {
         }
         let bundle = Bundle::parse(body, fuzzer.cfg.limits.max_depth).expect("seed is a bundle");
         let processed =
-            pipeline::process(&bundle, &fuzzer.registry, &fuzzer.cfg, &fuzzer.enrichment);
+            pipeline::process(&bundle, &fuzzer.registry, &fuzzer.cfg, &fuzzer.enrichment)
+                .expect("a seed bundle fits its output budget");
         for (i, r) in processed.records.iter().enumerate() {
             let kind = match r.kind {
                 RecordKind::Event { .. } => "event",
@@ -173,8 +174,7 @@ pub fn write_corpus(repo: &Path, corpus: &Path) -> std::io::Result<usize> {
         "body is not valid JSON",
         400,
         b"{not json",
-        &Arc::from("dead_letters"),
-        64,
+        &fuzzer.cfg,
         &fuzzer.enrichment,
     );
     put(
@@ -189,16 +189,25 @@ pub fn write_corpus(repo: &Path, corpus: &Path) -> std::io::Result<usize> {
         &thrift::to_compact_bytes(&tokens),
     )?;
 
-    // Segments: all records in one file, each record alone, and a torn tail.
-    let mut all = Vec::new();
+    // Segments as the writer makes them (header, records, a commit marker): all records in one
+    // file, each record alone, and a torn tail (cut inside the last commit marker).
+    let format = Format::fresh();
+    let commit = |mut file: Vec<u8>| {
+        let at = file.len() as u64;
+        format.push_commit(at, &mut file);
+        file
+    };
+    let mut all = format.header().to_vec();
     for (i, r) in records.iter().enumerate() {
-        let mut one = Vec::new();
-        segment::encode_record(r, 1_700_000_000_000 + i as i64, &mut one);
+        let ms = 1_700_000_000_000 + i as i64;
+        let mut one = format.header().to_vec();
+        encode_record(&format, r, ms, &mut one);
         if i < 4 || r.kind == RecordKind::DeadLetter && i % 3 == 0 {
-            put("spool_segment", &format!("record.{i}"), &one)?;
+            put("spool_segment", &format!("record.{i}"), &commit(one))?;
         }
-        all.extend_from_slice(&one);
+        encode_record(&format, r, ms, &mut all);
     }
+    let all = commit(all);
     put("spool_segment", "all", &all)?;
     let torn = &all[..all.len() - 5];
     put("spool_segment", "torn_tail", torn)?;
