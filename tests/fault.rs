@@ -8,13 +8,14 @@
 
 mod common;
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::fault::{audit, signal, spawn_load, FaultCounter, GatewayProc, Ledger};
+use common::fault::{
+    audit, quarantine_entries, report_audit, signal, spawn_load, FaultCounter, GatewayProc, Ledger,
+};
 use common::proxy::Proxy;
 use common::{free_port, Broker, Topics};
 
@@ -219,16 +220,7 @@ async fn scenario(name: &str, rounds: usize, plan: impl Fn(usize) -> Fault) {
     });
     result.broker_repairs = broker_repairs;
     result.gateway_restarts = gateway_restarts;
-    let line = serde_json::to_string(&result).unwrap();
-    println!("FAULT-AUDIT {line}");
-    let report = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/fault-audit.jsonl");
-    if let Ok(mut f) = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(report)
-    {
-        let _ = writeln!(f, "{line}");
-    }
+    let line = report_audit(&result);
     assert!(result.acked > 0, "{name}: nothing was acknowledged: {line}");
     assert_eq!(
         result.acked_but_missing,
@@ -374,20 +366,7 @@ async fn corrupt_middle_of_a_spooled_segment_costs_only_the_quarantined_record()
         "spool did not drain: {}",
         gw.log_tail()
     );
-    let listed = std::process::Command::new(env!("CARGO_BIN_EXE_eventpipe"))
-        .args(["spool", "quarantine", "--json", "--dir"])
-        .arg(&spool_dir)
-        .output()
-        .unwrap();
-    assert!(
-        listed.status.success(),
-        "{}",
-        String::from_utf8_lossy(&listed.stderr)
-    );
-    let entries: Vec<serde_json::Value> = String::from_utf8_lossy(&listed.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let entries = quarantine_entries(&spool_dir);
     assert_eq!(entries.len(), 1, "{entries:?}");
     assert_eq!(entries[0]["reason"], "corrupt");
     assert_eq!(entries[0]["offset"], start as u64);
@@ -417,8 +396,7 @@ async fn corrupt_middle_of_a_spooled_segment_costs_only_the_quarantined_record()
     let result = tokio::task::block_in_place(|| {
         audit("corrupt spool middle", 1, &broker.brokers(), &topic, &rest)
     });
-    let line = serde_json::to_string(&result).unwrap();
-    println!("FAULT-AUDIT {line}");
+    let line = report_audit(&result);
     assert!(result.acked > 0, "{line}");
     assert_eq!(
         result.acked_but_missing, 0,
@@ -505,15 +483,8 @@ async fn records_kafka_refuses_after_an_outage_are_quarantined_without_blocking_
     );
     assert_eq!(gw.ready().await, Some(true), "the host must stay ready");
 
-    let listed = std::process::Command::new(env!("CARGO_BIN_EXE_eventpipe"))
-        .args(["spool", "quarantine", "--json", "--dir"])
-        .arg(&spool_dir)
-        .output()
-        .unwrap();
-    assert!(listed.status.success());
-    let quarantined: std::collections::HashSet<String> = String::from_utf8_lossy(&listed.stdout)
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+    let quarantined: std::collections::HashSet<String> = quarantine_entries(&spool_dir)
+        .into_iter()
         .filter(|e| {
             e["reason"]
                 .as_str()
@@ -537,16 +508,7 @@ async fn records_kafka_refuses_after_an_outage_are_quarantined_without_blocking_
             &ledger,
         )
     });
-    let line = serde_json::to_string(&result).unwrap();
-    println!("FAULT-AUDIT {line}");
-    let report = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/fault-audit.jsonl");
-    if let Ok(mut f) = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(report)
-    {
-        let _ = writeln!(f, "{line}");
-    }
+    let line = report_audit(&result);
     assert_eq!(result.acked_but_missing, 0, "{line}\n{}", gw.log_tail());
     gw.terminate();
 }

@@ -330,6 +330,9 @@ pub fn start_gateway(o: &GatewayOptions<'_>) -> anyhow::Result<Gateway> {
         .env("EVENTPIPE_LOG", "warn")
         .env("EVENTPIPE_SHUTDOWN_GRACE_SECS", "0")
         .env("EVENTPIPE_BENCH__HTTP_ONLY", o.http_only.to_string())
+        // The sweep's idle point holds 10,000 keep-alive connections: above the default
+        // `limits.max_connections` (4096), which is a production guard, not what is measured.
+        .env("EVENTPIPE_LIMITS__MAX_CONNECTIONS", "20000")
         // One spool directory per gateway process (it is locked), never in the caller's cwd.
         .env("EVENTPIPE_SPOOL__DIR", spool_dir)
         .current_dir(o.log_dir)

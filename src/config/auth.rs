@@ -149,13 +149,7 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::super::load;
-
-    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use super::super::tests::env;
 
     #[test]
     fn open_mode_and_no_limits_by_default() {

@@ -70,13 +70,7 @@ impl KafkaConfig {
 #[cfg(test)]
 mod tests {
     use super::super::load;
-
-    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use super::super::tests::env;
 
     #[test]
     fn overrides_that_break_the_ack_promise_are_refused() {

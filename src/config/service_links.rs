@@ -36,13 +36,7 @@ pub(super) fn is_service_link(rest: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::super::load;
-
-    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use super::super::tests::env;
 
     #[test]
     fn kubernetes_service_links_are_skipped_and_typos_still_fail() {

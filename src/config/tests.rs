@@ -2,7 +2,8 @@
 
 use super::*;
 
-fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+/// `(key, value)` pairs as the environment `load` reads (also used by the submodules' tests).
+pub(super) fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
     pairs
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))

@@ -365,3 +365,38 @@ impl FaultCounter {
         self.0.load(Ordering::Relaxed)
     }
 }
+
+/// What `eventpipe spool quarantine --json` lists for a spool directory, one value per entry.
+pub fn quarantine_entries(spool_dir: &std::path::Path) -> Vec<serde_json::Value> {
+    let listed = Command::new(env!("CARGO_BIN_EXE_eventpipe"))
+        .args(["spool", "quarantine", "--json", "--dir"])
+        .arg(spool_dir)
+        .output()
+        .unwrap();
+    assert!(
+        listed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    String::from_utf8_lossy(&listed.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Prints an audit and appends it to `target/fault-audit.jsonl` (scripts/fault-table.py reads
+/// it); returns the JSON line for assertion messages.
+pub fn report_audit(result: &Audit) -> String {
+    use std::io::Write;
+    let line = serde_json::to_string(result).unwrap();
+    println!("FAULT-AUDIT {line}");
+    let report = root().join("target/fault-audit.jsonl");
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(report)
+    {
+        let _ = writeln!(f, "{line}");
+    }
+    line
+}
