@@ -78,6 +78,8 @@ pub async fn serve(
             batch_bytes: 4 << 20,
             ack_timeout: Duration::from_millis(message_timeout_ms(&config) + 5_000),
             max_backoff: Duration::from_secs(5),
+            // Several metadata refreshes (librdkafka re-checks a missing topic every second).
+            doubtful_refusal_grace: Duration::from_secs(30),
         };
         Arc::new(FallbackSink::new(Arc::new(kafka), spool, replay))
     } else {

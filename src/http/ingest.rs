@@ -307,6 +307,11 @@ fn decode_and_process(
     // The body stays until the answer: a record Kafka refuses becomes a dead letter holding its
     // event's JSON, sliced from it.
     let held = processed.records.iter().map(record_bytes).sum::<usize>() + decoded.len();
+    // The records may outgrow what was charged for them (up to the output budget): charge the
+    // difference, or give the rest back.
+    charge
+        .grow(held.saturating_sub(charge.bytes()))
+        .map_err(|e| (e, Bytes::new()))?;
     charge.shrink_to(held);
     Ok(Decoded {
         processed,
@@ -389,7 +394,22 @@ fn count_outcomes(
 
 /// Writes a refused request to the dead-letter topic in the background: the client's answer does
 /// not wait on Kafka, but a failed write is counted, never silent.
+///
+/// Only requests whose body was read get one: a refusal on the headers alone (415, a
+/// Content-Length over the limit) costs its client nothing, so a dead letter for it would let
+/// header-only requests turn into Kafka (or spool) writes; those are counted in
+/// `eventpipe_requests_refused_total`. At most `REFUSED_LETTERS_IN_FLIGHT` are written at once;
+/// beyond, they are counted as failures (`reason="backlog"`) rather than queued without bound.
 fn record_refused_request(gw: &AppState, err: &ApiError, body: &Bytes, enrichment: Enrichment) {
+    static IN_FLIGHT: tokio::sync::Semaphore =
+        tokio::sync::Semaphore::const_new(REFUSED_LETTERS_IN_FLIGHT);
+    if body.is_empty() {
+        return;
+    }
+    let Ok(permit) = IN_FLIGHT.try_acquire() else {
+        metrics::counter!(m::DEAD_LETTER_FAILURES, "reason" => "backlog").increment(1);
+        return;
+    };
     let record = dead_letter_for_request(
         err.code(),
         &err.to_string(),
@@ -400,6 +420,7 @@ fn record_refused_request(gw: &AppState, err: &ApiError, body: &Bytes, enrichmen
     );
     let gw = gw.clone();
     tokio::spawn(async move {
+        let _permit = permit;
         let deadline = Instant::now() + gw.ack_timeout;
         match gw.sink.send_batch(vec![record], deadline).await {
             Err(e) => {
@@ -414,6 +435,9 @@ fn record_refused_request(gw: &AppState, err: &ApiError, body: &Bytes, enrichmen
         }
     });
 }
+
+/// Dead letters of refused requests being written at once, at most.
+const REFUSED_LETTERS_IN_FLIGHT: usize = 256;
 
 /// Benchmark-only handler: the HTTP stack's ceiling (body read, nothing else).
 pub async fn read_and_discard(State(gw): State<AppState>, req: Request) -> Response {

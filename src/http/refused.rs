@@ -91,14 +91,17 @@ pub async fn settle(
     let delivered = match gw.sink.send_batch(letters, deadline).await {
         Ok(d) => d,
         Err(e) => {
-            // Kafka late and the spool refusing: none of these dead letters is stored.
-            dead_letter_lost(e.reason());
+            // Kafka late and the spool refusing: none of these dead letters is stored, so
+            // their events are neither accepted nor remembered as durable (`refused_events`
+            // stays: the caller takes them out of `accepted` and out of the dedup window).
             let failed = std::mem::take(&mut out.rejected);
             out.failed = failed
                 .into_iter()
-                .map(|r| to_failed(r, e.reason()))
+                .map(|r| {
+                    dead_letter_lost(e.reason());
+                    to_failed(r, e.reason())
+                })
                 .collect();
-            out.refused_events.clear();
             return out;
         }
     };

@@ -26,6 +26,10 @@ pub const DEFAULT_MESSAGE_MAX_BYTES: usize = 1_000_000;
 /// The smallest `message.max.bytes` the gateway starts with: room for a dead letter whose every
 /// capped field is full (about 5 KB) and some of its original.
 pub const MIN_MESSAGE_MAX_BYTES: usize = 16 * 1024;
+/// Largest `message.max.bytes` accepted: every record must also fit the spool's record limit
+/// (16 MiB of body, with room for its topic and framing), or a record Kafka would take could
+/// never be spooled.
+pub const MAX_MESSAGE_MAX_BYTES: usize = 15 << 20;
 
 /// An event id that is not a UUID is shown (response, dead letter) cut to this many bytes, and
 /// never used as a key or header.
@@ -66,11 +70,11 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
     };
     if let Some(v) = config.kafka.librdkafka.get("message.max.bytes") {
         match v.trim().parse::<usize>() {
-            Ok(n) if (MIN_MESSAGE_MAX_BYTES..=1_000_000_000).contains(&n) => {}
+            Ok(n) if (MIN_MESSAGE_MAX_BYTES..=MAX_MESSAGE_MAX_BYTES).contains(&n) => {}
             _ => {
                 let message = format!(
                     "must be a number of bytes between {MIN_MESSAGE_MAX_BYTES} (room for a dead \
-                     letter) and 1000000000"
+                     letter) and {MAX_MESSAGE_MAX_BYTES} (what the spool can hold)"
                 );
                 return invalid("kafka.librdkafka.message.max.bytes", message);
             }

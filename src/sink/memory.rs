@@ -16,6 +16,8 @@ pub struct MemorySink {
     spool_all: std::sync::atomic::AtomicBool,
     /// Topics whose records are refused for good, with the reason Kafka would give.
     refuse: Mutex<Vec<(String, &'static str)>>,
+    /// Batches to take before `fail_with` applies (`fail_after`).
+    ok_batches_left: Mutex<Option<usize>>,
 }
 
 impl MemorySink {
@@ -26,6 +28,15 @@ impl MemorySink {
     /// Makes every following batch fail with `err` (or succeed again with `None`).
     pub fn fail_with(&self, err: Option<SinkError>) {
         *self.fail_with.lock().unwrap_or_else(|p| p.into_inner()) = err;
+    }
+
+    /// Takes the next `n` batches normally, then fails every following one with `err`.
+    pub fn fail_after(&self, n: usize, err: SinkError) {
+        *self
+            .ok_batches_left
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(n);
+        self.fail_with(Some(err));
     }
 
     /// Makes following batches report their records as spooled (as the fallback sink would
@@ -60,11 +71,25 @@ impl Sink for MemorySink {
         _deadline: Instant,
     ) -> BoxFuture<'_, Result<Delivered, SinkError>> {
         Box::pin(async move {
+            let take_normally = {
+                let mut left = self
+                    .ok_batches_left
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                match left.as_mut() {
+                    Some(n) if *n > 0 => {
+                        *n -= 1;
+                        true
+                    }
+                    _ => false,
+                }
+            };
             if let Some(err) = self
                 .fail_with
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .clone()
+                .filter(|_| !take_normally)
             {
                 return Err(err);
             }

@@ -122,6 +122,30 @@ async fn a_refused_dead_letter_fails_the_request_visibly() {
     assert!(prometheus.render().contains(needle), "missing {needle}");
 }
 
+/// The dead letters of refused events cannot be stored at all (Kafka late, spool refusing):
+/// those events fail visibly, are not counted accepted, and are not remembered as durable, so
+/// the client's retry is produced again rather than answered from the dedup window.
+#[tokio::test]
+async fn dead_letters_that_cannot_be_stored_fail_their_events_and_are_not_deduplicated() {
+    let (router, sink) = harness();
+    sink.refuse_topic("events.click", UNKNOWN_TOPIC);
+    sink.fail_after(1, crate::sink::SinkError::SpoolFull);
+    let (status, body) = post(&router, &bundle(&[PAGE_VIEW, CLICK])).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+    assert_eq!(body["accepted"], 1, "{body}");
+    assert_eq!(body["failed"][0]["index"], 1, "{body}");
+    // The retry, with the dead-letter path working again: the click is produced again (and
+    // refused and dead-lettered this time), not answered as accepted from the dedup window.
+    sink.fail_with(None);
+    let (status, body) = post(&router, &bundle(&[CLICK])).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body["accepted"], 0,
+        "a failed event was deduplicated: {body}"
+    );
+    assert_eq!(body["rejected"][0]["reason"], UNKNOWN_TOPIC, "{body}");
+}
+
 /// A whole request refused (400) whose dead letter Kafka refuses: counted, not silent.
 #[tokio::test]
 async fn a_refused_request_whose_dead_letter_is_refused_is_counted() {

@@ -62,6 +62,7 @@ fn setup_with(max_bytes: u64, extra: &[(&str, &str)]) -> Setup {
         batch_bytes: 1 << 20,
         ack_timeout: Duration::from_millis(1000),
         max_backoff: Duration::from_millis(200),
+        doubtful_refusal_grace: Duration::ZERO,
     };
     let sink = FallbackSink::new(Arc::new(kafka), spool, replay);
     Setup {

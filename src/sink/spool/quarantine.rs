@@ -35,6 +35,19 @@ pub fn append(spool_dir: &Path, seq: u64, entries: &[Quarantined]) -> std::io::R
     let mut existing = Vec::new();
     file.read_to_end(&mut existing)?;
     let (mut format, data) = Format::of(&existing);
+    if format.is_legacy() && !existing.is_empty() {
+        // A quarantine file whose header is damaged: never truncate the only copy of what it
+        // holds. Set it aside whole and start a new file.
+        drop(file);
+        super::segment::set_aside(&path, existing.len(), &qdir)?;
+        existing.clear();
+        file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)?;
+    }
     let mut out = Vec::new();
     let base = if format.is_legacy() || existing.len() < data {
         // New file, or one whose header never made it to disk: start it over.

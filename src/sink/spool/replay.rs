@@ -55,6 +55,16 @@ pub struct ReplayOptions {
     /// record's fate is known before it is sent again.
     pub ack_timeout: Duration,
     pub max_backoff: Duration,
+    /// How long a refusal that can also be a passing metadata state (unknown topic or partition:
+    /// librdkafka reports those for existing topics during broker restarts and leader changes)
+    /// must persist in a batch before its records are quarantined; until then they are retried.
+    /// Other refusals (too large, not authorised) are quarantined at once.
+    pub doubtful_refusal_grace: Duration,
+}
+
+/// Refusals that can be a broker's passing view of its metadata rather than a fact.
+fn doubtful(reason: &str) -> bool {
+    reason.contains("unknown_topic") || reason.contains("unknown_partition")
 }
 
 /// Starts the replayer task; it ends when the spool is closed.
@@ -338,6 +348,8 @@ async fn deliver(
     mut meta: Vec<Pending<'_>>,
     backoff: &mut Duration,
 ) -> bool {
+    // When this batch first met a doubtful refusal (see `doubtful`).
+    let mut doubted_since: Option<Instant> = None;
     loop {
         let deadline = Instant::now() + opts.ack_timeout;
         let result = target.produce(&pending, deadline).await;
@@ -352,6 +364,19 @@ async fn deliver(
             .into_iter()
             .filter(|(i, _)| *i < pending.len())
             .collect();
+        if refused.iter().any(|(_, reason)| doubtful(reason)) {
+            let since = *doubted_since.get_or_insert_with(Instant::now);
+            if since.elapsed() < opts.doubtful_refusal_grace {
+                // Not yet a fact: try these again with the retryable ones.
+                refused.retain(|(i, reason)| {
+                    let retry = doubtful(reason);
+                    if retry {
+                        keep[*i] = true;
+                    }
+                    !retry
+                });
+            }
+        }
         refused.sort_by_key(|(i, _)| *i);
         refused.dedup_by_key(|(i, _)| *i);
         let mut quarantined = 0;

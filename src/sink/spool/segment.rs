@@ -4,7 +4,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
-use super::format::{decode_record, Format, FrameKind, Item};
+use super::format::{decode_record, Format, FrameKind, Item, SEGMENT_HEADER};
 use super::Sealed;
 
 /// What a scan of a segment found.
@@ -62,6 +62,32 @@ pub fn scan(bytes: &[u8], start: usize) -> ScanResult {
         }
     }
     result
+}
+
+/// Moves a file nothing can be read from into the quarantine directory, whole, as
+/// `<name>.unreadable` (never listed or replayed, never deleted): an operator decides. A crash
+/// during a segment's very first write leaves such a file too (then nothing in it was
+/// acknowledged); a damaged header leaves one holding acknowledged records.
+pub fn set_aside(path: &Path, len: usize, qdir: &Path) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(qdir)?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let target = qdir.join(format!("{name}.{}.unreadable", super::now_ms()));
+    std::fs::rename(path, &target)?;
+    fsync_dir(qdir)?;
+    fsync_dir(dir)?;
+    metrics::counter!(crate::metrics::SPOOL_CORRUPT_BYTES).increment(len as u64);
+    tracing::error!(
+        file = %path.display(),
+        moved_to = %target.display(),
+        bytes = len,
+        "spool: no valid frame in this file (damaged header, or a crash during its first write); \
+         kept whole, aside, for an operator"
+    );
+    Ok(())
 }
 
 pub fn segment_path(dir: &Path, seq: u64) -> PathBuf {
@@ -136,6 +162,20 @@ pub fn recover_dir(dir: &Path) -> std::io::Result<Recovered> {
         file.seek(SeekFrom::Start(0))?;
         file.read_to_end(&mut bytes)?;
         let whole = scan(&bytes, 0);
+        let (format, _) = Format::of(&bytes);
+        let header = if format.is_legacy() {
+            0
+        } else {
+            SEGMENT_HEADER
+        };
+        if bytes.len() > header && whole.valid_len as usize <= header {
+            // Not one valid frame: a damaged header (magic or nonce) makes every frame look
+            // bad, and cutting would delete acknowledged records. Keep the file whole, aside.
+            drop(file);
+            set_aside(&path, bytes.len(), &super::quarantine::quarantine_dir(dir))?;
+            let _ = std::fs::remove_file(ack_path(dir, seq));
+            continue;
+        }
         if whole.valid_len < bytes.len() as u64 {
             tracing::warn!(
                 segment = %path.display(),

@@ -130,6 +130,7 @@ fn replay_opts() -> ReplayOptions {
         batch_bytes: 1 << 20,
         ack_timeout: Duration::from_millis(100),
         max_backoff: Duration::from_millis(20),
+        doubtful_refusal_grace: Duration::ZERO,
     }
 }
 
@@ -619,3 +620,120 @@ async fn closing_stops_a_replayer_that_cannot_read_its_segment() {
 }
 
 mod model;
+
+/// A damaged segment header (magic or nonce) makes every frame look bad; recovery must not read
+/// that as a torn tail and cut the file to nothing: the whole file is set aside in the
+/// quarantine directory, byte for byte.
+#[tokio::test]
+async fn a_segment_with_a_damaged_header_is_set_aside_whole_not_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(SpoolOptions {
+        segment_bytes: 1 << 20,
+        seal_after: Duration::from_secs(60),
+        ..opts(dir.path())
+    })
+    .unwrap();
+    spool
+        .append(&(0..6).map(record).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    spool.close().await;
+    let seg = segment_path(dir.path(), 1);
+    for damaged in [3usize, 12] {
+        // 3: inside the magic; 12: inside the nonce.
+        let mut bytes = std::fs::read(&seg).unwrap_or_else(|_| {
+            // The previous round set the file aside: write it back for this one.
+            let aside = set_aside_files(dir.path());
+            std::fs::read(&aside[0]).unwrap()
+        });
+        for f in set_aside_files(dir.path()) {
+            std::fs::remove_file(f).unwrap();
+        }
+        let original = bytes.clone();
+        bytes[damaged] ^= 0xff;
+        std::fs::write(&seg, &bytes).unwrap();
+        let spool = Spool::open(opts(dir.path())).unwrap();
+        assert_eq!(spool.stats().records, 0);
+        spool.close().await;
+        assert!(
+            !seg.exists(),
+            "the unreadable segment is no longer replayed"
+        );
+        let aside = set_aside_files(dir.path());
+        assert_eq!(aside.len(), 1, "{aside:?}");
+        assert_eq!(std::fs::read(&aside[0]).unwrap(), bytes, "kept whole");
+        let mut repaired = bytes.clone();
+        repaired[damaged] ^= 0xff;
+        assert_eq!(repaired, original);
+        std::fs::write(&aside[0], &repaired).unwrap();
+    }
+}
+
+fn set_aside_files(spool_dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(spool_dir.join("quarantine"))
+        .map(|d| {
+            d.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.to_string_lossy().ends_with(".unreadable"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// "Unknown topic" can be a broker's passing view during a restart: such a refusal is retried
+/// for `doubtful_refusal_grace` before anything is quarantined, so a topic that comes back in
+/// time loses nothing to the quarantine. After the grace, it is quarantined like any refusal.
+#[tokio::test]
+async fn an_unknown_topic_refusal_is_retried_for_a_grace_before_quarantine() {
+    struct Flaky {
+        inner: FakeKafka,
+        refusals_left: std::sync::atomic::AtomicUsize,
+    }
+    impl ReplayTarget for Flaky {
+        fn produce<'a>(
+            &'a self,
+            records: &'a [Record],
+            deadline: tokio::time::Instant,
+        ) -> BoxFuture<'a, ReplayResult> {
+            Box::pin(async move {
+                let left = self.refusals_left.load(Ordering::Relaxed);
+                if left > 0 {
+                    self.refusals_left.store(left - 1, Ordering::Relaxed);
+                    return ReplayResult {
+                        retry: Vec::new(),
+                        refused: (0..records.len())
+                            .map(|i| (i, "kafka_rejected:unknown_topic_or_part".to_owned()))
+                            .collect(),
+                    };
+                }
+                self.inner.produce(records, deadline).await
+            })
+        }
+    }
+    for (grace, want_delivered) in [(Duration::from_secs(30), 5), (Duration::ZERO, 0)] {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(opts(dir.path())).unwrap();
+        let kafka = Arc::new(Flaky {
+            inner: FakeKafka::default(),
+            refusals_left: 3.into(),
+        });
+        let opts = ReplayOptions {
+            doubtful_refusal_grace: grace,
+            ..replay_opts()
+        };
+        let replayer = spawn_replayer(&spool, kafka.clone(), opts);
+        spool
+            .append(&(0..5).map(record).collect::<Vec<_>>())
+            .await
+            .unwrap();
+        assert!(wait_until(|| spool.is_empty() && spool.stats().bytes == 0).await);
+        let delivered = kafka.inner.delivered.lock().unwrap().len();
+        assert_eq!(delivered, want_delivered, "grace {grace:?}");
+        let listed = quarantine::list(dir.path()).unwrap();
+        assert_eq!(listed.len(), 5 - want_delivered);
+        assert!(listed
+            .iter()
+            .all(|l| l.entry.reason == "kafka_rejected:unknown_topic_or_part"));
+        spool.close().await;
+        replayer.await.unwrap();
+    }
+}
