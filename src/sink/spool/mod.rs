@@ -188,6 +188,10 @@ pub(crate) struct Shared {
     pub closed_notify: tokio::sync::Notify,
     /// How this instance frames what it writes (its nonce goes into every new segment).
     pub format: Format,
+    /// Topics whose records replay has seen refused as unknown (a refusal that can be a broker's
+    /// passing view), and since when: quarantine waits out `doubtful_refusal_grace` per topic,
+    /// not per batch. Cleared when a record of the topic is acknowledged.
+    pub doubts: Mutex<std::collections::HashMap<Arc<str>, tokio::time::Instant>>,
 }
 
 impl Shared {
@@ -248,6 +252,7 @@ impl Spool {
             closed: AtomicBool::new(false),
             closed_notify: tokio::sync::Notify::new(),
             format: Format::fresh(),
+            doubts: Mutex::new(std::collections::HashMap::new()),
             opts,
         });
         let writer = writer::spawn(shared.clone(), recovered.lock, next_seq)?;

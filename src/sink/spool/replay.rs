@@ -348,8 +348,6 @@ async fn deliver(
     mut meta: Vec<Pending<'_>>,
     backoff: &mut Duration,
 ) -> bool {
-    // When this batch first met a doubtful refusal (see `doubtful`).
-    let mut doubted_since: Option<Instant> = None;
     loop {
         let deadline = Instant::now() + opts.ack_timeout;
         let result = target.produce(&pending, deadline).await;
@@ -364,18 +362,28 @@ async fn deliver(
             .into_iter()
             .filter(|(i, _)| *i < pending.len())
             .collect();
-        if refused.iter().any(|(_, reason)| doubtful(reason)) {
-            let since = *doubted_since.get_or_insert_with(Instant::now);
-            if since.elapsed() < opts.doubtful_refusal_grace {
-                // Not yet a fact: try these again with the retryable ones.
-                refused.retain(|(i, reason)| {
-                    let retry = doubtful(reason);
-                    if retry {
-                        keep[*i] = true;
-                    }
-                    !retry
-                });
+        {
+            // A doubtful refusal is a fact once its topic has been refused that way for the
+            // grace (per topic, across batches and segments); until then it is retried.
+            let mut doubts = shared.doubts.lock().unwrap_or_else(|p| p.into_inner());
+            for (i, r) in pending.iter().enumerate() {
+                let refused_here = refused.iter().any(|(j, _)| *j == i);
+                if !keep[i] && !refused_here {
+                    doubts.remove(&r.topic); // acknowledged: the topic is there
+                }
             }
+            let now = Instant::now();
+            refused.retain(|(i, reason)| {
+                if !doubtful(reason) {
+                    return true;
+                }
+                let since = *doubts.entry(pending[*i].topic.clone()).or_insert(now);
+                let settled = now.duration_since(since) >= opts.doubtful_refusal_grace;
+                if !settled {
+                    keep[*i] = true;
+                }
+                settled
+            });
         }
         refused.sort_by_key(|(i, _)| *i);
         refused.dedup_by_key(|(i, _)| *i);
