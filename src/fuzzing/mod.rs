@@ -27,7 +27,7 @@ use crate::http::body::{decompress, Encoding};
 use crate::pipeline::{self, Bundle, PipelineConfig};
 use crate::schema::Registry;
 use crate::sink::spool::{decode_record, encode_record, segment, Format, FrameKind, Item};
-use crate::sink::{Record, RecordKind};
+use crate::sink::RecordKind;
 use crate::thrift::{self, DeadLetter, Enrichment, Event, Json};
 
 /// The Content-Encodings, in the order the body target's first byte selects them (mod 5).
@@ -124,6 +124,7 @@ fn check_processed(
         .iter()
         .map(pipeline::bounds::size_of)
         .sum();
+    assert_eq!(total, processed.output_bytes);
     // The enrichment (user agent, origin, ids) adds at most a few KiB per event.
     let budget = limits.max_output_ratio * body_len + n * (limits.output_bytes_per_event + 4096);
     assert!(
@@ -136,8 +137,8 @@ fn check_processed(
     assert_eq!(by_schema, processed.accepted);
     let mut rejections = processed.rejected.iter().peekable();
     for (index, (record, raw)) in processed.records.iter().zip(&bundle.events).enumerate() {
-        let size = record_size(record);
-        assert!(pipeline::bounds::size_of(record) <= cfg.max_record_bytes);
+        let size = pipeline::bounds::size_of(record);
+        assert!(size <= cfg.max_record_bytes);
         assert!(
             size <= RECORD_BYTES_PER_BODY_BYTE * body_len + RECORD_SLACK,
             "event {index}: a {size}-byte record from a {body_len}-byte body"
@@ -173,16 +174,6 @@ fn check_processed(
         }
     }
     assert!(rejections.next().is_none(), "rejections out of order");
-}
-
-/// Bytes a record puts on the wire: key, header keys and values, payload.
-pub fn record_size(r: &Record) -> usize {
-    r.key.as_ref().map_or(0, Vec::len)
-        + r.headers
-            .iter()
-            .map(|(k, v)| k.len() + v.len())
-            .sum::<usize>()
-        + r.payload.len()
 }
 
 /// The decoders `eventpipe tail` runs on a Kafka record value, plus the JSON token mapping.

@@ -306,7 +306,7 @@ fn decode_and_process(
     drop(bundle);
     // The body stays until the answer: a record Kafka refuses becomes a dead letter holding its
     // event's JSON, sliced from it.
-    let held = processed.records.iter().map(record_bytes).sum::<usize>() + decoded.len();
+    let held = processed.output_bytes + decoded.len();
     // The records may outgrow what was charged for them (up to the output budget): charge the
     // difference, or give the rest back.
     charge
@@ -332,11 +332,6 @@ struct Decoded {
     charge: Charge,
     /// The decompressed body the records' origins point into.
     body: Bytes,
-}
-
-fn record_bytes(r: &crate::sink::Record) -> usize {
-    let headers: usize = r.headers.iter().map(|(k, v)| k.len() + v.len()).sum();
-    r.payload.len() + r.key.as_ref().map_or(0, Vec::len) + headers
 }
 
 fn content_length(headers: &HeaderMap) -> Option<usize> {

@@ -204,10 +204,7 @@ impl OutputBudget {
         })
     }
 
-    pub fn limit(&self) -> usize {
-        self.limit
-    }
-
+    /// Bytes of the records counted so far.
     pub fn used(&self) -> usize {
         self.used
     }

@@ -122,6 +122,8 @@ pub struct Processed {
     pub rejected: Vec<Rejection>,
     /// Accepted events per schema name, for metrics (few distinct names per request).
     pub accepted_by_schema: Vec<(std::sync::Arc<str>, usize)>,
+    /// Bytes of `records` as `bounds::size_of` counts them (summed once, by the output budget).
+    pub output_bytes: usize,
 }
 
 /// Settings the pipeline needs, fixed at start-up.
@@ -211,6 +213,7 @@ pub fn process_allowed(
         accepted: 0,
         rejected: Vec::new(),
         accepted_by_schema: Vec::new(),
+        output_bytes: 0,
     };
     // Encoded once; every event of the request carries the same bytes.
     let encoded_enrichment = EncodedEnrichment::new(enrichment);
@@ -270,6 +273,7 @@ pub fn process_allowed(
         out.origins.push(origin);
         out.records.push(record);
     }
+    out.output_bytes = budget.used();
     Ok(out)
 }
 
