@@ -111,3 +111,16 @@ pub const RATE_LIMIT_OVERFLOW: &str = "eventpipe_rate_limit_overflow_total";
 /// TLS certificate reloads (file change or SIGHUP) by `result`: `ok`, or `error` (the previous
 /// certificate stays in use).
 pub const TLS_RELOADS: &str = "eventpipe_tls_reloads_total";
+
+/// Tests: waits (up to a second) until the Prometheus text contains `needle`, for counts that
+/// background tasks record after the answer (e.g. a refused request's dead letter).
+#[cfg(test)]
+pub async fn eventually_rendered(needle: &str) -> bool {
+    for _ in 0..100 {
+        if recorder().render().contains(needle) {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    false
+}

@@ -539,7 +539,7 @@ async fn refused_requests_are_not_remembered_as_acknowledged() {
 
 #[tokio::test]
 async fn a_dead_letter_that_cannot_be_written_is_counted_not_silent() {
-    let prometheus = crate::metrics::recorder();
+    crate::metrics::recorder(); // installed before the request records anything
     let h = harness();
     // Kafka down and the spool full: the refused request's dead letter has nowhere to go.
     h.sink.fail_with(Some(SinkError::SpoolFull));
@@ -550,14 +550,9 @@ async fn a_dead_letter_that_cannot_be_written_is_counted_not_silent() {
         (StatusCode::BAD_REQUEST, Some("undecodable_body"))
     );
     let needle = "eventpipe_dead_letter_failures_total{reason=\"spool_full\"}";
-    let mut counted = false;
-    for _ in 0..100 {
-        if prometheus.render().contains(needle) {
-            counted = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    assert!(counted, "missing {needle}");
+    assert!(
+        crate::metrics::eventually_rendered(needle).await,
+        "missing {needle}"
+    );
     assert!(h.sink.records().is_empty());
 }

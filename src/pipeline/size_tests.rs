@@ -29,6 +29,8 @@ fn registry() -> Registry {
     .unwrap()
 }
 
+use super::tests::enrichment;
+
 fn cfg_with(max_record_bytes: usize, limits: Limits) -> PipelineConfig {
     PipelineConfig::new(limits, "events.", "events.invalid", &registry())
         .with_max_record_bytes(max_record_bytes)
@@ -36,18 +38,6 @@ fn cfg_with(max_record_bytes: usize, limits: Limits) -> PipelineConfig {
 
 fn cfg() -> PipelineConfig {
     cfg_with(bounds::DEFAULT_MESSAGE_MAX_BYTES, Config::default().limits)
-}
-
-fn enrichment() -> Enrichment {
-    Enrichment {
-        received_at_ms: 1,
-        client_ip: Some("192.0.2.1".into()),
-        user_agent: Some("ua".into()),
-        collector_host: "host-a".into(),
-        collector_version: "0.1.0".into(),
-        sent_at: None,
-        origin: None,
-    }
 }
 
 fn run_with(body: &[u8], cfg: &PipelineConfig) -> Result<Processed, OutputTooLarge> {

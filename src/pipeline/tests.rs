@@ -22,7 +22,8 @@ fn cfg() -> PipelineConfig {
     )
 }
 
-fn enrichment() -> Enrichment {
+/// The enrichment every pipeline test uses (also `size_tests`).
+pub(super) fn enrichment() -> Enrichment {
     Enrichment {
         received_at_ms: 1,
         client_ip: Some("192.0.2.1".into()),

@@ -149,7 +149,7 @@ async fn dead_letters_that_cannot_be_stored_fail_their_events_and_are_not_dedupl
 /// A whole request refused (400) whose dead letter Kafka refuses: counted, not silent.
 #[tokio::test]
 async fn a_refused_request_whose_dead_letter_is_refused_is_counted() {
-    let prometheus = crate::metrics::recorder();
+    crate::metrics::recorder(); // installed before the request records anything
     let (router, sink) = harness();
     sink.refuse_topic("events.invalid", "kafka_rejected:policy_violation");
     let req = Request::post("/v1/events")
@@ -159,15 +159,10 @@ async fn a_refused_request_whose_dead_letter_is_refused_is_counted() {
     assert_eq!(router.clone().oneshot(req).await.unwrap().status(), 400);
     let needle =
         "eventpipe_dead_letter_failures_total{reason=\"kafka_rejected:policy_violation\"} 1";
-    let mut counted = false;
-    for _ in 0..100 {
-        if prometheus.render().contains(needle) {
-            counted = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    assert!(counted, "missing {needle}");
+    assert!(
+        crate::metrics::eventually_rendered(needle).await,
+        "missing {needle}"
+    );
 }
 
 /// A retry of an event whose original was only spooled is answered 202, as the original was.

@@ -737,3 +737,31 @@ async fn an_unknown_topic_refusal_is_retried_for_a_grace_before_quarantine() {
         replayer.await.unwrap();
     }
 }
+
+/// When the quarantine cannot be written (here: a file stands where its directory should be, as
+/// a full or broken disk would refuse it), a refused record is never dropped: it stays in the
+/// spool and is tried again, and it is quarantined once the disk takes it.
+#[tokio::test]
+async fn a_refused_record_stays_spooled_while_the_quarantine_cannot_be_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let blocker = dir.path().join("quarantine");
+    std::fs::write(&blocker, b"not a directory").unwrap();
+    let spool = Spool::open(opts(dir.path())).unwrap();
+    let kafka = Arc::new(FakeKafka::default());
+    kafka.refuse.lock().unwrap().insert("id-2".into());
+    let replayer = spawn_replayer(&spool, kafka.clone(), replay_opts());
+    spool
+        .append(&(0..5).map(record).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    assert!(wait_until(|| kafka.delivered.lock().unwrap().len() == 4).await);
+    // Several refusal rounds later, the record is still waiting, not lost.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!spool.is_empty(), "a refused record was dropped");
+    assert_eq!(spool.stats().records, 1);
+    std::fs::remove_file(&blocker).unwrap();
+    assert!(wait_until(|| spool.is_empty() && spool.stats().bytes == 0).await);
+    assert_eq!(quarantined(dir.path()), (vec!["id-2".to_string()], vec![]));
+    spool.close().await;
+    replayer.await.unwrap();
+}
