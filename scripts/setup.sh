@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the tests and the dev gateway need on a fresh machine; skips what is present.
-#   - Debian: thrift-compiler (regenerating Thrift code), build tools for librdkafka
+#   - Debian: thrift-compiler (regenerating Thrift code), build tools for librdkafka; haproxy (the
+#     fleet tests' load balancer), buildah (container image), systemd (systemd-analyze verify),
+#     prometheus (promtool: alert rule tests)
 #   - PyPI: confluent-kafka + thriftpy2 (independent consumer/decoder in tests)
 #   - crates.io: the Tansu broker (~10 minutes to build the first time), cargo-fuzz (scripts/fuzz.sh)
 set -euo pipefail
@@ -11,6 +13,10 @@ command -v thrift >/dev/null || need_apt+=(thrift-compiler)
 command -v cc >/dev/null || need_apt+=(build-essential)
 command -v python3 >/dev/null || need_apt+=(python3 python3-pip)
 command -v pkg-config >/dev/null || need_apt+=(pkg-config)
+command -v haproxy >/dev/null || need_apt+=(haproxy)
+command -v buildah >/dev/null || need_apt+=(buildah)
+command -v systemd-analyze >/dev/null || need_apt+=(systemd)
+command -v promtool >/dev/null || need_apt+=(prometheus)
 if ((${#need_apt[@]})); then
   echo "setup: apt-get install ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -18,7 +24,7 @@ if ((${#need_apt[@]})); then
   apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 
-if ! python3 -c 'import confluent_kafka, thriftpy2' 2>/dev/null; then
+if ! python3 -c 'import confluent_kafka, thriftpy2, kubernetes_validate' 2>/dev/null; then
   echo "setup: pip install -r tests/py/requirements.txt"
   python3 -m pip install -q -r tests/py/requirements.txt
 fi

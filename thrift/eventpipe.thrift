@@ -98,3 +98,38 @@ struct DeadLetter {
   9: optional i32 http_status
   10: required Enrichment enrichment
 }
+
+// One gateway's books for one (window, topic), published to the audit topic (default
+// `events.audit`) when the window closes, and again whenever its counts change later (spooled
+// events delivered after the window closed). Counts are cumulative for (collector_host, boot_id,
+// window_start_ms, topic): of several records for the same key, the one with the highest `seq`
+// wins. A host's total for a window is the sum over its boot ids (a restarted gateway that replays
+// its predecessor's spool reports those events under its own boot id).
+// Windows are by receive time (`Enrichment.received_at_ms`), aligned to multiples of `window_ms`.
+struct AuditRecord {
+  // `Enrichment.collector_host` of the events counted.
+  1: required string collector_host
+  // Random per gateway process start (UUID).
+  2: required string boot_id
+  // Per boot, increasing with every audit record published, across windows and topics.
+  3: required i64 seq
+  4: required i64 window_start_ms
+  5: required i64 window_ms
+  // The Kafka topic the counted records were produced to (a data topic or the dead-letter topic).
+  6: required string topic
+  // Events acknowledged by Kafka within the request's deadline (answered 200 to the client).
+  7: required i64 events_kafka
+  // Spooled events (answered 202) that the spool has since delivered to Kafka.
+  8: required i64 events_replayed
+  // Spooled events of this window not delivered yet: the books for it are still open.
+  9: required i64 events_pending
+  // Bytes of the records counted in events_kafka + events_replayed (record values).
+  10: required i64 bytes
+  // Dead-letter topic only: dead letters delivered, by reason (events and whole requests).
+  11: optional map<string, i64> dead_letters
+  // Dead-letter topic only: whole requests refused, by reason (including those never
+  // dead-lettered: 401, 429, 503 ...). Not events: informational, not balanced by the checker.
+  12: optional map<string, i64> requests_refused
+  13: required i64 published_at_ms
+  14: required string collector_version
+}

@@ -715,3 +715,241 @@ impl TSerializable for DeadLetter {
   }
 }
 
+//
+// AuditRecord
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+pub struct AuditRecord {
+  pub collector_host: String,
+  pub boot_id: String,
+  pub seq: i64,
+  pub window_start_ms: i64,
+  pub window_ms: i64,
+  pub topic: String,
+  pub events_kafka: i64,
+  pub events_replayed: i64,
+  pub events_pending: i64,
+  pub bytes: i64,
+  pub dead_letters: Option<BTreeMap<String, i64>>,
+  pub requests_refused: Option<BTreeMap<String, i64>>,
+  pub published_at_ms: i64,
+  pub collector_version: String,
+}
+
+impl AuditRecord {
+  pub fn new<F11, F12>(collector_host: String, boot_id: String, seq: i64, window_start_ms: i64, window_ms: i64, topic: String, events_kafka: i64, events_replayed: i64, events_pending: i64, bytes: i64, dead_letters: F11, requests_refused: F12, published_at_ms: i64, collector_version: String) -> AuditRecord where F11: Into<Option<BTreeMap<String, i64>>>, F12: Into<Option<BTreeMap<String, i64>>> {
+    AuditRecord {
+      collector_host,
+      boot_id,
+      seq,
+      window_start_ms,
+      window_ms,
+      topic,
+      events_kafka,
+      events_replayed,
+      events_pending,
+      bytes,
+      dead_letters: dead_letters.into(),
+      requests_refused: requests_refused.into(),
+      published_at_ms,
+      collector_version,
+    }
+  }
+}
+
+impl TSerializable for AuditRecord {
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<AuditRecord> {
+    i_prot.read_struct_begin()?;
+    let mut f_1: Option<String> = None;
+    let mut f_2: Option<String> = None;
+    let mut f_3: Option<i64> = None;
+    let mut f_4: Option<i64> = None;
+    let mut f_5: Option<i64> = None;
+    let mut f_6: Option<String> = None;
+    let mut f_7: Option<i64> = None;
+    let mut f_8: Option<i64> = None;
+    let mut f_9: Option<i64> = None;
+    let mut f_10: Option<i64> = None;
+    let mut f_11: Option<BTreeMap<String, i64>> = None;
+    let mut f_12: Option<BTreeMap<String, i64>> = None;
+    let mut f_13: Option<i64> = None;
+    let mut f_14: Option<String> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        1 => {
+          let val = i_prot.read_string()?;
+          f_1 = Some(val);
+        },
+        2 => {
+          let val = i_prot.read_string()?;
+          f_2 = Some(val);
+        },
+        3 => {
+          let val = i_prot.read_i64()?;
+          f_3 = Some(val);
+        },
+        4 => {
+          let val = i_prot.read_i64()?;
+          f_4 = Some(val);
+        },
+        5 => {
+          let val = i_prot.read_i64()?;
+          f_5 = Some(val);
+        },
+        6 => {
+          let val = i_prot.read_string()?;
+          f_6 = Some(val);
+        },
+        7 => {
+          let val = i_prot.read_i64()?;
+          f_7 = Some(val);
+        },
+        8 => {
+          let val = i_prot.read_i64()?;
+          f_8 = Some(val);
+        },
+        9 => {
+          let val = i_prot.read_i64()?;
+          f_9 = Some(val);
+        },
+        10 => {
+          let val = i_prot.read_i64()?;
+          f_10 = Some(val);
+        },
+        11 => {
+          let map_ident = i_prot.read_map_begin()?;
+          let mut val: BTreeMap<String, i64> = BTreeMap::new();
+          for _ in 0..map_ident.size {
+            let map_key_1 = i_prot.read_string()?;
+            let map_val_2 = i_prot.read_i64()?;
+            val.insert(map_key_1, map_val_2);
+          }
+          i_prot.read_map_end()?;
+          f_11 = Some(val);
+        },
+        12 => {
+          let map_ident = i_prot.read_map_begin()?;
+          let mut val: BTreeMap<String, i64> = BTreeMap::new();
+          for _ in 0..map_ident.size {
+            let map_key_3 = i_prot.read_string()?;
+            let map_val_4 = i_prot.read_i64()?;
+            val.insert(map_key_3, map_val_4);
+          }
+          i_prot.read_map_end()?;
+          f_12 = Some(val);
+        },
+        13 => {
+          let val = i_prot.read_i64()?;
+          f_13 = Some(val);
+        },
+        14 => {
+          let val = i_prot.read_string()?;
+          f_14 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    verify_required_field_exists("AuditRecord.collector_host", &f_1)?;
+    verify_required_field_exists("AuditRecord.boot_id", &f_2)?;
+    verify_required_field_exists("AuditRecord.seq", &f_3)?;
+    verify_required_field_exists("AuditRecord.window_start_ms", &f_4)?;
+    verify_required_field_exists("AuditRecord.window_ms", &f_5)?;
+    verify_required_field_exists("AuditRecord.topic", &f_6)?;
+    verify_required_field_exists("AuditRecord.events_kafka", &f_7)?;
+    verify_required_field_exists("AuditRecord.events_replayed", &f_8)?;
+    verify_required_field_exists("AuditRecord.events_pending", &f_9)?;
+    verify_required_field_exists("AuditRecord.bytes", &f_10)?;
+    verify_required_field_exists("AuditRecord.published_at_ms", &f_13)?;
+    verify_required_field_exists("AuditRecord.collector_version", &f_14)?;
+    let ret = AuditRecord {
+      collector_host: f_1.expect("auto-generated code should have checked for presence of required fields"),
+      boot_id: f_2.expect("auto-generated code should have checked for presence of required fields"),
+      seq: f_3.expect("auto-generated code should have checked for presence of required fields"),
+      window_start_ms: f_4.expect("auto-generated code should have checked for presence of required fields"),
+      window_ms: f_5.expect("auto-generated code should have checked for presence of required fields"),
+      topic: f_6.expect("auto-generated code should have checked for presence of required fields"),
+      events_kafka: f_7.expect("auto-generated code should have checked for presence of required fields"),
+      events_replayed: f_8.expect("auto-generated code should have checked for presence of required fields"),
+      events_pending: f_9.expect("auto-generated code should have checked for presence of required fields"),
+      bytes: f_10.expect("auto-generated code should have checked for presence of required fields"),
+      dead_letters: f_11,
+      requests_refused: f_12,
+      published_at_ms: f_13.expect("auto-generated code should have checked for presence of required fields"),
+      collector_version: f_14.expect("auto-generated code should have checked for presence of required fields"),
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("AuditRecord");
+    o_prot.write_struct_begin(&struct_ident)?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("collector_host", TType::String, 1))?;
+    o_prot.write_string(&self.collector_host)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("boot_id", TType::String, 2))?;
+    o_prot.write_string(&self.boot_id)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("seq", TType::I64, 3))?;
+    o_prot.write_i64(self.seq)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("window_start_ms", TType::I64, 4))?;
+    o_prot.write_i64(self.window_start_ms)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("window_ms", TType::I64, 5))?;
+    o_prot.write_i64(self.window_ms)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("topic", TType::String, 6))?;
+    o_prot.write_string(&self.topic)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("events_kafka", TType::I64, 7))?;
+    o_prot.write_i64(self.events_kafka)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("events_replayed", TType::I64, 8))?;
+    o_prot.write_i64(self.events_replayed)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("events_pending", TType::I64, 9))?;
+    o_prot.write_i64(self.events_pending)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("bytes", TType::I64, 10))?;
+    o_prot.write_i64(self.bytes)?;
+    o_prot.write_field_end()?;
+    if let Some(ref fld_var) = self.dead_letters {
+      o_prot.write_field_begin(&TFieldIdentifier::new("dead_letters", TType::Map, 11))?;
+      o_prot.write_map_begin(&TMapIdentifier::new(TType::String, TType::I64, fld_var.len() as i32))?;
+      for (k, v) in fld_var {
+        o_prot.write_string(k)?;
+        o_prot.write_i64(*v)?;
+      }
+      o_prot.write_map_end()?;
+      o_prot.write_field_end()?
+    }
+    if let Some(ref fld_var) = self.requests_refused {
+      o_prot.write_field_begin(&TFieldIdentifier::new("requests_refused", TType::Map, 12))?;
+      o_prot.write_map_begin(&TMapIdentifier::new(TType::String, TType::I64, fld_var.len() as i32))?;
+      for (k, v) in fld_var {
+        o_prot.write_string(k)?;
+        o_prot.write_i64(*v)?;
+      }
+      o_prot.write_map_end()?;
+      o_prot.write_field_end()?
+    }
+    o_prot.write_field_begin(&TFieldIdentifier::new("published_at_ms", TType::I64, 13))?;
+    o_prot.write_i64(self.published_at_ms)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("collector_version", TType::String, 14))?;
+    o_prot.write_string(&self.collector_version)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
