@@ -389,15 +389,17 @@ pub struct Load {
 }
 
 impl Load {
-    /// `clients` loops, each posting bundles of 10 events with a 20 ms pause.
+    /// `clients` loops, each posting bundles of 5 events with a 50 ms pause (a few hundred
+    /// events a second: enough to cross every fault, few enough for a quick audit, as Tansu's
+    /// SQLite engine reads large topics slowly).
     pub fn start(url: &str, clients: usize) -> Load {
         let ledger = Arc::new(Ledger::default());
         let stop = Arc::new(AtomicBool::new(false));
         let tasks = spawn_load(
             url.to_string(),
             clients,
-            10,
-            Duration::from_millis(20),
+            5,
+            Duration::from_millis(50),
             ledger.clone(),
             stop.clone(),
         );
