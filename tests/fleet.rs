@@ -212,7 +212,7 @@ async fn the_client_address_crosses_the_load_balancer_and_cannot_be_forged() {
             &[&topic],
             &fleet.topics.dead_letter,
             1,
-            &[id.clone()],
+            std::slice::from_ref(&id),
         )
     });
     let event = got
