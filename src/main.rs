@@ -1,6 +1,7 @@
 //! The `eventpipe` binary: parses the command line and wires the library together.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -68,6 +69,41 @@ enum SpoolCommand {
         #[arg(long, requires = "replay")]
         brokers: Option<String>,
     },
+    /// Replay a spool no gateway owns any more (a dead host's disk) to Kafka, until it is empty.
+    Drain(DrainArgs),
+    /// Show what a spool holds, without changing it (safe on a live gateway's spool).
+    Inspect {
+        /// The spool directory (spool.dir).
+        #[arg(long)]
+        dir: PathBuf,
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(clap::Args)]
+struct DrainArgs {
+    /// The spool directory to drain; refused while a live process holds its lock.
+    #[arg(long)]
+    dir: PathBuf,
+    /// The gateway's TOML configuration: its `[kafka]` section (brokers, librdkafka security
+    /// settings) and `spool.replay_batch_records`. EVENTPIPE_* variables apply too.
+    #[arg(long, env = "EVENTPIPE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Kafka bootstrap brokers (default: kafka.brokers, else 127.0.0.1:9092).
+    #[arg(long)]
+    brokers: Option<String>,
+    /// Give up (exit 1, spool kept) when Kafka acknowledges nothing for this long: 600, 90s,
+    /// 10m, 1h; 0 waits for ever.
+    #[arg(long, default_value = "10m", value_parser = ops::drain::parse_duration)]
+    timeout: Duration,
+    /// One progress line on stderr this often.
+    #[arg(long, default_value = "5s", value_parser = ops::drain::parse_duration)]
+    progress_interval: Duration,
+    /// Print the final summary as one JSON object.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args)]
@@ -285,6 +321,12 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Spool {
+            command: SpoolCommand::Drain(args),
+        } => spool_drain(args),
+        Command::Spool {
+            command: SpoolCommand::Inspect { dir, json },
+        } => ops::inspect::print(&dir, json, &mut std::io::stdout().lock()),
     }
 }
 
@@ -313,6 +355,52 @@ fn load_config<const N: usize>(
         .filter_map(|(key, value)| value.map(|v| (key, v)))
         .collect();
     Ok(config::load(file, std::env::vars(), overrides)?)
+}
+
+fn spool_drain(args: DrainArgs) -> anyhow::Result<()> {
+    use eventpipe::sink::{fallback, kafka, Sink};
+    let config = load_config(
+        args.config.as_deref(),
+        [("kafka.brokers", args.brokers.map(string))],
+    )?;
+    let opts = ops::drain::DrainOptions {
+        dir: args.dir,
+        replay: server::replay_options(&config),
+        timeout: (!args.timeout.is_zero()).then_some(args.timeout),
+        progress_every: args.progress_interval.max(Duration::from_millis(100)),
+    };
+    let producer = kafka::producer_config(&config.kafka.brokers, &config.kafka.librdkafka);
+    // The producer outlives the runtime: on an early exit it is never dropped (below).
+    let mut producer_handle = None;
+    let summary = runtime()?.block_on(ops::drain::drain(
+        &opts,
+        || {
+            let kafka = Arc::new(
+                kafka::KafkaSink::new(&producer, Duration::from_secs(2))
+                    .context("creating the Kafka producer")?,
+            );
+            producer_handle = Some(kafka.clone());
+            Ok(ops::drain::Connection {
+                target: fallback::replay_target(kafka.clone()),
+                reachable: Box::new(move || kafka.is_ready()),
+            })
+        },
+        shutdown_signal(),
+        &mut std::io::stderr(),
+    ))?;
+    if args.json {
+        println!("{}", serde_json::to_string(&summary)?);
+    } else {
+        println!("{}", summary.text());
+    }
+    use ops::drain::Outcome;
+    match summary.outcome {
+        Outcome::Drained | Outcome::Empty => Ok(()),
+        // Exit without dropping the producer: its destructor may wait on a broker that is not
+        // answering, and the lock is already released.
+        Outcome::Interrupted => std::process::exit(130),
+        Outcome::TimedOut => std::process::exit(1),
+    }
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {

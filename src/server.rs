@@ -73,19 +73,28 @@ pub async fn serve(
                 "spool holds records from an earlier run; replaying"
             );
         }
-        let replay = ReplayOptions {
-            batch_records: s.replay_batch_records,
-            batch_bytes: 4 << 20,
-            ack_timeout: Duration::from_millis(message_timeout_ms(&config) + 5_000),
-            max_backoff: Duration::from_secs(5),
-            // Several metadata refreshes (librdkafka re-checks a missing topic every second).
-            doubtful_refusal_grace: Duration::from_secs(30),
-        };
-        Arc::new(FallbackSink::new(Arc::new(kafka), spool, replay))
+        Arc::new(FallbackSink::new(
+            Arc::new(kafka),
+            spool,
+            replay_options(&config),
+        ))
     } else {
         Arc::new(kafka)
     };
     serve_with_sink(config, registry, sink, public, admin, shutdown).await
+}
+
+/// How the replayer sends a spool back to Kafka: the gateway's and `eventpipe spool drain`'s
+/// (one set of rules, so a drained spool is quarantined exactly as its gateway would have).
+pub fn replay_options(config: &Config) -> ReplayOptions {
+    ReplayOptions {
+        batch_records: config.spool.replay_batch_records,
+        batch_bytes: 4 << 20,
+        ack_timeout: Duration::from_millis(message_timeout_ms(config) + 5_000),
+        max_backoff: Duration::from_secs(5),
+        // Several metadata refreshes (librdkafka re-checks a missing topic every second).
+        doubtful_refusal_grace: Duration::from_secs(30),
+    }
 }
 
 /// The producer's `message.timeout.ms`: ours unless the raw librdkafka map overrides it (also

@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 
 use crate::sink::spool::{decode_record, quarantine, Content};
 
-fn rfc3339(ms: i64) -> Value {
+pub(crate) fn rfc3339(ms: i64) -> Value {
     time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
         .ok()
         .and_then(|t| {

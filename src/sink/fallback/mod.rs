@@ -125,6 +125,15 @@ impl ReplayTarget for ReplayToKafka {
     }
 }
 
+/// The replayer's Kafka target on its own (no live traffic to share a breaker with), for
+/// `eventpipe spool drain`: the same produce call and refusal classes as the gateway's replayer.
+pub fn replay_target(kafka: Arc<KafkaSink>) -> Arc<dyn ReplayTarget> {
+    Arc::new(ReplayToKafka {
+        kafka,
+        breaker: Arc::new(Breaker::new(Duration::from_secs(5))),
+    })
+}
+
 /// Kafka with the spool behind it.
 pub struct FallbackSink {
     kafka: Arc<KafkaSink>,

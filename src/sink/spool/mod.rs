@@ -331,6 +331,29 @@ impl Spool {
         }
     }
 
+    /// Bytes of sealed segments the replayer has not yet moved its checkpoint past (each
+    /// segment's length minus its checkpoint): what is left to replay, for progress reports.
+    pub fn pending_bytes(&self) -> u64 {
+        let sealed: Vec<(u64, u64, PathBuf)> = self
+            .shared
+            .sealed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|s| (s.seq, s.len, s.path.clone()))
+            .collect();
+        let dir = &self.shared.opts.dir;
+        sealed
+            .into_iter()
+            .map(|(seq, len, path)| match segment::read_ack(dir, seq) {
+                // The replayer deletes the segment, then its checkpoint: no checkpoint and no
+                // segment means done, not "from the start".
+                0 if !path.exists() => 0,
+                acked => len.saturating_sub(acked),
+            })
+            .sum()
+    }
+
     /// Whether nothing is waiting for replay (active segment empty, no sealed segment).
     pub fn is_empty(&self) -> bool {
         self.shared.oldest_ms().is_none()
