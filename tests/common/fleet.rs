@@ -438,25 +438,41 @@ impl Load {
     }
 }
 
-/// Replays a dead host's spool directory to the broker and returns once it is empty.
-///
-/// TEMPORARY (until `eventpipe spool drain` lands on branch `drain`): a gateway started on the
-/// orphaned directory, on ports no load balancer knows, replays it; then it is killed.
-/// Returns how many records it replayed.
-pub async fn drain_orphaned_spool(dir: &Path, brokers: &str, topics: &Topics) -> u64 {
-    let mut g = GatewayProc::new(brokers, topics, dir.to_path_buf(), &[]);
+/// Replays a dead host's spool directory to the broker with `eventpipe spool drain`, as an
+/// operator would from the dead host's disk; the drain must end `drained` with nothing left or
+/// quarantined. Returns how many records it replayed. Blocking: call it in `block_in_place`.
+pub fn drain_orphaned_spool(dir: &Path, brokers: &str) -> u64 {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_eventpipe"));
+    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("EVENTPIPE_")) {
+        cmd.env_remove(key);
+    }
+    let out = cmd
+        .args([
+            "spool",
+            "drain",
+            "--json",
+            "--timeout",
+            "2m",
+            "--brokers",
+            brokers,
+        ])
+        .arg("--dir")
+        .arg(dir)
+        .output()
+        .expect("running eventpipe spool drain");
+    let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        g.wait_spool_empty(Duration::from_secs(120)).await,
-        "the orphaned spool {} did not drain: {}",
+        out.status.success(),
+        "spool drain of {} failed ({}): {stderr}",
         dir.display(),
-        g.log_tail()
+        out.status
     );
-    let replayed = g
-        .gauge("eventpipe_spool_replayed_records_total")
-        .await
-        .unwrap_or(0.0) as u64;
-    g.kill9();
-    replayed
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("spool drain --json: {e}: {stderr}"));
+    assert_eq!(summary["outcome"], "drained", "{summary}\n{stderr}");
+    assert_eq!(summary["remaining"], 0, "{summary}");
+    assert_eq!(summary["quarantined"], 0, "{summary}");
+    summary["replayed"].as_u64().unwrap_or(0)
 }
 
 /// One row of the fleet table in RELIABILITY.md.
