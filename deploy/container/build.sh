@@ -5,12 +5,12 @@
 # schemas/, the built-in config, and a root filesystem made of the Debian packages that own the
 # libraries `ldd` says the binary needs, at the versions installed here (the glibc it was linked
 # against) — then runs `buildah bud`. Packages are downloaded once with apt-get into
-# target/container/debs/. Environment: EVENTPIPE_BIN (default target/release/eventpipe),
+# target/container/debs/. Environment: IMAGE_BIN (default target/release/eventpipe),
 # BUILDAH_STORAGE_DRIVER (default vfs).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 TAG=${1:-localhost/eventpipe:latest}
-BIN=${EVENTPIPE_BIN:-target/release/eventpipe}
+BIN=${IMAGE_BIN:-target/release/eventpipe}
 BUILDAH=(buildah --storage-driver "${BUILDAH_STORAGE_DRIVER:-vfs}")
 
 die() { echo "deploy/container/build.sh: $*" >&2; exit 1; }

@@ -11,13 +11,13 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 TAG=${1:-localhost/eventpipe:latest}
 die() { echo "deploy/container/smoke-test.sh: FAIL: $*" >&2; exit 1; }
-if [[ -z ${EVENTPIPE_SMOKE_NS:-} ]]; then
+if [[ -z ${SMOKE_TEST_NS:-} ]]; then
   for tool in unshare chroot ip curl python3 buildah; do
     command -v "$tool" >/dev/null || die "$tool is missing: apt-get install -y util-linux coreutils iproute2 curl python3 buildah (or run scripts/setup.sh)"
   done
   # A private network (the image's own ports 8080/9100 and Kafka on 9092, no clash with the host)
   # and private mounts.
-  exec env EVENTPIPE_SMOKE_NS=1 unshare --net --mount --propagation private "$0" "$@"
+  exec env SMOKE_TEST_NS=1 unshare --net --mount --propagation private "$0" "$@"
 fi
 ip link set lo up
 B=(buildah --storage-driver "${BUILDAH_STORAGE_DRIVER:-vfs}")
