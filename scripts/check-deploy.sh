@@ -98,13 +98,15 @@ assert not missing, f"kustomization.yaml and the directory disagree on: {missing
 print("\n".join(os.path.join(d, f) for f in listed))
 EOF
   )
+  # On-demand jobs (deploy/kubernetes/ops/) are validated too.
+  files+=("$dir"/ops/*.yaml)
   for v in $K8S_VERSIONS; do
     kubernetes-validate --strict --quiet -k "$v" "${files[@]}" || fail "kubernetes-validate --strict -k $v"
   done
   python3 - "$dir" "$tmp/k8s.toml" <<'EOF' || fail "$dir: budgets"
 import os, sys, tomllib, yaml
 d = sys.argv[1]
-docs = [x for f in os.listdir(d) if f != "kustomization.yaml" for x in yaml.safe_load_all(open(os.path.join(d, f)))]
+docs = [x for f in os.listdir(d) if f.endswith(".yaml") and f != "kustomization.yaml" for x in yaml.safe_load_all(open(os.path.join(d, f)))]
 sts = next(x for x in docs if x["kind"] == "StatefulSet")
 cm = next(x for x in docs if x["kind"] == "ConfigMap")
 open(sys.argv[2], "w").write(cm["data"]["eventpipe.toml"])
