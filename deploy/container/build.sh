@@ -55,7 +55,11 @@ objcopy --strip-debug "$BIN" "$ctx/eventpipe"
 cp -a schemas "$ctx/schemas"
 cp deploy/container/eventpipe.toml "$ctx/eventpipe.toml"
 
+previous=$("${BUILDAH[@]}" images -q "$TAG" 2>/dev/null || true)
 "${BUILDAH[@]}" bud --isolation chroot --quiet -f "$PWD/deploy/container/Containerfile" -t "$TAG" "$ctx" >/dev/null
+built=$("${BUILDAH[@]}" images -q "$TAG")
 # The previous image of this tag is now untagged: remove it (vfs keeps whole copies).
-"${BUILDAH[@]}" rmi --prune >/dev/null 2>&1 || true
-echo "image: built $TAG ($("${BUILDAH[@]}" inspect --type image --format '{{.FromImageID}}' "$TAG" | cut -c1-12))" >&2
+if [[ -n $previous && $previous != "$built" ]]; then
+  "${BUILDAH[@]}" rmi "$previous" >/dev/null 2>&1 || true
+fi
+echo "image: built $TAG ($built, $("${BUILDAH[@]}" images --format '{{.Size}}' "$TAG"))" >&2

@@ -27,6 +27,7 @@ TANSU=${TANSU_BIN:-$(command -v tansu || echo "$HOME/.cargo/bin/tansu")}
 work=$(mktemp -d)
 ctr="" gw="" broker=""
 cleanup() {
+  set +e
   [[ -n $gw ]] && kill -KILL "$gw" 2>/dev/null
   [[ -n $broker ]] && kill -KILL "$broker" 2>/dev/null && wait "$broker" 2>/dev/null
   umount -R "$work/root" 2>/dev/null
