@@ -44,8 +44,11 @@ pub fn router(gw: AppState, prometheus: PrometheusHandle) -> Router {
 
 /// What `/readyz` checks; `READY=1` to systemd waits for the same (`crate::notify`).
 pub struct Readiness {
+    /// At least one schema is loaded.
     pub schemas: bool,
+    /// Events can be made durable: Kafka acknowledging, or the spool accepting.
     pub kafka: bool,
+    /// Shutdown has begun.
     pub draining: bool,
 }
 
