@@ -42,11 +42,33 @@ pub fn router(gw: AppState, prometheus: PrometheusHandle) -> Router {
         .with_state(gw)
 }
 
+/// What `/readyz` checks; `READY=1` to systemd waits for the same (`crate::notify`).
+pub struct Readiness {
+    /// At least one schema is loaded.
+    pub schemas: bool,
+    /// Events can be made durable: Kafka acknowledging, or the spool accepting.
+    pub kafka: bool,
+    /// Shutdown has begun.
+    pub draining: bool,
+}
+
+impl Readiness {
+    pub fn of(gw: &crate::http::Gateway) -> Readiness {
+        Readiness {
+            schemas: !gw.registry.is_empty(),
+            kafka: gw.sink.is_ready(),
+            draining: gw.draining.load(Ordering::SeqCst),
+        }
+    }
+
+    pub fn ready(&self) -> bool {
+        self.schemas && self.kafka && !self.draining
+    }
+}
+
 async fn readyz(State(gw): State<AppState>) -> impl IntoResponse {
-    let schemas = !gw.registry.is_empty();
-    let kafka = gw.sink.is_ready();
-    let draining = gw.draining.load(Ordering::SeqCst);
-    let ready = schemas && kafka && !draining;
+    let r = Readiness::of(&gw);
+    let (schemas, kafka, draining, ready) = (r.schemas, r.kafka, r.draining, r.ready());
     let status = if ready {
         StatusCode::OK
     } else {

@@ -14,6 +14,7 @@ pub mod dedup;
 pub mod fuzzing;
 pub mod http;
 pub mod metrics;
+pub mod notify;
 pub mod ops;
 pub mod pipeline;
 pub mod schema;

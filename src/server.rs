@@ -156,6 +156,7 @@ pub async fn serve_with_sink(
 
     let (admin_stop_tx, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();
     let admin_router = admin::router(gw.clone(), prometheus);
+    let admin_addr = admin_listener.local_addr()?;
     let admin_thread = admin::spawn(admin_listener.into_std()?, admin_router, admin_stop_rx)?;
     tracing::info!(
         listen = %public.local_addr()?,
@@ -163,6 +164,18 @@ pub async fn serve_with_sink(
         schemas = gw.registry.len(),
         "eventpipe serving"
     );
+    // systemd (`Type=notify`): READY=1 once /readyz would be true, STOPPING=1 at shutdown.
+    let notifier = crate::notify::Notifier::from_env();
+    let mut ready_notice = Some(tokio::spawn({
+        let (notifier, gw) = (notifier.clone(), gw.clone());
+        let status = format!("serving on {} (admin {admin_addr})", public.local_addr()?);
+        async move {
+            let ready = move || admin::Readiness::of(&gw).ready();
+            notifier
+                .ready_when(ready, Duration::from_millis(100), &status)
+                .await
+        }
+    }));
     let graceful = GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     let limits = &config.limits;
@@ -189,6 +202,11 @@ pub async fn serve_with_sink(
             _ = &mut shutdown, if !shutting_down => {
                 shutting_down = true;
                 gw.draining.store(true, Ordering::SeqCst);
+                if let Some(notice) = ready_notice.take() {
+                    notice.abort();
+                    let _ = notice.await; // never READY=1 after STOPPING=1
+                }
+                notifier.send("STOPPING=1\nSTATUS=shutting down: /readyz false, serving for shutdown_grace_secs");
                 tracing::info!(grace_secs = config.shutdown_grace_secs, "shutdown: readiness off, still serving during grace");
                 grace.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs_f64(config.shutdown_grace_secs));
             }
@@ -227,12 +245,14 @@ pub async fn serve_with_sink(
     }
     drop(public);
     tracing::info!("shutdown: listener closed, finishing in-flight requests");
+    notifier.send("STATUS=shutting down: listener closed, finishing in-flight requests");
     if tokio::time::timeout(config.limits.request_timeout(), graceful.shutdown())
         .await
         .is_err()
     {
         tracing::warn!("shutdown: some connections did not finish in time");
     }
+    notifier.send("STATUS=shutting down: flushing the producer");
     if let Err(e) = sink
         .flush(Duration::from_millis(config.kafka.ack_timeout_ms))
         .await
