@@ -30,6 +30,8 @@ pub fn router(gw: AppState, prometheus: PrometheusHandle) -> Router {
                 let gw_metrics = gw_metrics.clone();
                 async move {
                     gw_metrics.admission.publish_gauges();
+                    let ready = Readiness::of(&gw_metrics).ready();
+                    metrics::gauge!(crate::metrics::READY).set(if ready { 1.0 } else { 0.0 });
                     (
                         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
                         handle.render(),
@@ -42,11 +44,35 @@ pub fn router(gw: AppState, prometheus: PrometheusHandle) -> Router {
         .with_state(gw)
 }
 
+/// What `/readyz` checks; `/metrics` exports the verdict as `eventpipe_ready`.
+struct Readiness {
+    schemas: bool,
+    kafka: bool,
+    draining: bool,
+}
+
+impl Readiness {
+    fn of(gw: &crate::http::Gateway) -> Readiness {
+        Readiness {
+            schemas: !gw.registry.is_empty(),
+            kafka: gw.sink.is_ready(),
+            draining: gw.draining.load(Ordering::SeqCst),
+        }
+    }
+
+    fn ready(&self) -> bool {
+        self.schemas && self.kafka && !self.draining
+    }
+}
+
 async fn readyz(State(gw): State<AppState>) -> impl IntoResponse {
-    let schemas = !gw.registry.is_empty();
-    let kafka = gw.sink.is_ready();
-    let draining = gw.draining.load(Ordering::SeqCst);
-    let ready = schemas && kafka && !draining;
+    let checks = Readiness::of(&gw);
+    let ready = checks.ready();
+    let Readiness {
+        schemas,
+        kafka,
+        draining,
+    } = checks;
     let status = if ready {
         StatusCode::OK
     } else {

@@ -50,6 +50,14 @@ pub fn recorder() -> PrometheusHandle {
                         10.0,
                     ],
                 )
+                .expect("bucket list is not empty")
+                .set_buckets_for_metric(
+                    Matcher::Full(CLIENT_CLOCK_SKEW.into()),
+                    &[
+                        0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 21600.0,
+                        86400.0, 604800.0,
+                    ],
+                )
                 .expect("bucket list is not empty");
             match builder.install_recorder() {
                 Ok(handle) => handle,
@@ -111,6 +119,107 @@ pub const RATE_LIMIT_OVERFLOW: &str = "eventpipe_rate_limit_overflow_total";
 /// TLS certificate reloads (file change or SIGHUP) by `result`: `ok`, or `error` (the previous
 /// certificate stays in use).
 pub const TLS_RELOADS: &str = "eventpipe_tls_reloads_total";
+
+/// 1 while `/readyz` would answer 200 (schemas loaded, events can be made durable, not
+/// draining), else 0; set when `/metrics` is scraped.
+pub const READY: &str = "eventpipe_ready";
+/// How far a bundle's `sent_at` is from its receive time, in seconds (absolute), by `direction`:
+/// `behind` when `sent_at` is earlier than the receive time (the client's clock is behind, or the
+/// request spent that long in transit), `ahead` when it is later (the client's clock is ahead).
+/// One observation per request that carries a parsable `sent_at`.
+pub const CLIENT_CLOCK_SKEW: &str = "eventpipe_client_clock_skew_seconds";
+
+/// Creates every series that dashboards and alerts read, at zero, so they render from the first
+/// scrape instead of after their first event: `rate()` over a counter that appears mid-incident
+/// misses its first increments, and an alert on a series that does not exist yet never fires.
+/// Only registers: a series that already has a value (several gateways in one test process) keeps it.
+pub fn register() {
+    use metrics::{counter, gauge, histogram};
+    for status in [
+        "200", "202", "400", "401", "403", "408", "413", "415", "429", "500", "503",
+    ] {
+        counter!(HTTP_REQUESTS, "status" => status).increment(0);
+    }
+    counter!(EVENTS, "outcome" => "kafka", "reason" => "accepted", "schema" => "_mixed")
+        .increment(0);
+    counter!(EVENTS, "outcome" => "spool", "reason" => "kafka_unavailable").increment(0);
+    counter!(EVENTS, "outcome" => "deduplicated", "reason" => "retry").increment(0);
+    counter!(EVENTS, "outcome" => "failed", "reason" => "dead_letter_refused").increment(0);
+    for reason in [
+        "invalid_envelope",
+        "bad_event_id",
+        "unknown_schema",
+        "schema_violation",
+        "too_large",
+        "too_deep",
+        "schema_not_allowed",
+    ] {
+        counter!(EVENTS, "outcome" => "rejected", "reason" => reason).increment(0);
+    }
+    for reason in [
+        "unavailable",
+        "overloaded",
+        "rate_limited",
+        "request_timeout",
+    ] {
+        counter!(REQUESTS_REFUSED, "reason" => reason).increment(0);
+    }
+    counter!(DEAD_LETTER_FAILURES, "reason" => "backlog").increment(0);
+    counter!(SPOOL_QUARANTINED, "reason" => "corrupt").increment(0);
+    for outcome in ["drained", "cut"] {
+        counter!(LINGER, "outcome" => outcome).increment(0);
+    }
+    for limit in ["client_ip", "write_key"] {
+        counter!(RATE_LIMITED, "limit" => limit).increment(0);
+    }
+    for name in [
+        BODY_BYTES,
+        DECOMPRESSED_BYTES,
+        PRODUCER_REPLACED,
+        SPOOL_REPLAYED,
+        SPOOL_IO_ERRORS,
+        SPOOL_CORRUPT_BYTES,
+        DEDUP_HITS,
+    ] {
+        counter!(name).increment(0);
+    }
+    for name in [
+        PRODUCER_QUEUE_MESSAGES,
+        PRODUCER_QUEUE_BYTES,
+        PRODUCER_TX_MESSAGES,
+        PRODUCER_TX_BYTES,
+        BROKERS_UP,
+        SPOOL_BYTES,
+        SPOOL_RECORDS,
+        SPOOL_OLDEST_AGE,
+        SPOOL_DRAIN_RATE,
+        INFLIGHT_REQUESTS,
+        INFLIGHT_BYTES,
+        HTTP_CONNECTIONS,
+        READY,
+    ] {
+        let _ = gauge!(name);
+    }
+    for name in [PRODUCE_LATENCY, SPOOL_FSYNC_LATENCY, SPOOL_GROUP_SIZE] {
+        let _ = histogram!(name);
+    }
+    for direction in ["ahead", "behind"] {
+        let _ = histogram!(CLIENT_CLOCK_SKEW, "direction" => direction);
+    }
+}
+
+/// Records the bundle's `sent_at` against its receive time (see [`CLIENT_CLOCK_SKEW`]); a
+/// missing or unparsable `sent_at` is not observed.
+pub fn observe_clock_skew(sent_at: Option<&str>, received_at_ms: i64) {
+    use time::format_description::well_known::Rfc3339;
+    let Some(sent) = sent_at.and_then(|s| time::OffsetDateTime::parse(s, &Rfc3339).ok()) else {
+        return;
+    };
+    let sent_ms = (sent.unix_timestamp_nanos() / 1_000_000) as i64;
+    let skew = received_at_ms.saturating_sub(sent_ms) as f64 / 1000.0;
+    let direction = if skew >= 0.0 { "behind" } else { "ahead" };
+    metrics::histogram!(CLIENT_CLOCK_SKEW, "direction" => direction).record(skew.abs());
+}
 
 /// Tests: waits (up to a second) until the Prometheus text contains `needle`, for counts that
 /// background tasks record after the answer (e.g. a refused request's dead letter).

@@ -138,6 +138,7 @@ pub async fn serve_with_sink(
 ) -> anyhow::Result<()> {
     // Install the metrics recorder before anything records.
     let prometheus = m::recorder();
+    m::register();
     // New certificates are picked up while `_tls_reload` lives.
     let (tls, _tls_reload) = config.tls.as_ref().map(tls_acceptor).transpose()?.unzip();
     metrics::gauge!(m::SCHEMAS_LOADED).set(registry.len() as f64);

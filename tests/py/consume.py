@@ -78,7 +78,8 @@ def decode(payload, dead_letter):
             "reason": d.reason, "path": d.path, "message": d.message,
             "original": d.original.decode("utf-8", "replace") if isinstance(d.original, bytes) else d.original,
             "truncated": d.truncated, "event_id": d.event_id, "schema": d.schema, "index": d.index,
-            "http_status": d.http_status, "enrichment": enrichment(d.enrichment),
+            "http_status": d.http_status, "request_id": d.request_id,
+            "enrichment": enrichment(d.enrichment),
         }
     e = deserialize(IDL.Event(), payload, TCompactProtocolFactory())
     return {
