@@ -233,3 +233,43 @@ pub async fn eventually_rendered(needle: &str) -> bool {
     }
     false
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The `_count` of the clock-skew histogram for `direction`.
+    fn skew_count(direction: &str) -> f64 {
+        let prefix = format!("{CLIENT_CLOCK_SKEW}_count{{direction=\"{direction}\"}} ");
+        recorder()
+            .render()
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix).and_then(|v| v.parse().ok()))
+            .unwrap_or(0.0)
+    }
+
+    #[test]
+    fn clock_skew_is_observed_once_per_parsable_sent_at_by_direction() {
+        recorder();
+        register();
+        let received = 1_795_000_000_000; // 2026-11-18T11:06:40Z
+        let (behind, ahead) = (skew_count("behind"), skew_count("ahead"));
+        // 90 s behind, 2 h ahead (other tests may observe concurrently: at least one each).
+        observe_clock_skew(Some("2026-11-18T11:05:10Z"), received);
+        observe_clock_skew(Some("2026-11-18T13:06:40+00:00"), received);
+        observe_clock_skew(None, received);
+        observe_clock_skew(Some("yesterday"), received);
+        assert!(skew_count("behind") > behind);
+        assert!(skew_count("ahead") > ahead);
+        let text = recorder().render();
+        let bucket = |dir: &str, le: &str| {
+            let prefix = format!("{CLIENT_CLOCK_SKEW}_bucket{{direction=\"{dir}\",le=\"{le}\"}} ");
+            text.lines()
+                .find_map(|l| l.strip_prefix(&prefix).and_then(|v| v.parse::<f64>().ok()))
+                .unwrap()
+        };
+        // 90 s lands above 60 and within 300; 2 h above 3600 and within 21600.
+        assert!(bucket("behind", "300") > bucket("behind", "60"));
+        assert!(bucket("ahead", "21600") > bucket("ahead", "3600"));
+    }
+}
