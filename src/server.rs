@@ -143,8 +143,8 @@ pub fn audit_books(config: &Config) -> crate::audit::Books {
 /// Starts the audit publisher with its own producer (see `crate::audit::publisher`).
 fn audit_publisher(config: &Config, gw: &Gateway) -> anyhow::Result<crate::audit::Publisher> {
     let producer = producer_config(&config.kafka.brokers, &config.kafka.librdkafka);
-    let producer = KafkaSink::new(&producer, Duration::from_secs(5))
-        .context("creating the audit producer")?;
+    let producer =
+        KafkaSink::new(&producer, Duration::from_secs(5)).context("creating the audit producer")?;
     let id = crate::audit::Identity {
         collector_host: gw.collector.host.clone(),
         collector_version: gw.collector.version.clone(),
@@ -157,6 +157,7 @@ fn audit_publisher(config: &Config, gw: &Gateway) -> anyhow::Result<crate::audit
         id,
         &config.audit.topic,
         config.audit_publish_delay_ms(),
+        Duration::from_millis(config.kafka.ack_timeout_ms),
         Duration::from_millis(config.audit.retry_backoff_ms),
     ))
 }
@@ -171,7 +172,16 @@ pub async fn serve_with_sink(
     admin_listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
-    serve_inner(config, registry, sink, public, admin_listener, shutdown, false).await
+    serve_inner(
+        config,
+        registry,
+        sink,
+        public,
+        admin_listener,
+        shutdown,
+        false,
+    )
+    .await
 }
 
 async fn serve_inner(

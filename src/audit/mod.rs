@@ -132,7 +132,12 @@ impl Tally {
                 g.bytes -= i64::from(len);
             }
         }
-        let acked_events: i64 = self.groups.iter().filter(|g| g.event).map(|g| g.kafka).sum();
+        let acked_events: i64 = self
+            .groups
+            .iter()
+            .filter(|g| g.event)
+            .map(|g| g.kafka)
+            .sum();
         if acked_events > 0 {
             let secs = (crate::now_ms() - received_at_ms).max(0) as f64 / 1000.0;
             metrics::histogram!(m::DELIVERY_LATENCY, "path" => "kafka")
@@ -200,11 +205,8 @@ impl ReplayAudit {
         };
         metrics::counter!(m::AUDIT_QUARANTINED, "kind" => kind).increment(1);
         let own = received.is_some_and(|ms| ms >= self.boot_ms);
-        self.books.quarantined(
-            received.unwrap_or_else(crate::now_ms),
-            &r.topic,
-            own,
-        );
+        self.books
+            .quarantined(received.unwrap_or_else(crate::now_ms), &r.topic, own);
     }
 }
 
@@ -236,4 +238,4 @@ pub fn received_at_ms(payload: &[u8]) -> Option<i64> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -34,8 +34,6 @@ pub struct Identity {
 
 /// Records per produce call.
 const CHUNK: usize = 500;
-/// How long one publish waits for Kafka's acknowledgements.
-const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// The running publisher; [`Publisher::shutdown`] flushes it.
@@ -50,18 +48,21 @@ struct State {
     id: Identity,
     topic: Arc<str>,
     delay_ms: i64,
+    /// How long one publish waits for Kafka's acknowledgements.
+    timeout: Duration,
     seq: i64,
 }
 
 impl Publisher {
     /// Starts publishing `books` through `sink` (its own producer) to `topic`, each window
-    /// `delay_ms` after it ends.
+    /// `delay_ms` after it ends; one publish waits up to `timeout` for Kafka.
     pub fn spawn(
         books: Arc<Books>,
         sink: Arc<dyn Sink>,
         id: Identity,
         topic: &str,
         delay_ms: u64,
+        timeout: Duration,
         first_backoff: Duration,
     ) -> Publisher {
         let (stop_tx, mut stop_rx) = oneshot::channel::<Instant>();
@@ -72,6 +73,7 @@ impl Publisher {
             id,
             topic: topic.into(),
             delay_ms: delay_ms as i64,
+            timeout,
             seq: 0,
         };
         let task = tokio::spawn(async move {
@@ -134,7 +136,7 @@ impl State {
         let mut all_ok = true;
         for chunk in due.chunks(CHUNK) {
             let records: Vec<Record> = chunk.iter().map(|s| self.record(s)).collect();
-            let deadline = Instant::now() + PUBLISH_TIMEOUT;
+            let deadline = Instant::now() + self.timeout;
             let failed: Vec<usize> = match self.sink.send_batch(records, deadline).await {
                 Ok(d) => {
                     // The audit's own producer has no spool: anything not refused was acked.
