@@ -200,8 +200,7 @@ fn main() -> anyhow::Result<()> {
             )?;
             let k = &config.kafka;
             let registry = schema::Registry::load(&config.schemas)?;
-            let topics =
-                ops::topics::needed_topics(&registry, &k.topic_prefix, &k.dead_letter_topic);
+            let topics = ops::topics::gateway_topics(&config, &registry);
             let (created, existing) = runtime()?.block_on(ops::topics::create_with(
                 &k.brokers,
                 &k.librdkafka,
