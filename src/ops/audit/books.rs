@@ -21,7 +21,7 @@ use serde::Serialize;
 
 use crate::thrift::generated::AuditRecord;
 
-/// Window size assumed for events of a host no audit record describes (the publisher's default).
+/// Window size assumed for events when no audit record says one (the publisher's default).
 pub const DEFAULT_WINDOW_MS: i64 = 60_000;
 
 /// One row of the report.
@@ -129,6 +129,8 @@ pub struct Books {
     boot_start: HashMap<(String, String), i64>,
     /// Window size per host, from its latest records.
     host_window_ms: HashMap<String, i64>,
+    /// Window size of the latest record of any host: used for hosts without records.
+    fleet_window_ms: Option<i64>,
 }
 
 impl Books {
@@ -148,6 +150,7 @@ impl Books {
         *start = (*start).min(r.published_at_ms);
         self.host_window_ms
             .insert(r.collector_host.clone(), r.window_ms);
+        self.fleet_window_ms = Some(r.window_ms);
         let key = Key {
             window_start_ms: r.window_start_ms,
             topic: r.topic.clone(),
@@ -180,6 +183,7 @@ impl Books {
         self.host_window_ms
             .get(host)
             .copied()
+            .or(self.fleet_window_ms)
             .unwrap_or(DEFAULT_WINDOW_MS)
     }
 
