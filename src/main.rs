@@ -178,9 +178,10 @@ struct AuditArgs {
     /// Kafka bootstrap brokers (default: kafka.brokers, else 127.0.0.1:9092).
     #[arg(long)]
     brokers: Option<String>,
-    /// The topic the gateways publish audit records to.
-    #[arg(long, default_value = "events.audit")]
-    audit_topic: String,
+    /// The topic the gateways publish audit records to (default: audit.topic, else
+    /// "events.audit").
+    #[arg(long)]
+    audit_topic: Option<String>,
     /// Dead-letter topic, decoded as such (default: kafka.dead_letter_topic).
     #[arg(long)]
     dead_letter_topic: Option<String>,
@@ -245,8 +246,7 @@ fn main() -> anyhow::Result<()> {
             )?;
             let k = &config.kafka;
             let registry = schema::Registry::load(&config.schemas)?;
-            let topics =
-                ops::topics::needed_topics(&registry, &k.topic_prefix, &k.dead_letter_topic);
+            let topics = ops::topics::gateway_topics(&config, &registry);
             let (created, existing) = runtime()?.block_on(ops::topics::create_with(
                 &k.brokers,
                 &k.librdkafka,
@@ -344,6 +344,7 @@ fn audit(args: AuditArgs) -> u8 {
                 "kafka.dead_letter_topic",
                 args.dead_letter_topic.map(string),
             ),
+            ("audit.topic", args.audit_topic.map(string)),
         ],
     ) {
         Ok(c) => c,
@@ -365,7 +366,7 @@ fn audit(args: AuditArgs) -> u8 {
     let opts = ops::audit::AuditOptions {
         brokers: config.kafka.brokers,
         librdkafka: config.kafka.librdkafka,
-        audit_topic: args.audit_topic,
+        audit_topic: config.audit.topic,
         dead_letter_topic: config.kafka.dead_letter_topic,
         since,
         until: args.until,

@@ -50,6 +50,14 @@ pub fn recorder() -> PrometheusHandle {
                         10.0,
                     ],
                 )
+                .expect("bucket list is not empty")
+                .set_buckets_for_metric(
+                    Matcher::Full(DELIVERY_LATENCY.into()),
+                    &[
+                        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                        300.0, 900.0, 3600.0, 21600.0, 86400.0,
+                    ],
+                )
                 .expect("bucket list is not empty");
             match builder.install_recorder() {
                 Ok(handle) => handle,
@@ -139,3 +147,19 @@ pub const AUDIT_WINDOWS: &str = "eventpipe_audit_windows";
 pub const AUDIT_LAST_CHECK: &str = "eventpipe_audit_last_check_timestamp_seconds";
 /// Checks that failed (broker unreachable, audit topic missing, read timeout).
 pub const AUDIT_CHECK_ERRORS: &str = "eventpipe_audit_check_errors_total";
+
+/// Audit records the publisher had Kafka acknowledge.
+pub const AUDIT_PUBLISHED: &str = "eventpipe_audit_records_published_total";
+/// Audit records whose publish failed (they stay pending and are retried).
+pub const AUDIT_PUBLISH_FAILURES: &str = "eventpipe_audit_publish_failures_total";
+/// (window, topic) cells of closed windows whose latest counts are not yet published.
+pub const AUDIT_UNPUBLISHED: &str = "eventpipe_audit_unpublished_records";
+/// Counts the audit could not keep (`audit.max_cells` reached with no cell to drop), by `kind`
+/// (`events`, `refusals`): the audit under-reports them.
+pub const AUDIT_OVERFLOW: &str = "eventpipe_audit_overflow_total";
+/// Spooled records that replay moved to the quarantine (acknowledged to clients, never in their
+/// topic: `eventpipe audit` reports them missing), by `kind` (`event`, `dead_letter`).
+pub const AUDIT_QUARANTINED: &str = "eventpipe_audit_quarantined_records_total";
+/// Receive time to Kafka's acknowledgement, by `path`: `kafka` (within the request) or `spool`
+/// (delivered by the replayer). Events only, not dead letters.
+pub const DELIVERY_LATENCY: &str = "eventpipe_event_delivery_latency_seconds";

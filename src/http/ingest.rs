@@ -42,6 +42,7 @@ pub async fn ingest(State(gw): State<AppState>, req: Request) -> Response {
                     | ApiError::RateLimited { .. }
             );
             metrics::counter!(m::REQUESTS_REFUSED, "reason" => err.code()).increment(1);
+            gw.audit.refused(err.code());
             if !refused {
                 record_refused_request(&gw, &err, &body, enrichment);
             }
@@ -160,7 +161,14 @@ async fn handle(
         .collect();
 
     let deadline = Instant::now() + gw.ack_timeout;
-    let delivered = match gw.sink.send_batch(processed.records, deadline).await {
+    let sent = crate::audit::send(
+        &gw.audit,
+        gw.sink.as_ref(),
+        processed.records,
+        deadline,
+        enrichment.received_at_ms,
+    );
+    let delivered = match sent.await {
         Ok(d) => d,
         Err(cause) => {
             metrics::counter!(m::EVENTS, "outcome" => "refused", "reason" => cause.reason())
@@ -405,6 +413,7 @@ fn record_refused_request(gw: &AppState, err: &ApiError, body: &Bytes, enrichmen
         metrics::counter!(m::DEAD_LETTER_FAILURES, "reason" => "backlog").increment(1);
         return;
     };
+    let received_at_ms = enrichment.received_at_ms;
     let record = dead_letter_for_request(
         err.code(),
         &err.to_string(),
@@ -417,7 +426,14 @@ fn record_refused_request(gw: &AppState, err: &ApiError, body: &Bytes, enrichmen
     tokio::spawn(async move {
         let _permit = permit;
         let deadline = Instant::now() + gw.ack_timeout;
-        match gw.sink.send_batch(vec![record], deadline).await {
+        let sent = crate::audit::send(
+            &gw.audit,
+            gw.sink.as_ref(),
+            vec![record],
+            deadline,
+            received_at_ms,
+        );
+        match sent.await {
             Err(e) => {
                 metrics::counter!(m::DEAD_LETTER_FAILURES, "reason" => e.reason()).increment(1);
                 tracing::warn!(error = %e, "could not record a refused request in the dead-letter topic");

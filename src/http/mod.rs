@@ -54,6 +54,8 @@ pub struct Gateway {
     pub access: auth::Access,
     /// Limits on requests, bytes and connections in flight.
     pub admission: admission::Admission,
+    /// Per-window counts for the audit topic (`crate::audit`).
+    pub audit: Arc<crate::audit::Books>,
 }
 
 pub type AppState = Arc<Gateway>;
@@ -78,7 +80,7 @@ pub fn app(state: AppState, cors: &CorsConfig, request_timeout: Duration) -> Rou
             auth::authorize,
         ))
         .layer(middleware::from_fn_with_state(
-            request_timeout,
+            (request_timeout, state.audit.clone()),
             whole_request_timeout,
         ))
         .layer(cors_layer(cors))
@@ -89,7 +91,7 @@ pub fn app(state: AppState, cors: &CorsConfig, request_timeout: Duration) -> Rou
 
 /// 408 when a request (body and Kafka wait included) takes longer than `limit`.
 async fn whole_request_timeout(
-    State(limit): State<Duration>,
+    State((limit, audit)): State<(Duration, Arc<crate::audit::Books>)>,
     req: Request,
     next: Next,
 ) -> Response {
@@ -101,6 +103,7 @@ async fn whole_request_timeout(
             };
             metrics::counter!(crate::metrics::REQUESTS_REFUSED, "reason" => err.code())
                 .increment(1);
+            audit.refused(err.code());
             err.into_response()
         }
     }

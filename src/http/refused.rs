@@ -88,7 +88,14 @@ pub async fn settle(
         return out;
     }
     let deadline = Instant::now() + gw.ack_timeout;
-    let delivered = match gw.sink.send_batch(letters, deadline).await {
+    let sent = crate::audit::send(
+        &gw.audit,
+        gw.sink.as_ref(),
+        letters,
+        deadline,
+        enrichment.received_at_ms,
+    );
+    let delivered = match sent.await {
         Ok(d) => d,
         Err(e) => {
             // Kafka late and the spool refusing: none of these dead letters is stored, so

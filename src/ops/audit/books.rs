@@ -45,11 +45,11 @@ struct BootBooks {
 /// What the topic holds for one key.
 #[derive(Debug, Default)]
 struct Found {
-    /// Distinct identities (event ids; for dead letters with an id, id + index + receive time).
+    /// Distinct event ids.
     ids: HashSet<u128>,
     /// Records that carried an identity (duplicates = this - ids.len()).
     with_id: u64,
-    /// Dead letters without an event id (whole requests): counted, not deduplicated.
+    /// Dead letters: counted by record, not deduplicated.
     anonymous: u64,
 }
 
@@ -57,7 +57,7 @@ struct Found {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Identity {
     Id(u128),
-    /// A dead letter without an event id: counted by record.
+    /// A dead letter: counted by record (whole-request dead letters carry no event id).
     Anonymous,
 }
 
@@ -119,7 +119,15 @@ pub struct Row {
     /// Whether any audit record covers the key.
     pub audited: bool,
     pub status: Status,
+    /// A hint for a row that is short by no more than its duplicates and was reported by more
+    /// than one boot: a replay repeated after a crash may be counted by both boots (two reports,
+    /// one distinct id). Still incomplete: the counts cannot prove it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<&'static str>,
 }
+
+/// `Row::note` text.
+pub const MAYBE_DOUBLE_REPORTED: &str = "may be double-reported after a restart";
 
 #[derive(Default)]
 pub struct Books {
@@ -277,6 +285,7 @@ impl Books {
         } else {
             found
         };
+        let boot_count = boots.map_or(0, |b| b.len());
         let closes_at = key
             .window_start_ms
             .saturating_add(window_ms)
@@ -303,6 +312,8 @@ impl Books {
             unreported,
             audited: boots.is_some(),
             status,
+            note: (status == Status::Incomplete && missing <= duplicates && boot_count > 1)
+                .then_some(MAYBE_DOUBLE_REPORTED),
         }
     }
 }

@@ -230,6 +230,7 @@ mod tests {
             unreported: 0,
             audited: true,
             status,
+            note: None,
         }
     }
 
