@@ -254,6 +254,21 @@ pub async fn eventually_rendered(needle: &str) -> bool {
     false
 }
 
+/// `eventpipe audit --watch` (its own listener, not the gateway's): events reported by gateways
+/// and not found in their topic, summed over the closed windows of the lookback, per topic and
+/// collector host.
+pub const AUDIT_MISSING: &str = "eventpipe_audit_missing_events";
+/// Same, for events found more than once (same id).
+pub const AUDIT_DUPLICATES: &str = "eventpipe_audit_duplicate_events";
+/// Same, for events found beyond what was reported (or with no audit record at all).
+pub const AUDIT_UNREPORTED: &str = "eventpipe_audit_unreported_events";
+/// Rows of the last check per `status` (complete, incomplete, open, pending-past-grace).
+pub const AUDIT_WINDOWS: &str = "eventpipe_audit_windows";
+/// Unix time of the last check that completed.
+pub const AUDIT_LAST_CHECK: &str = "eventpipe_audit_last_check_timestamp_seconds";
+/// Checks that failed (broker unreachable, audit topic missing, read timeout).
+pub const AUDIT_CHECK_ERRORS: &str = "eventpipe_audit_check_errors_total";
+
 /// Audit records the publisher had Kafka acknowledge.
 pub const AUDIT_PUBLISHED: &str = "eventpipe_audit_records_published_total";
 /// Audit records whose publish failed (they stay pending and are retried).

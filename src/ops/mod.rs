@@ -1,5 +1,6 @@
-//! Operator commands: topic creation, tailing the log, the spool's quarantine.
+//! Operator commands: topic creation, tailing the log, the spool's quarantine, the audit.
 
+pub mod audit;
 pub mod quarantine;
 pub mod tail;
 pub mod topics;
