@@ -251,6 +251,94 @@ fn rule_queries() -> (Vec<(String, String)>, BTreeSet<String>) {
     (queries, recorded)
 }
 
+/// `label="value"` pairs of a matcher list or an exposition's label set (the text after `{`,
+/// up to its `}`), with the operator before each value: `=`, `!=`, `=~`, `!~`.
+fn label_pairs(inner: &str) -> Vec<(String, String, String)> {
+    let b = inner.as_bytes();
+    let (mut out, mut i) = (Vec::new(), 0);
+    while i < b.len() && b[i] != b'}' {
+        let start = i;
+        while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_') {
+            i += 1;
+        }
+        let label = inner[start..i].to_string();
+        let op_start = i;
+        while i < b.len() && b"=!~ ".contains(&b[i]) {
+            i += 1;
+        }
+        let op = inner[op_start..i].trim().to_string();
+        if i >= b.len() || b[i] != b'"' {
+            i += 1;
+            continue;
+        }
+        i += 1;
+        let mut value = String::new();
+        while i < b.len() && b[i] != b'"' {
+            if b[i] == b'\\' && i + 1 < b.len() {
+                i += 1;
+            }
+            value.push(b[i] as char);
+            i += 1;
+        }
+        i += 1;
+        while i < b.len() && (b[i] == b',' || b[i] == b' ') {
+            i += 1;
+        }
+        if !label.is_empty() {
+            out.push((label, op, value));
+        }
+    }
+    out
+}
+
+/// (metric, label, value) of every exact `label="value"` matcher in `expr` that does not hold a
+/// Grafana variable: a renamed label value would silence an alert as surely as a renamed metric.
+fn equality_matchers(expr: &str) -> Vec<(String, String, String)> {
+    let mut out = Vec::new();
+    for (at, _) in expr.match_indices('{') {
+        let before = &expr[..at];
+        let name_start = before
+            .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+            .map_or(0, |i| i + 1);
+        let name = &before[name_start..];
+        if name.is_empty() || name.contains(':') {
+            continue;
+        }
+        for (label, op, value) in label_pairs(&expr[at + 1..]) {
+            if op == "=" && !value.contains('$') {
+                out.push((name.to_string(), label, value));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn equality_matchers_are_parsed_out_of_expressions() {
+    let got = equality_matchers(
+        r#"sum(rate(eventpipe_a{status=~"5..", status!="503", reason="x", instance=~"$i"}[5m])) / eventpipe_b{q = "0.99"} + {c="d"}"#,
+    );
+    let want = [("eventpipe_a", "reason", "x"), ("eventpipe_b", "q", "0.99")];
+    let want: Vec<_> = want
+        .iter()
+        .map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string()))
+        .collect();
+    assert_eq!(got, want);
+}
+
+/// (name, label, value) of every sample in a Prometheus text exposition.
+fn exported_labels(text: &str) -> BTreeSet<(String, String, String)> {
+    let mut out = BTreeSet::new();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        if let Some((name, rest)) = line.split_once('{') {
+            for (label, _, value) in label_pairs(rest) {
+                out.insert((name.to_string(), label, value));
+            }
+        }
+    }
+    out
+}
+
 /// Metric names in a Prometheus text exposition, histogram and summary suffixes removed.
 fn exported_names(text: &str) -> BTreeSet<String> {
     let mut names = BTreeSet::new();
@@ -392,9 +480,9 @@ async fn dashboard_and_alerts_read_only_metrics_a_real_gateway_exports() {
     // Broker statistics arrive on librdkafka's stats interval, and the checker's per-topic
     // series once a window of the traffic is closed and judged: wait for both (generously).
     let deadline = Instant::now() + Duration::from_secs(120);
-    let exported = loop {
-        let mut exported = exported_names(&gw.metrics().await);
-        exported.extend(exported_names(&checker.metrics().await));
+    let (exported, labels) = loop {
+        let text = gw.metrics().await + "\n" + &checker.metrics().await;
+        let exported = exported_names(&text);
         let done = [
             "eventpipe_broker_rtt_seconds",
             "eventpipe_audit_missing_events",
@@ -402,7 +490,7 @@ async fn dashboard_and_alerts_read_only_metrics_a_real_gateway_exports() {
         .iter()
         .all(|n| exported.contains(*n));
         if done || Instant::now() > deadline {
-            break exported;
+            break (exported, exported_labels(&text));
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
@@ -424,6 +512,24 @@ async fn dashboard_and_alerts_read_only_metrics_a_real_gateway_exports() {
         "the dashboard or the alerts read metrics nothing exports:\n  {}\n(exported: {exported:?})\n{}",
         missing.join("\n  "),
         gw.log_tail()
+    );
+    // Label values too: `reason="overloaded"` matches nothing if the code says "overload".
+    let mut unmatched: Vec<String> = queries
+        .iter()
+        .flat_map(|(place, expr)| {
+            equality_matchers(expr)
+                .into_iter()
+                .map(move |m| (m, place.clone()))
+        })
+        .filter(|((name, _, _), _)| !PROMETHEUS_SERIES.contains(&name.as_str()))
+        .filter(|(m, _)| !labels.contains(m))
+        .map(|((name, label, value), place)| format!("{name}{{{label}=\"{value}\"}} (in {place})"))
+        .collect();
+    unmatched.dedup();
+    assert!(
+        unmatched.is_empty(),
+        "the dashboard or the alerts select label values no exported series has:\n  {}",
+        unmatched.join("\n  ")
     );
     // The metrics this change added are there from the first request.
     for name in [
