@@ -30,6 +30,7 @@ pub fn router(gw: AppState, prometheus: PrometheusHandle) -> Router {
                 let gw_metrics = gw_metrics.clone();
                 async move {
                     gw_metrics.admission.publish_gauges();
+                    // `/readyz`'s verdict, for alerting on hosts out of rotation.
                     let ready = Readiness::of(&gw_metrics).ready();
                     metrics::gauge!(crate::metrics::READY).set(if ready { 1.0 } else { 0.0 });
                     (
@@ -44,15 +45,18 @@ pub fn router(gw: AppState, prometheus: PrometheusHandle) -> Router {
         .with_state(gw)
 }
 
-/// What `/readyz` checks; `/metrics` exports the verdict as `eventpipe_ready`.
-struct Readiness {
-    schemas: bool,
-    kafka: bool,
-    draining: bool,
+/// What `/readyz` checks; `READY=1` to systemd waits for the same (`crate::notify`).
+pub struct Readiness {
+    /// At least one schema is loaded.
+    pub schemas: bool,
+    /// Events can be made durable: Kafka acknowledging, or the spool accepting.
+    pub kafka: bool,
+    /// Shutdown has begun.
+    pub draining: bool,
 }
 
 impl Readiness {
-    fn of(gw: &crate::http::Gateway) -> Readiness {
+    pub fn of(gw: &crate::http::Gateway) -> Readiness {
         Readiness {
             schemas: !gw.registry.is_empty(),
             kafka: gw.sink.is_ready(),
@@ -60,19 +64,14 @@ impl Readiness {
         }
     }
 
-    fn ready(&self) -> bool {
+    pub fn ready(&self) -> bool {
         self.schemas && self.kafka && !self.draining
     }
 }
 
 async fn readyz(State(gw): State<AppState>) -> impl IntoResponse {
-    let checks = Readiness::of(&gw);
-    let ready = checks.ready();
-    let Readiness {
-        schemas,
-        kafka,
-        draining,
-    } = checks;
+    let r = Readiness::of(&gw);
+    let (schemas, kafka, draining, ready) = (r.schemas, r.kafka, r.draining, r.ready());
     let status = if ready {
         StatusCode::OK
     } else {
