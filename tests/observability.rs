@@ -424,3 +424,44 @@ async fn the_request_id_reaches_the_dead_letter_topic() {
         ]
     );
 }
+
+/// `eventpipe_ready` says what `/readyz` says: 1 on a gateway with a broker, 0 on one that can
+/// make nothing durable (spool off, no broker).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ready_gauge_follows_readyz() {
+    let broker = Broker::memory();
+    let topics = Topics::unique();
+    topics.create(&broker.brokers()).await;
+    let (up_dir, down_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let up = GatewayProc::new(
+        &broker.brokers(),
+        &topics,
+        up_dir.path().to_path_buf(),
+        &[("EVENTPIPE_LIMITS__REQUEST_TIMEOUT_MS", "30000")],
+    );
+    let nowhere = format!("127.0.0.1:{}", common::free_port());
+    let down = GatewayProc::new(
+        &nowhere,
+        &topics,
+        down_dir.path().to_path_buf(),
+        &[
+            ("EVENTPIPE_LIMITS__REQUEST_TIMEOUT_MS", "30000"),
+            ("EVENTPIPE_SPOOL__ENABLED", "false"),
+            ("EVENTPIPE_AUDIT__ENABLED", "false"),
+        ],
+    );
+    let gauge = |text: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix("eventpipe_ready "))
+            .map(str::to_string)
+    };
+    for (gw, want_ready, want) in [(&up, true, "1"), (&down, false, "0")] {
+        // Readiness settles once the producer has (or has not) reached a broker.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while gw.ready().await != Some(want_ready) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert_eq!(gw.ready().await, Some(want_ready), "{}", gw.log_tail());
+        assert_eq!(gauge(&gw.metrics().await).as_deref(), Some(want));
+    }
+}
