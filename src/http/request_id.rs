@@ -58,7 +58,9 @@ fn acceptable(id: &str) -> bool {
 /// in the answer.
 pub async fn layer(mut req: Request, next: Next) -> Response {
     let (id, replaced) = RequestId::from_header(req.headers().get(HEADER));
-    let span = tracing::info_span!("request", request_id = id.as_str());
+    // At ERROR level so that it is enabled whenever any line is logged: a span below the log
+    // level (`EVENTPIPE_LOG=warn` and an INFO span) is dropped from the lines inside it.
+    let span = tracing::error_span!("request", request_id = id.as_str());
     if replaced {
         span.in_scope(|| tracing::debug!("X-Request-Id not acceptable: replaced"));
     }

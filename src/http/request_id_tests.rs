@@ -224,3 +224,48 @@ async fn a_timed_out_request_is_answered_408_with_its_id() {
         (StatusCode::REQUEST_TIMEOUT, "id-408")
     );
 }
+
+/// Log output captured for one test (the subscriber is this thread's default while it runs).
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A log line written while the request is handled, even from the task that writes its dead
+/// letter after the answer, names the request's id.
+#[tokio::test]
+async fn log_lines_of_a_request_name_its_id() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::WARN)
+        .finish();
+    let _default = tracing::subscriber::set_default(subscriber);
+    let (router, sink) = router(&Config::default());
+    sink.fail_with(Some(SinkError::SpoolFull));
+    let (status, _) = answer(&router, post("not json", Some("id-logged"))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let text = || String::from_utf8_lossy(&captured.0.lock().unwrap()).into_owned();
+    for _ in 0..500 {
+        if text().contains("could not record a refused request") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let log = text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("could not record a refused request"))
+        .unwrap_or_else(|| panic!("no warning logged: {log}"));
+    assert!(line.contains("request_id=\"id-logged\""), "{line}");
+}
