@@ -30,6 +30,9 @@ pub fn router(gw: AppState, prometheus: PrometheusHandle) -> Router {
                 let gw_metrics = gw_metrics.clone();
                 async move {
                     gw_metrics.admission.publish_gauges();
+                    // `/readyz`'s verdict, for alerting on hosts out of rotation.
+                    let ready = Readiness::of(&gw_metrics).ready();
+                    metrics::gauge!(crate::metrics::READY).set(if ready { 1.0 } else { 0.0 });
                     (
                         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
                         handle.render(),

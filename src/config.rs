@@ -22,9 +22,11 @@ use serde::Deserialize;
 
 use crate::http::client_ip::ClientIpHeader;
 
+mod audit;
 mod auth;
 mod librdkafka;
 mod service_links;
+pub use audit::AuditConfig;
 pub use auth::{check_rate, AuthConfig, RateLimitConfig};
 
 /// The whole configuration.
@@ -77,6 +79,9 @@ pub struct Config {
     /// Rate limits per client IP and per write key (off by default).
     #[serde(default)]
     pub rate_limit: RateLimitConfig,
+    /// Audit records: per-window counts published to the audit topic.
+    #[serde(default)]
+    pub audit: AuditConfig,
 }
 
 /// The local spool (write-ahead log) used when Kafka cannot acknowledge in time.
@@ -585,6 +590,7 @@ impl Config {
             );
         }
         self.validate_auth()?;
+        self.validate_audit()?;
         self.kafka.validate_librdkafka()?;
         // The size limits (message.max.bytes, context, output ratio) are checked where enforced.
         crate::pipeline::bounds::validate(self)

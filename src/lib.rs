@@ -8,6 +8,7 @@
 //! tools: topics, tail), `config`.
 
 pub mod admin;
+pub mod audit;
 pub mod config;
 pub mod dedup;
 #[doc(hidden)]

@@ -41,6 +41,9 @@ enum Command {
     },
     /// Print messages of a topic as JSON lines, decoded from Thrift.
     Tail(TailArgs),
+    /// Balance the gateways' audit records against the data topics (exit 0 complete, 1
+    /// incomplete, 2 error).
+    Audit(AuditArgs),
     /// Inspect the local spool.
     Spool {
         #[command(subcommand)]
@@ -202,6 +205,49 @@ struct TailArgs {
     dead_letter_topic: Option<String>,
 }
 
+#[derive(clap::Args)]
+struct AuditArgs {
+    /// The gateway's TOML configuration: its `[kafka]` section (brokers, dead-letter topic,
+    /// librdkafka security settings). EVENTPIPE_* variables apply too.
+    #[arg(long, env = "EVENTPIPE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Kafka bootstrap brokers (default: kafka.brokers, else 127.0.0.1:9092).
+    #[arg(long)]
+    brokers: Option<String>,
+    /// The topic the gateways publish audit records to (default: audit.topic, else
+    /// "events.audit").
+    #[arg(long)]
+    audit_topic: Option<String>,
+    /// Dead-letter topic, decoded as such (default: kafka.dead_letter_topic).
+    #[arg(long)]
+    dead_letter_topic: Option<String>,
+    /// Judge windows starting at or after this: RFC 3339 or a duration before now (15m, 2h,
+    /// 1d). Default: everything (one check), 1h (--watch, where it must be a duration).
+    #[arg(long, value_parser = ops::audit::parse_time)]
+    since: Option<ops::audit::TimeArg>,
+    /// Judge windows starting before this (RFC 3339 or a duration before now).
+    #[arg(long, value_parser = ops::audit::parse_time, conflicts_with = "watch")]
+    until: Option<ops::audit::TimeArg>,
+    /// A window is judged once its end is this far past (late reports, replays).
+    #[arg(long, value_parser = ops::audit::parse_duration, default_value = "5m")]
+    grace: Duration,
+    /// One JSON object per row instead of a table.
+    #[arg(long, conflicts_with = "watch")]
+    json: bool,
+    /// Reading a topic to its end offsets must finish within this.
+    #[arg(long, value_parser = ops::audit::parse_duration, default_value = "2m")]
+    read_timeout: Duration,
+    /// Check every --interval and serve the verdicts as Prometheus metrics on --listen.
+    #[arg(long, requires = "listen")]
+    watch: bool,
+    /// For --watch: the metrics listener (/metrics).
+    #[arg(long, requires = "watch")]
+    listen: Option<std::net::SocketAddr>,
+    /// For --watch: time between checks.
+    #[arg(long, value_parser = ops::audit::parse_duration, default_value = "1m", requires = "watch")]
+    interval: Duration,
+}
+
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -236,8 +282,7 @@ fn main() -> anyhow::Result<()> {
             )?;
             let k = &config.kafka;
             let registry = schema::Registry::load(&config.schemas)?;
-            let topics =
-                ops::topics::needed_topics(&registry, &k.topic_prefix, &k.dead_letter_topic);
+            let topics = ops::topics::gateway_topics(&config, &registry);
             let (created, existing) = runtime()?.block_on(ops::topics::create_with(
                 &k.brokers,
                 &k.librdkafka,
@@ -290,6 +335,7 @@ fn main() -> anyhow::Result<()> {
             ops::tail::run(&opts, &mut std::io::stdout().lock())?;
             Ok(())
         }
+        Command::Audit(args) => std::process::exit(i32::from(audit(args))),
         Command::Spool {
             command:
                 SpoolCommand::Quarantine {
@@ -327,6 +373,51 @@ fn main() -> anyhow::Result<()> {
         Command::Spool {
             command: SpoolCommand::Inspect { dir, json },
         } => ops::inspect::print(&dir, json, &mut std::io::stdout().lock()),
+    }
+}
+
+/// `eventpipe audit`; returns the exit code (0 complete, 1 incomplete, 2 error).
+fn audit(args: AuditArgs) -> u8 {
+    let config = match load_config(
+        args.config.as_deref(),
+        [
+            ("kafka.brokers", args.brokers.map(string)),
+            (
+                "kafka.dead_letter_topic",
+                args.dead_letter_topic.map(string),
+            ),
+            ("audit.topic", args.audit_topic.map(string)),
+        ],
+    ) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return 2;
+        }
+    };
+    let since = match (args.watch, args.since) {
+        (true, Some(ops::audit::TimeArg::At(_))) => {
+            eprintln!(
+                "error: --watch needs a lookback for --since (a duration like 1h), not a time"
+            );
+            return 2;
+        }
+        (true, None) => Some(ops::audit::TimeArg::Ago(Duration::from_secs(3600))),
+        (_, since) => since,
+    };
+    let opts = ops::audit::AuditOptions {
+        brokers: config.kafka.brokers,
+        librdkafka: config.kafka.librdkafka,
+        audit_topic: config.audit.topic,
+        dead_letter_topic: config.kafka.dead_letter_topic,
+        since,
+        until: args.until,
+        grace: args.grace,
+        read_timeout: args.read_timeout,
+    };
+    match (args.watch, args.listen) {
+        (true, Some(listen)) => ops::audit::watch::run(opts, listen, args.interval),
+        _ => ops::audit::run_once(opts, args.json),
     }
 }
 

@@ -81,7 +81,7 @@ pub async fn serve(
     } else {
         Arc::new(kafka)
     };
-    serve_with_sink(config, registry, sink, public, admin, shutdown).await
+    serve_inner(config, registry, sink, public, admin, shutdown, true).await
 }
 
 /// How the replayer sends a spool back to Kafka: the gateway's and `eventpipe spool drain`'s
@@ -133,10 +133,46 @@ pub fn gateway(config: &Config, registry: Registry, sink: Arc<dyn Sink>) -> Arc<
         http_only: config.bench.http_only,
         access: http::auth::Access::new(config),
         admission: http::admission::Admission::new(&config.limits),
+        audit: Arc::new(audit_books(config)),
     })
 }
 
-/// Runs the gateway over any sink (tests use the in-memory one).
+/// The audit books `config` asks for (counting nothing when `audit.enabled` is false).
+pub fn audit_books(config: &Config) -> crate::audit::Books {
+    let a = &config.audit;
+    crate::audit::Books::new(
+        a.enabled,
+        (a.window_secs * 1000) as i64,
+        a.max_cells,
+        (a.keep_secs * 1000) as i64,
+        &config.kafka.dead_letter_topic,
+    )
+}
+
+/// Starts the audit publisher with its own producer (see `crate::audit::publisher`).
+fn audit_publisher(config: &Config, gw: &Gateway) -> anyhow::Result<crate::audit::Publisher> {
+    let producer = producer_config(&config.kafka.brokers, &config.kafka.librdkafka);
+    let producer =
+        KafkaSink::new(&producer, Duration::from_secs(5)).context("creating the audit producer")?;
+    let id = crate::audit::Identity {
+        collector_host: gw.collector.host.clone(),
+        collector_version: gw.collector.version.clone(),
+        boot_id: uuid::Uuid::new_v4().to_string(),
+    };
+    tracing::info!(boot_id = %id.boot_id, topic = %config.audit.topic, "audit: publishing");
+    Ok(crate::audit::Publisher::spawn(
+        gw.audit.clone(),
+        Arc::new(producer),
+        id,
+        &config.audit.topic,
+        config.audit_publish_delay_ms(),
+        Duration::from_millis(config.kafka.ack_timeout_ms),
+        Duration::from_millis(config.audit.retry_backoff_ms),
+    ))
+}
+
+/// Runs the gateway over any sink (tests use the in-memory one). Audit counts are kept but not
+/// published.
 pub async fn serve_with_sink(
     config: Config,
     registry: Registry,
@@ -145,12 +181,40 @@ pub async fn serve_with_sink(
     admin_listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
+    serve_inner(
+        config,
+        registry,
+        sink,
+        public,
+        admin_listener,
+        shutdown,
+        false,
+    )
+    .await
+}
+
+async fn serve_inner(
+    config: Config,
+    registry: Registry,
+    sink: Arc<dyn Sink>,
+    public: TcpListener,
+    admin_listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+    publish_audit: bool,
+) -> anyhow::Result<()> {
     // Install the metrics recorder before anything records.
     let prometheus = m::recorder();
+    m::register();
     // New certificates are picked up while `_tls_reload` lives.
     let (tls, _tls_reload) = config.tls.as_ref().map(tls_acceptor).transpose()?.unzip();
     metrics::gauge!(m::SCHEMAS_LOADED).set(registry.len() as f64);
     let gw = gateway(&config, registry, sink.clone());
+    sink.attach_audit(gw.audit.clone());
+    let publisher = if publish_audit && config.audit.enabled {
+        Some(audit_publisher(&config, &gw)?)
+    } else {
+        None
+    };
     gw.access.start().map_err(anyhow::Error::msg)?;
     let router = http::app(gw.clone(), &config.cors, config.limits.request_timeout());
 
@@ -258,6 +322,11 @@ pub async fn serve_with_sink(
         .await
     {
         tracing::warn!(error = %e, "shutdown: producer flush incomplete");
+    }
+    if let Some(p) = publisher {
+        // After the last request: the books are final but for the replayer.
+        p.shutdown(Duration::from_millis(config.kafka.ack_timeout_ms))
+            .await;
     }
     let _ = admin_stop_tx.send(());
     let _ = tokio::task::spawn_blocking(move || admin_thread.join()).await;

@@ -97,6 +97,8 @@ struct DeadLetter {
   // The HTTP status the request was answered with, for whole-request rejections.
   9: optional i32 http_status
   10: required Enrichment enrichment
+  // The request's X-Request-Id (the client's, or the one the gateway generated and answered with).
+  11: optional string request_id
 }
 
 // One gateway's books for one (window, topic), published to the audit topic (default

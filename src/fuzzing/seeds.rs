@@ -41,6 +41,7 @@ pub fn sample_records() -> &'static [Record] {
             index: Some(0),
             http_status: None,
             enrichment: enrichment(),
+            request_id: None,
         };
         vec![
             Record {
@@ -176,6 +177,7 @@ pub fn write_corpus(repo: &Path, corpus: &Path) -> std::io::Result<usize> {
         b"{not json",
         &fuzzer.cfg,
         &fuzzer.enrichment,
+        None,
     );
     put(
         "thrift_tail",

@@ -201,6 +201,7 @@ pub async fn authorize(State(gw): State<AppState>, mut req: Request, next: Next)
         Err(err) => {
             // `http_requests_total` is counted by the outermost layer, for every answer.
             metrics::counter!(m::REQUESTS_REFUSED, "reason" => err.code()).increment(1);
+            gw.audit.refused(err.code());
             err.into_response()
         }
     }

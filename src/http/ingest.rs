@@ -15,6 +15,7 @@ use super::admission::Charge;
 use super::auth::Grant;
 use super::body::{check_content_type, decompress_within, encoding, read_limited, Encoding};
 use super::error::ApiError;
+use super::request_id::RequestId;
 use super::{refused, AppState};
 use crate::dedup::Seen;
 use crate::metrics as m;
@@ -30,7 +31,17 @@ pub async fn ingest(State(gw): State<AppState>, req: Request) -> Response {
         .map(|c| c.0);
     let mut enrichment = enrichment(&gw, peer, &parts.headers);
     let grant = parts.extensions.get::<Grant>().cloned();
-    match handle(&gw, &parts.headers, body, &mut enrichment, grant).await {
+    let request_id = parts.extensions.get::<RequestId>().cloned();
+    match handle(
+        &gw,
+        &parts.headers,
+        body,
+        &mut enrichment,
+        grant,
+        &request_id,
+    )
+    .await
+    {
         Ok(resp) => resp,
         Err((err, body)) => {
             // Refusals for want of capacity are not dead-lettered: that would add work exactly
@@ -42,8 +53,9 @@ pub async fn ingest(State(gw): State<AppState>, req: Request) -> Response {
                     | ApiError::RateLimited { .. }
             );
             metrics::counter!(m::REQUESTS_REFUSED, "reason" => err.code()).increment(1);
+            gw.audit.refused(err.code());
             if !refused {
-                record_refused_request(&gw, &err, &body, enrichment);
+                record_refused_request(&gw, &err, &body, enrichment, request_id);
             }
             err.into_response()
         }
@@ -75,6 +87,7 @@ async fn handle(
     body: axum::body::Body,
     enrichment: &mut Enrichment,
     grant: Option<Grant>,
+    request_id: &Option<RequestId>,
 ) -> Result<Response, (ApiError, Bytes)> {
     let limits = &gw.pipeline.limits;
     check_content_type(headers).map_err(|e| (e, Bytes::new()))?;
@@ -106,11 +119,11 @@ async fn handle(
         charge: _charge,
         body: decoded,
     } = if enc == Encoding::Identity && wire.len() <= INLINE_MAX_BYTES {
-        decode_and_process(gw, wire, enc, charge, enrichment.clone(), grant)?
+        decode_and_process(gw, wire, enc, charge, enrichment.clone(), grant, request_id)?
     } else {
         let work = {
-            let (gw, enrichment) = (gw.clone(), enrichment.clone());
-            move || decode_and_process(&gw, wire, enc, charge, enrichment, grant)
+            let (gw, enrichment, id) = (gw.clone(), enrichment.clone(), request_id.clone());
+            move || decode_and_process(&gw, wire, enc, charge, enrichment, grant, &id)
         };
         gw.admission
             .run_blocking(work)
@@ -118,6 +131,7 @@ async fn handle(
             .map_err(|e| (e, Bytes::new()))??
     };
     enrichment.sent_at = sent_at;
+    m::observe_clock_skew(enrichment.sent_at.as_deref(), enrichment.received_at_ms);
 
     // Retries of events this host already made durable are answered without producing them,
     // with the durability their original got (a spooled original is answered 202 again).
@@ -160,7 +174,14 @@ async fn handle(
         .collect();
 
     let deadline = Instant::now() + gw.ack_timeout;
-    let delivered = match gw.sink.send_batch(processed.records, deadline).await {
+    let sent = crate::audit::send(
+        &gw.audit,
+        gw.sink.as_ref(),
+        processed.records,
+        deadline,
+        enrichment.received_at_ms,
+    );
+    let delivered = match sent.await {
         Ok(d) => d,
         Err(cause) => {
             metrics::counter!(m::EVENTS, "outcome" => "refused", "reason" => cause.reason())
@@ -182,6 +203,7 @@ async fn handle(
             &processed.origins,
             &decoded,
             enrichment,
+            request_id.as_ref().map(RequestId::as_str),
         )
         .await;
         accepted -= settled.refused_events.len().min(accepted);
@@ -254,6 +276,7 @@ fn decode_and_process(
     mut charge: Charge,
     mut enrichment: Enrichment,
     grant: Option<Grant>,
+    request_id: &Option<RequestId>,
 ) -> Result<Decoded, (ApiError, Bytes)> {
     let limits = &gw.pipeline.limits;
     let decoded = decompress_within(wire.clone(), enc, limits.max_decompressed_bytes, &mut |n| {
@@ -299,9 +322,15 @@ fn decode_and_process(
         enrichment.sent_at = Some(sent_at.chars().take(64).collect());
     }
     let allowed = |s: &crate::schema::Schema| grant.as_ref().is_none_or(|g| g.allows_schema(s));
-    let processed =
-        pipeline::process_allowed(&bundle, &gw.registry, &gw.pipeline, &enrichment, &allowed)
-            .map_err(|e| (ApiError::OutputTooLarge(e), decoded.clone()))?;
+    let processed = pipeline::process_allowed(
+        &bundle,
+        &gw.registry,
+        &gw.pipeline,
+        &enrichment,
+        request_id.as_ref().map(RequestId::as_str),
+        &allowed,
+    )
+    .map_err(|e| (ApiError::OutputTooLarge(e), decoded.clone()))?;
     let total = bundle.events.len();
     drop(bundle);
     // The body stays until the answer: a record Kafka refuses becomes a dead letter holding its
@@ -395,7 +424,13 @@ fn count_outcomes(
 /// header-only requests turn into Kafka (or spool) writes; those are counted in
 /// `eventpipe_requests_refused_total`. At most `REFUSED_LETTERS_IN_FLIGHT` are written at once;
 /// beyond, they are counted as failures (`reason="backlog"`) rather than queued without bound.
-fn record_refused_request(gw: &AppState, err: &ApiError, body: &Bytes, enrichment: Enrichment) {
+fn record_refused_request(
+    gw: &AppState,
+    err: &ApiError,
+    body: &Bytes,
+    enrichment: Enrichment,
+    request_id: Option<RequestId>,
+) {
     static IN_FLIGHT: tokio::sync::Semaphore =
         tokio::sync::Semaphore::const_new(REFUSED_LETTERS_IN_FLIGHT);
     if body.is_empty() {
@@ -405,6 +440,7 @@ fn record_refused_request(gw: &AppState, err: &ApiError, body: &Bytes, enrichmen
         metrics::counter!(m::DEAD_LETTER_FAILURES, "reason" => "backlog").increment(1);
         return;
     };
+    let received_at_ms = enrichment.received_at_ms;
     let record = dead_letter_for_request(
         err.code(),
         &err.to_string(),
@@ -412,23 +448,36 @@ fn record_refused_request(gw: &AppState, err: &ApiError, body: &Bytes, enrichmen
         body,
         &gw.pipeline,
         &enrichment,
+        request_id.as_ref().map(RequestId::as_str),
     );
     let gw = gw.clone();
-    tokio::spawn(async move {
-        let _permit = permit;
-        let deadline = Instant::now() + gw.ack_timeout;
-        match gw.sink.send_batch(vec![record], deadline).await {
-            Err(e) => {
-                metrics::counter!(m::DEAD_LETTER_FAILURES, "reason" => e.reason()).increment(1);
-                tracing::warn!(error = %e, "could not record a refused request in the dead-letter topic");
-            }
-            Ok(d) => {
-                for (_, reason) in d.refused {
-                    refused::dead_letter_lost(reason);
+    // Its log lines still name the request.
+    let span = tracing::Span::current();
+    tokio::spawn(tracing::Instrument::instrument(
+        async move {
+            let _permit = permit;
+            let deadline = Instant::now() + gw.ack_timeout;
+            let sent = crate::audit::send(
+                &gw.audit,
+                gw.sink.as_ref(),
+                vec![record],
+                deadline,
+                received_at_ms,
+            );
+            match sent.await {
+                Err(e) => {
+                    metrics::counter!(m::DEAD_LETTER_FAILURES, "reason" => e.reason()).increment(1);
+                    tracing::warn!(error = %e, "could not record a refused request in the dead-letter topic");
+                }
+                Ok(d) => {
+                    for (_, reason) in d.refused {
+                        refused::dead_letter_lost(reason);
+                    }
                 }
             }
-        }
-    });
+        },
+        span,
+    ));
 }
 
 /// Dead letters of refused requests being written at once, at most.

@@ -2,7 +2,8 @@
 //!
 //! Layers, innermost first: the whole-request timeout (408 in the usual error shape), CORS (so
 //! every answer, 408s included, carries its headers), lingering close (`linger`), and the
-//! per-status request counter, outermost so it sees every answer.
+//! per-status request counter, and outermost `X-Request-Id` (`request_id`), so every answer of
+//! the router carries the id and every log line of the request names it.
 
 pub mod admission;
 pub mod auth;
@@ -14,6 +15,7 @@ pub mod keys;
 pub mod linger;
 pub mod rate_limit;
 mod refused;
+pub mod request_id;
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -54,6 +56,8 @@ pub struct Gateway {
     pub access: auth::Access,
     /// Limits on requests, bytes and connections in flight.
     pub admission: admission::Admission,
+    /// Per-window counts for the audit topic (`crate::audit`).
+    pub audit: Arc<crate::audit::Books>,
 }
 
 pub type AppState = Arc<Gateway>;
@@ -78,18 +82,19 @@ pub fn app(state: AppState, cors: &CorsConfig, request_timeout: Duration) -> Rou
             auth::authorize,
         ))
         .layer(middleware::from_fn_with_state(
-            request_timeout,
+            (request_timeout, state.audit.clone()),
             whole_request_timeout,
         ))
         .layer(cors_layer(cors))
         .layer(middleware::from_fn_with_state(lingering, linger::linger))
         .layer(middleware::from_fn(count_status))
+        .layer(middleware::from_fn(request_id::layer))
         .with_state(state)
 }
 
 /// 408 when a request (body and Kafka wait included) takes longer than `limit`.
 async fn whole_request_timeout(
-    State(limit): State<Duration>,
+    State((limit, audit)): State<(Duration, Arc<crate::audit::Books>)>,
     req: Request,
     next: Next,
 ) -> Response {
@@ -101,6 +106,7 @@ async fn whole_request_timeout(
             };
             metrics::counter!(crate::metrics::REQUESTS_REFUSED, "reason" => err.code())
                 .increment(1);
+            audit.refused(err.code());
             err.into_response()
         }
     }
@@ -132,13 +138,20 @@ fn cors_layer(cors: &CorsConfig) -> CorsLayer {
             header::CONTENT_ENCODING,
             header::AUTHORIZATION,
             header::HeaderName::from_static(auth::WRITE_KEY_HEADER),
+            request_id::HEADER,
         ])
-        .expose_headers([header::RETRY_AFTER, header::WWW_AUTHENTICATE])
+        .expose_headers([
+            header::RETRY_AFTER,
+            header::WWW_AUTHENTICATE,
+            request_id::HEADER,
+        ])
         .max_age(Duration::from_secs(cors.max_age_secs))
 }
 
 #[cfg(test)]
 mod auth_tests;
+#[cfg(test)]
+mod request_id_tests;
 #[cfg(test)]
 mod size_tests;
 #[cfg(test)]

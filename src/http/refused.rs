@@ -56,6 +56,7 @@ pub async fn settle(
     origins: &[Option<EventOrigin>],
     decoded: &[u8],
     enrichment: &Enrichment,
+    request_id: Option<&str>,
 ) -> Settled {
     let mut out = Settled::default();
     let mut letters = Vec::new();
@@ -66,8 +67,14 @@ pub async fn settle(
                     .get(origin.span.clone())
                     .and_then(|b| std::str::from_utf8(b).ok())
                     .unwrap_or_default();
-                let (rejection, letter) =
-                    dead_letter_for_refused(origin.index, reason, text, &gw.pipeline, enrichment);
+                let (rejection, letter) = dead_letter_for_refused(
+                    origin.index,
+                    reason,
+                    text,
+                    &gw.pipeline,
+                    enrichment,
+                    request_id,
+                );
                 out.refused_events.push(i);
                 out.rejected.push(rejection);
                 letters.push(letter);
@@ -88,7 +95,14 @@ pub async fn settle(
         return out;
     }
     let deadline = Instant::now() + gw.ack_timeout;
-    let delivered = match gw.sink.send_batch(letters, deadline).await {
+    let sent = crate::audit::send(
+        &gw.audit,
+        gw.sink.as_ref(),
+        letters,
+        deadline,
+        enrichment.received_at_ms,
+    );
+    let delivered = match sent.await {
         Ok(d) => d,
         Err(e) => {
             // Kafka late and the spool refusing: none of these dead letters is stored, so

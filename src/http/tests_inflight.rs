@@ -48,7 +48,7 @@ impl hyper::body::Body for ChannelBody {
 }
 
 /// A POST whose body sends `first` and then stalls until the returned sender is dropped.
-fn stalled_post(first: &[u8], declared: usize) -> (Request<Body>, mpsc::Sender<Bytes>) {
+pub(super) fn stalled_post(first: &[u8], declared: usize) -> (Request<Body>, mpsc::Sender<Bytes>) {
     let (tx, rx) = mpsc::channel(1);
     tx.try_send(Bytes::copy_from_slice(first)).unwrap();
     let req = Request::post("/v1/events")

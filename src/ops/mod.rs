@@ -1,6 +1,7 @@
 //! Operator commands: topic creation, tailing the log, the spool's quarantine, draining and
-//! inspecting a spool.
+//! inspecting a spool, rolling restarts, the audit checker.
 
+pub mod audit;
 pub mod drain;
 pub mod inspect;
 pub mod quarantine;

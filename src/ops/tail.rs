@@ -133,6 +133,7 @@ pub fn dead_letter_json(payload: &[u8]) -> anyhow::Result<Value> {
         "schema": dl.schema,
         "index": dl.index,
         "http_status": dl.http_status,
+        "request_id": dl.request_id,
         "enrichment": enrichment_json(&dl.enrichment),
     }))
 }

@@ -19,6 +19,17 @@ pub fn needed_topics(registry: &Registry, prefix: &str, dead_letter: &str) -> Ve
     PipelineConfig::new(Limits::default(), prefix, dead_letter, registry).all_topics()
 }
 
+/// Every topic a gateway with `config` writes to: the routing's, and the audit topic when
+/// auditing is on.
+pub fn gateway_topics(config: &crate::config::Config, registry: &Registry) -> Vec<String> {
+    let k = &config.kafka;
+    let mut topics = needed_topics(registry, &k.topic_prefix, &k.dead_letter_topic);
+    if config.audit.enabled && !topics.contains(&config.audit.topic) {
+        topics.push(config.audit.topic.clone());
+    }
+    topics
+}
+
 /// Creates `topics` over a plain connection; returns (created, already existing).
 pub async fn create(
     brokers: &str,

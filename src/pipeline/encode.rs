@@ -123,6 +123,7 @@ pub fn dead_letter_for_event(
     schema: Option<String>,
     cfg: &PipelineConfig,
     enrichment: &Enrichment,
+    request_id: Option<&str>,
 ) -> Record {
     let valid_id = rejection
         .event_id
@@ -143,6 +144,7 @@ pub fn dead_letter_for_event(
         index: i32::try_from(rejection.index).ok(),
         http_status: None,
         enrichment: enrichment.clone(),
+        request_id: request_id.map(str::to_owned),
     };
     let mut headers = vec![("reason", rejection.reason.as_str().to_string())];
     if let Some(id) = valid_id {
@@ -164,6 +166,7 @@ pub fn dead_letter_for_refused(
     original: &str,
     cfg: &PipelineConfig,
     enrichment: &Enrichment,
+    request_id: Option<&str>,
 ) -> (Rejection, Record) {
     let rejection = Rejection {
         index,
@@ -178,6 +181,7 @@ pub fn dead_letter_for_refused(
         super::envelope::schema_as_sent(original),
         cfg,
         enrichment,
+        request_id,
     );
     (rejection, record)
 }
@@ -191,6 +195,7 @@ pub fn dead_letter_for_request(
     body: &[u8],
     cfg: &PipelineConfig,
     enrichment: &Enrichment,
+    request_id: Option<&str>,
 ) -> Record {
     let letter = DeadLetter {
         reason: bounds::cut(reason, bounds::SCHEMA_MAX),
@@ -203,6 +208,7 @@ pub fn dead_letter_for_request(
         index: None,
         http_status: Some(i32::from(http_status)),
         enrichment: enrichment.clone(),
+        request_id: request_id.map(str::to_owned),
     };
     let headers = vec![("reason", letter.reason.clone())];
     fit_dead_letter(letter, body, None, headers, cfg)

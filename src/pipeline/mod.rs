@@ -195,16 +195,17 @@ pub fn process(
     cfg: &PipelineConfig,
     enrichment: &Enrichment,
 ) -> Result<Processed, OutputTooLarge> {
-    process_allowed(bundle, registry, cfg, enrichment, &|_| true)
+    process_allowed(bundle, registry, cfg, enrichment, None, &|_| true)
 }
 
 /// [`process`], rejecting (alone, as `schema_not_allowed`) each event whose schema `allowed`
-/// refuses: what a write key may send.
+/// refuses: what a write key may send. `request_id` goes into the dead letters.
 pub fn process_allowed(
     bundle: &Bundle<'_>,
     registry: &Registry,
     cfg: &PipelineConfig,
     enrichment: &Enrichment,
+    request_id: Option<&str>,
     allowed: &dyn Fn(&crate::schema::Schema) -> bool,
 ) -> Result<Processed, OutputTooLarge> {
     let mut out = Processed {
@@ -258,6 +259,7 @@ pub fn process_allowed(
                     envelope::schema_as_sent(text),
                     cfg,
                     enrichment,
+                    request_id,
                 );
                 out.rejected.push(rejection);
                 (record, None)

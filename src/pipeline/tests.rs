@@ -296,6 +296,7 @@ fn a_refused_record_becomes_a_dead_letter_with_the_events_json() {
         text,
         &c,
         &enrichment(),
+        Some("req-7"),
     );
     assert_eq!(rejection.index, 3);
     assert_eq!(
@@ -318,4 +319,42 @@ fn a_refused_record_becomes_a_dead_letter_with_the_events_json() {
     );
     assert_eq!(dl.schema.as_deref(), Some("page_view/1"));
     assert_eq!(dl.enrichment.user_agent.as_deref(), Some("ua"));
+    assert_eq!(dl.request_id.as_deref(), Some("req-7"));
+}
+
+#[test]
+fn dead_letters_carry_the_request_id() {
+    let text = serde_json::to_vec(&json!({"events": [
+        {"schema": "page_view/1", "data": {"url": 5}},
+        {"schema": "page_view/1", "data": {"url": "https://e.com"}},
+    ]}))
+    .unwrap();
+    let bundle = Bundle::parse(&text, 64).unwrap();
+    let p = process_allowed(
+        &bundle,
+        &registry(),
+        &cfg(),
+        &enrichment(),
+        Some("req-42"),
+        &|_| true,
+    )
+    .unwrap();
+    let letter: DeadLetter = from_compact_bytes(&p.records[0].payload).unwrap();
+    assert_eq!(letter.request_id.as_deref(), Some("req-42"));
+    let c = cfg();
+    let whole = dead_letter_for_request(
+        "undecodable_body",
+        "m",
+        400,
+        b"{",
+        &c,
+        &enrichment(),
+        Some("req-43"),
+    );
+    let letter: DeadLetter = from_compact_bytes(&whole.payload).unwrap();
+    assert_eq!(letter.request_id.as_deref(), Some("req-43"));
+    // Without one (`process`, the benchmarks' entry point) the field is absent.
+    let p = process(&bundle, &registry(), &cfg(), &enrichment()).unwrap();
+    let letter: DeadLetter = from_compact_bytes(&p.records[0].payload).unwrap();
+    assert_eq!(letter.request_id, None);
 }

@@ -102,12 +102,10 @@ impl Sink for MemorySink {
                     }
                 }
             }
-            let taken: Vec<&Record> = records
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| !refused.iter().any(|(r, _)| r == i))
-                .map(|(_, r)| r)
+            let taken_at: Vec<usize> = (0..records.len())
+                .filter(|i| !refused.iter().any(|(r, _)| r == i))
                 .collect();
+            let taken: Vec<&Record> = taken_at.iter().map(|&i| &records[i]).collect();
             self.records
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -120,6 +118,7 @@ impl Sink for MemorySink {
                 return Ok(Delivered {
                     spooled_events,
                     spooled_records: taken.len(),
+                    spooled: taken_at,
                     refused,
                 });
             }

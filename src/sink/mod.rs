@@ -57,6 +57,8 @@ pub struct Delivered {
     pub spooled_events: usize,
     /// All records written to the spool, dead letters included.
     pub spooled_records: usize,
+    /// Indices (into the batch passed in, ascending) of the records written to the spool.
+    pub spooled: Vec<usize>,
     /// Records Kafka refused for good (never spooled: no retry could succeed), as indices into
     /// the batch passed in, with a bounded reason such as `kafka_rejected:msg_size_too_large`.
     pub refused: Vec<(usize, &'static str)>,
@@ -124,6 +126,9 @@ pub trait Sink: Send + Sync + 'static {
     fn retry_after_secs(&self) -> u64 {
         2
     }
+    /// Hands the sink the audit books, for the records its replayer delivers later (the
+    /// fallback sink); called once at start-up. Other sinks have nothing to report.
+    fn attach_audit(&self, _audit: std::sync::Arc<crate::audit::Books>) {}
     /// Stops background work (replay) after the last request; called once at shutdown.
     fn close(&self) -> BoxFuture<'_, ()> {
         Box::pin(async {})

@@ -562,10 +562,11 @@ pub struct DeadLetter {
   pub index: Option<i32>,
   pub http_status: Option<i32>,
   pub enrichment: Enrichment,
+  pub request_id: Option<String>,
 }
 
 impl DeadLetter {
-  pub fn new<F2, F6, F7, F8, F9>(reason: String, path: F2, message: String, original: Vec<u8>, truncated: bool, event_id: F6, schema: F7, index: F8, http_status: F9, enrichment: Enrichment) -> DeadLetter where F2: Into<Option<String>>, F6: Into<Option<String>>, F7: Into<Option<String>>, F8: Into<Option<i32>>, F9: Into<Option<i32>> {
+  pub fn new<F2, F6, F7, F8, F9, F11>(reason: String, path: F2, message: String, original: Vec<u8>, truncated: bool, event_id: F6, schema: F7, index: F8, http_status: F9, enrichment: Enrichment, request_id: F11) -> DeadLetter where F2: Into<Option<String>>, F6: Into<Option<String>>, F7: Into<Option<String>>, F8: Into<Option<i32>>, F9: Into<Option<i32>>, F11: Into<Option<String>> {
     DeadLetter {
       reason,
       path: path.into(),
@@ -577,6 +578,7 @@ impl DeadLetter {
       index: index.into(),
       http_status: http_status.into(),
       enrichment,
+      request_id: request_id.into(),
     }
   }
 }
@@ -594,6 +596,7 @@ impl TSerializable for DeadLetter {
     let mut f_8: Option<i32> = None;
     let mut f_9: Option<i32> = None;
     let mut f_10: Option<Enrichment> = None;
+    let mut f_11: Option<String> = None;
     loop {
       let field_ident = i_prot.read_field_begin()?;
       if field_ident.field_type == TType::Stop {
@@ -641,6 +644,10 @@ impl TSerializable for DeadLetter {
           let val = Enrichment::read_from_in_protocol(i_prot)?;
           f_10 = Some(val);
         },
+        11 => {
+          let val = i_prot.read_string()?;
+          f_11 = Some(val);
+        },
         _ => {
           i_prot.skip(field_ident.field_type)?;
         },
@@ -664,6 +671,7 @@ impl TSerializable for DeadLetter {
       index: f_8,
       http_status: f_9,
       enrichment: f_10.expect("auto-generated code should have checked for presence of required fields"),
+      request_id: f_11,
     };
     Ok(ret)
   }
@@ -710,6 +718,11 @@ impl TSerializable for DeadLetter {
     o_prot.write_field_begin(&TFieldIdentifier::new("enrichment", TType::Struct, 10))?;
     self.enrichment.write_to_out_protocol(o_prot)?;
     o_prot.write_field_end()?;
+    if let Some(ref fld_var) = self.request_id {
+      o_prot.write_field_begin(&TFieldIdentifier::new("request_id", TType::String, 11))?;
+      o_prot.write_string(fld_var)?;
+      o_prot.write_field_end()?
+    }
     o_prot.write_field_stop()?;
     o_prot.write_struct_end()
   }

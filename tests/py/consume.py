@@ -71,14 +71,23 @@ def enrichment(e):
             ("received_at_ms", "client_ip", "user_agent", "collector_host", "collector_version", "sent_at", "origin")}
 
 
-def decode(payload, dead_letter):
+AUDIT_FIELDS = ("collector_host", "boot_id", "seq", "window_start_ms", "window_ms", "topic",
+                "events_kafka", "events_replayed", "events_pending", "bytes", "dead_letters",
+                "requests_refused", "published_at_ms", "collector_version")
+
+
+def decode(payload, dead_letter, audit=False):
+    if audit:
+        a = deserialize(IDL.AuditRecord(), payload, TCompactProtocolFactory())
+        return {k: getattr(a, k) for k in AUDIT_FIELDS}
     if dead_letter:
         d = deserialize(IDL.DeadLetter(), payload, TCompactProtocolFactory())
         return {
             "reason": d.reason, "path": d.path, "message": d.message,
             "original": d.original.decode("utf-8", "replace") if isinstance(d.original, bytes) else d.original,
             "truncated": d.truncated, "event_id": d.event_id, "schema": d.schema, "index": d.index,
-            "http_status": d.http_status, "enrichment": enrichment(d.enrichment),
+            "http_status": d.http_status, "request_id": d.request_id,
+            "enrichment": enrichment(d.enrichment),
         }
     e = deserialize(IDL.Event(), payload, TCompactProtocolFactory())
     return {
@@ -93,6 +102,7 @@ def main():
     ap.add_argument("--brokers", required=True)
     ap.add_argument("--topic", action="append", required=True)
     ap.add_argument("--dead-letter-topic", default="")
+    ap.add_argument("--audit-topic", default="", help="messages of this topic are AuditRecords")
     ap.add_argument("--expect", type=int, default=0)
     ap.add_argument("--idle", type=float, default=2.0)
     ap.add_argument("--timeout", type=float, default=60.0)
@@ -143,7 +153,8 @@ def main():
             "topic": m.topic(), "partition": m.partition(), "offset": m.offset(),
             "key": m.key().decode() if m.key() is not None else None,
             "headers": headers,
-            "value": decode(m.value(), m.topic() == args.dead_letter_topic),
+            "value": decode(m.value(), m.topic() == args.dead_letter_topic,
+                            m.topic() == args.audit_topic),
         }), flush=True)
     sys.stdout.flush()
     c.close()

@@ -99,6 +99,8 @@ impl Breaker {
 struct ReplayToKafka {
     kafka: Arc<KafkaSink>,
     breaker: Arc<Breaker>,
+    /// Set once at start-up (`Sink::attach_audit`): the books replayed records are counted in.
+    audit: std::sync::OnceLock<crate::audit::ReplayAudit>,
 }
 
 impl ReplayTarget for ReplayToKafka {
@@ -123,6 +125,18 @@ impl ReplayTarget for ReplayToKafka {
             }
         })
     }
+
+    fn acknowledged(&self, record: &Record) {
+        if let Some(a) = self.audit.get() {
+            a.acknowledged(record);
+        }
+    }
+
+    fn quarantined(&self, record: &Record) {
+        if let Some(a) = self.audit.get() {
+            a.quarantined(record);
+        }
+    }
 }
 
 /// The replayer's Kafka target on its own (no live traffic to share a breaker with), for
@@ -139,6 +153,9 @@ pub struct FallbackSink {
     kafka: Arc<KafkaSink>,
     spool: Spool,
     breaker: Arc<Breaker>,
+    target: Arc<ReplayToKafka>,
+    /// This process's start: spooled records received before it are a predecessor's.
+    started_ms: i64,
     replayer: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     gauges: tokio::task::JoinHandle<()>,
 }
@@ -150,8 +167,10 @@ impl FallbackSink {
         let target = Arc::new(ReplayToKafka {
             kafka: kafka.clone(),
             breaker: breaker.clone(),
+            audit: std::sync::OnceLock::new(),
         });
-        let replayer = spawn_replayer(&spool, target, replay);
+        let started_ms = now_ms();
+        let replayer = spawn_replayer(&spool, target.clone(), replay);
         let gauges = {
             let spool = spool.clone();
             tokio::spawn(async move {
@@ -169,6 +188,8 @@ impl FallbackSink {
             kafka,
             spool,
             breaker,
+            target,
+            started_ms,
             replayer: std::sync::Mutex::new(Some(replayer)),
             gauges,
         }
@@ -188,6 +209,7 @@ impl FallbackSink {
         }
         let mut kafka_error = None;
         let mut refused = Vec::new();
+        let mut spooled: Vec<usize> = (0..records.len()).collect();
         if let Some(kafka_deadline) = self.breaker.kafka_deadline(deadline) {
             let out = self
                 .kafka
@@ -203,7 +225,8 @@ impl FallbackSink {
             kafka_error = out.error;
             refused = out.refused;
             // Only the retryable ones are spooled.
-            let mut keep = out.unacked.into_iter().peekable();
+            spooled = out.unacked;
+            let mut keep = spooled.iter().copied().peekable();
             let mut i = 0;
             records.retain(|_| {
                 let wanted = keep.peek() == Some(&i);
@@ -225,6 +248,7 @@ impl FallbackSink {
         Ok(Delivered {
             spooled_events,
             spooled_records: records.len(),
+            spooled,
             refused,
         })
     }
@@ -250,6 +274,13 @@ impl Sink for FallbackSink {
 
     fn retry_after_secs(&self) -> u64 {
         self.spool.retry_after_secs()
+    }
+
+    fn attach_audit(&self, audit: Arc<crate::audit::Books>) {
+        let _ = self
+            .target
+            .audit
+            .set(crate::audit::ReplayAudit::new(audit, self.started_ms));
     }
 
     fn close(&self) -> BoxFuture<'_, ()> {

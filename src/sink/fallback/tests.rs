@@ -300,6 +300,7 @@ async fn replay_reports_refused_records_without_opening_the_breaker() {
     let target = ReplayToKafka {
         kafka: s.sink.kafka.clone(),
         breaker: s.sink.breaker.clone(),
+        audit: Default::default(),
     };
     let mut records: Vec<Record> = (0..3).map(record).collect();
     records[0].payload = vec![b'x'; 5000];
@@ -338,5 +339,55 @@ async fn a_record_refused_on_replay_is_quarantined_and_the_rest_delivered() {
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].entry.reason, "kafka_rejected:msg_size_too_large");
     assert!(s.sink.breaker.is_closed(), "a refusal opened the breaker");
+    s.sink.close().await;
+}
+
+/// A record answered as spooled whose first attempt Kafka acknowledges after the deadline is
+/// in the topic twice but in the audit once: pending, then replayed, never also acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_ack_of_a_spooled_record_is_counted_once() {
+    let s = setup(1 << 20);
+    let books = Arc::new(crate::audit::Books::new(
+        true,
+        1_000,
+        100,
+        0,
+        "events.invalid",
+    ));
+    s.sink.attach_audit(books.clone());
+    s.sink
+        .send_batch(vec![record(0)], deadline(5000))
+        .await
+        .unwrap();
+    s.cluster
+        .broker_round_trip_time(1, Duration::from_millis(1500))
+        .unwrap();
+    let now = crate::now_ms();
+    let records: Vec<Record> = (0..3).map(|_| crate::audit::tests::event(now)).collect();
+    let d = crate::audit::send(&books, &s.sink, records, deadline(300), now)
+        .await
+        .unwrap();
+    assert_eq!(d.spooled, vec![0, 1, 2], "the deadline passed: spooled");
+    let window = books.window_of(now);
+    assert_eq!(books.counts(window, TOPIC).unwrap().events_pending, 3);
+    s.cluster.broker_round_trip_time(1, Duration::ZERO).unwrap();
+    // The first attempts land late, the replayed copies too: 1 + 3 + 3 records in the topic.
+    let until = Instant::now() + Duration::from_secs(30);
+    while (topic_payloads(&s.cluster).len() < 7 || !s.sink.spool().is_empty())
+        && Instant::now() < until
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        topic_payloads(&s.cluster).len(),
+        7,
+        "late acks and replayed copies"
+    );
+    let c = books.counts(window, TOPIC).unwrap();
+    assert_eq!(
+        (c.events_kafka, c.events_replayed, c.events_pending),
+        (0, 3, 0),
+        "counted once, as replayed"
+    );
     s.sink.close().await;
 }

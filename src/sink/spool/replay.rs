@@ -44,6 +44,10 @@ pub trait ReplayTarget: Send + Sync + 'static {
         records: &'a [Record],
         deadline: Instant,
     ) -> BoxFuture<'a, ReplayResult>;
+    /// Kafka acknowledged `record` (audit counts; nothing by default).
+    fn acknowledged(&self, _record: &Record) {}
+    /// `record` was moved to the quarantine (audit counts; nothing by default).
+    fn quarantined(&self, _record: &Record) {}
 }
 
 /// Replay batch bounds and timings.
@@ -404,6 +408,7 @@ async fn deliver(
                 quarantined = refused.len();
                 for (i, _) in &refused {
                     keep[*i] = false;
+                    target.quarantined(&pending[*i]);
                 }
             } else {
                 // Nowhere to put them: they stay in the batch (and the checkpoint stays).
@@ -414,6 +419,11 @@ async fn deliver(
         }
         let kept = keep.iter().filter(|k| **k).count();
         let delivered = pending.len() - kept - quarantined;
+        for (i, r) in pending.iter().enumerate() {
+            if !keep[i] && !refused.iter().any(|(j, _)| *j == i) {
+                target.acknowledged(r);
+            }
+        }
         metrics::counter!(m::SPOOL_REPLAYED).increment(delivered as u64);
         let _ = shared
             .records

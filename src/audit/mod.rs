@@ -1,0 +1,241 @@
+//! Audit records: this gateway's books, per window of receive time and topic, published to the
+//! audit topic so that `eventpipe audit` can balance them against what the topics hold.
+//!
+//! # What is counted, and where
+//! Counts are of *records Kafka acknowledged*, attributed to the window of their receive time
+//! (`Enrichment.received_at_ms`, the same value the record carries) and their topic:
+//! - `events_kafka`: acknowledged within the request's ack deadline (`ingest`, the dead letters
+//!   of refused events, the dead letters of refused requests: every `send_batch` of the request
+//!   path goes through [`send`]). Counted from the sink's answer: a record answered as spooled
+//!   is never counted here, even if Kafka acknowledges its first attempt later (it is then in the
+//!   topic twice; the audit counts it once, when the replayer has it acknowledged).
+//! - `events_pending`: answered as spooled and not yet delivered by this boot's replayer;
+//!   `events_replayed`: delivered by the replayer (pending goes down by one). Records the
+//!   replayer quarantines leave pending too and are counted in
+//!   `eventpipe_audit_quarantined_records_total`: they were acknowledged to the client and will
+//!   never be in their topic, so the checker rightly reports them missing.
+//! - Dead letters count like events on the dead-letter topic's record, plus `dead_letters` by
+//!   reason; whole requests refused count in its `requests_refused` by reason (401, 429, 503...).
+//! - Retries answered from the dedup window were not produced again and are not counted again.
+//!   A request answered 503 after part of its records were acknowledged is not counted (the
+//!   client retries; the topic then holds more than reported: never a false "missing").
+//!
+//! # Restarts
+//! A new process replays what its predecessor left in the spool and counts it, under its own
+//! boot id, in `events_replayed` of the records' (old) windows. It cannot know how many of an
+//! old window's records are still in the spool, so it reports no `events_pending` for them, and
+//! the predecessor's last record for such a window still shows the pending count it had when it
+//! stopped. See `/work/helpers/audit-contract.md` (README "Auditing") for how the checker reads
+//! that: pending of a boot that has a successor on the same host is stale.
+//!
+//! # Cost on the request path
+//! One pass over the request's records into a few groups (usually one per topic), one lock of
+//! the books per request, no allocation per event. Memory is bounded by `audit.max_cells`.
+
+mod publisher;
+mod window;
+
+use std::sync::Arc;
+
+use thrift::protocol::{TInputProtocol, TType};
+use tokio::time::Instant;
+
+pub use publisher::{Identity, Publisher};
+pub use window::{Books, Counts, Delta, Snapshot};
+
+use crate::metrics as m;
+use crate::sink::{Delivered, Record, RecordKind, Sink, SinkError};
+
+/// Sends a request's records (all received at `received_at_ms`) and counts what Kafka
+/// acknowledged or the spool took.
+pub async fn send(
+    books: &Books,
+    sink: &dyn Sink,
+    records: Vec<Record>,
+    deadline: Instant,
+    received_at_ms: i64,
+) -> Result<Delivered, SinkError> {
+    let tally = Tally::of(&records);
+    let out = sink.send_batch(records, deadline).await;
+    if let Ok(delivered) = &out {
+        tally.settle(books, delivered, received_at_ms);
+    }
+    out
+}
+
+/// A request's records by (topic, dead-letter reason), before the sink's answer.
+pub struct Tally {
+    groups: Vec<Group>,
+    /// Per record: its group and payload size.
+    slots: Vec<(u16, u32)>,
+}
+
+struct Group {
+    topic: Arc<str>,
+    reason: Option<String>,
+    event: bool,
+    kafka: i64,
+    pending: i64,
+    bytes: i64,
+}
+
+impl Tally {
+    pub fn of(records: &[Record]) -> Tally {
+        let mut groups: Vec<Group> = Vec::new();
+        let mut slots = Vec::with_capacity(records.len());
+        for r in records {
+            let reason = match r.kind {
+                RecordKind::Event { .. } => None,
+                RecordKind::DeadLetter => Some(header(r, "reason").unwrap_or("unknown")),
+            };
+            let found = groups.iter().position(|g| {
+                (Arc::ptr_eq(&g.topic, &r.topic) || g.topic == r.topic)
+                    && g.reason.as_deref() == reason
+            });
+            let g = match found {
+                Some(g) => g,
+                None => {
+                    groups.push(Group {
+                        topic: r.topic.clone(),
+                        reason: reason.map(str::to_owned),
+                        event: reason.is_none(),
+                        kafka: 0,
+                        pending: 0,
+                        bytes: 0,
+                    });
+                    groups.len() - 1
+                }
+            };
+            let len = r.payload.len();
+            groups[g].kafka += 1;
+            groups[g].bytes += len as i64;
+            slots.push((g.min(u16::MAX as usize) as u16, len as u32));
+        }
+        Tally { groups, slots }
+    }
+
+    /// Applies the sink's answer: spooled records are pending, refused ones not counted (their
+    /// events' dead letters are sent, and counted, separately), the rest acknowledged.
+    pub fn settle(mut self, books: &Books, delivered: &Delivered, received_at_ms: i64) {
+        for &i in &delivered.spooled {
+            if let Some(&(g, len)) = self.slots.get(i) {
+                let g = &mut self.groups[g as usize];
+                g.kafka -= 1;
+                g.bytes -= i64::from(len);
+                g.pending += 1;
+            }
+        }
+        for &(i, _) in &delivered.refused {
+            if let Some(&(g, len)) = self.slots.get(i) {
+                let g = &mut self.groups[g as usize];
+                g.kafka -= 1;
+                g.bytes -= i64::from(len);
+            }
+        }
+        let acked_events: i64 = self
+            .groups
+            .iter()
+            .filter(|g| g.event)
+            .map(|g| g.kafka)
+            .sum();
+        if acked_events > 0 {
+            let secs = (crate::now_ms() - received_at_ms).max(0) as f64 / 1000.0;
+            metrics::histogram!(m::DELIVERY_LATENCY, "path" => "kafka")
+                .record_many(secs, acked_events as usize);
+        }
+        books.request(
+            received_at_ms,
+            self.groups.iter().map(|g| {
+                (
+                    &g.topic,
+                    Delta {
+                        kafka: g.kafka,
+                        pending: g.pending,
+                        bytes: g.bytes,
+                        reason: g.reason.as_deref(),
+                    },
+                )
+            }),
+        );
+    }
+}
+
+fn header<'a>(r: &'a Record, key: &str) -> Option<&'a str> {
+    r.headers
+        .iter()
+        .find(|(k, _)| *k == key)
+        .map(|(_, v)| v.as_str())
+}
+
+/// What the replayer tells the books about each spooled record it is done with.
+pub struct ReplayAudit {
+    books: Arc<Books>,
+    /// Records received before this (this process's start) were spooled by a predecessor.
+    boot_ms: i64,
+}
+
+impl ReplayAudit {
+    pub fn new(books: Arc<Books>, boot_ms: i64) -> ReplayAudit {
+        ReplayAudit { books, boot_ms }
+    }
+
+    /// Kafka acknowledged a spooled record.
+    pub fn acknowledged(&self, r: &Record) {
+        let received = received_at_ms(&r.payload);
+        let at = received.unwrap_or_else(crate::now_ms);
+        let reason = match r.kind {
+            RecordKind::Event { .. } => {
+                let secs = (crate::now_ms() - at).max(0) as f64 / 1000.0;
+                metrics::histogram!(m::DELIVERY_LATENCY, "path" => "spool").record(secs);
+                None
+            }
+            RecordKind::DeadLetter => Some(header(r, "reason").unwrap_or("unknown")),
+        };
+        let own = received.is_some_and(|ms| ms >= self.boot_ms);
+        self.books
+            .replayed(at, &r.topic, r.payload.len(), reason, own);
+    }
+
+    /// The replayer moved a spooled record to the quarantine.
+    pub fn quarantined(&self, r: &Record) {
+        let received = received_at_ms(&r.payload);
+        let kind = match r.kind {
+            RecordKind::Event { .. } => "event",
+            RecordKind::DeadLetter => "dead_letter",
+        };
+        metrics::counter!(m::AUDIT_QUARANTINED, "kind" => kind).increment(1);
+        let own = received.is_some_and(|ms| ms >= self.boot_ms);
+        self.books
+            .quarantined(received.unwrap_or_else(crate::now_ms), &r.topic, own);
+    }
+}
+
+/// `Enrichment.received_at_ms` of an `Event` (field 7) or `DeadLetter` (field 10) payload,
+/// read without decoding the rest (length prefixes bounded by the bytes left).
+pub fn received_at_ms(payload: &[u8]) -> Option<i64> {
+    let mut p = crate::thrift::bounded::BoundedCompact::new(payload);
+    p.read_struct_begin().ok()?;
+    loop {
+        let f = p.read_field_begin().ok()?;
+        match f.field_type {
+            TType::Stop => return None,
+            TType::Struct if matches!(f.id, Some(7) | Some(10)) => {
+                p.read_struct_begin().ok()?;
+                loop {
+                    let g = p.read_field_begin().ok()?;
+                    match g.field_type {
+                        TType::Stop => return None,
+                        TType::I64 if g.id == Some(1) => return p.read_i64().ok(),
+                        other => p.skip(other).ok()?,
+                    }
+                    p.read_field_end().ok()?;
+                }
+            }
+            other => p.skip(other).ok()?,
+        }
+        p.read_field_end().ok()?;
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests;
