@@ -145,6 +145,7 @@ pub fn replay_target(kafka: Arc<KafkaSink>) -> Arc<dyn ReplayTarget> {
     Arc::new(ReplayToKafka {
         kafka,
         breaker: Arc::new(Breaker::new(Duration::from_secs(5))),
+        audit: std::sync::OnceLock::new(),
     })
 }
 
