@@ -68,6 +68,10 @@ impl Publisher {
         timeout: Duration,
         first_backoff: Duration,
     ) -> Publisher {
+        // Exported from the start (at 0), so alerts and dashboards find them before any publish.
+        metrics::counter!(m::AUDIT_PUBLISHED).increment(0);
+        metrics::counter!(m::AUDIT_PUBLISH_FAILURES).increment(0);
+        metrics::gauge!(m::AUDIT_UNPUBLISHED).set(0.0);
         let (stop_tx, mut stop_rx) = oneshot::channel::<Instant>();
         let tick = Duration::from_millis((books.window_ms() as u64 / 4).clamp(100, 1_000));
         let mut st = State {
