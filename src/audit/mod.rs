@@ -21,12 +21,13 @@
 //!   client retries; the topic then holds more than reported: never a false "missing").
 //!
 //! # Restarts
-//! A new process replays what its predecessor left in the spool and counts it, under its own
-//! boot id, in `events_replayed` of the records' (old) windows. It cannot know how many of an
-//! old window's records are still in the spool, so it reports no `events_pending` for them, and
-//! the predecessor's last record for such a window still shows the pending count it had when it
-//! stopped. See `/work/helpers/audit-contract.md` (README "Auditing") for how the checker reads
-//! that: pending of a boot that has a successor on the same host is stale.
+//! A new process on the same spool first counts every record its predecessor left there as
+//! pending in that record's (old) window, under its own boot id (an inventory of the sealed
+//! segments from their replay checkpoints, read in the background before the replayer delivers
+//! anything: `FallbackSink::attach_audit`), publishes those windows at once (they are closed),
+//! and moves them to `events_replayed` as it delivers them. The predecessor's last record for
+//! such a window keeps the pending count it had when it stopped; the checker reads pending from
+//! a host's latest boot only (README "Auditing", /work/helpers/audit-contract.md).
 //!
 //! # Cost on the request path
 //! One pass over the request's records into a few groups (usually one per topic), one lock of
@@ -170,13 +171,45 @@ fn header<'a>(r: &'a Record, key: &str) -> Option<&'a str> {
 /// What the replayer tells the books about each spooled record it is done with.
 pub struct ReplayAudit {
     books: Arc<Books>,
-    /// Records received before this (this process's start) were spooled by a predecessor.
-    boot_ms: i64,
+    /// Set once the records inherited from a predecessor's spool are counted as pending; the
+    /// replayer waits for it, so none is delivered before it is counted.
+    inventoried: std::sync::atomic::AtomicBool,
+    inventoried_notify: tokio::sync::Notify,
 }
 
 impl ReplayAudit {
-    pub fn new(books: Arc<Books>, boot_ms: i64) -> ReplayAudit {
-        ReplayAudit { books, boot_ms }
+    pub fn new(books: Arc<Books>) -> ReplayAudit {
+        ReplayAudit {
+            books,
+            inventoried: std::sync::atomic::AtomicBool::new(false),
+            inventoried_notify: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// A record a predecessor spooled and this process will replay: pending in its window.
+    pub fn inherited(&self, r: &Record) {
+        let at = received_at_ms(&r.payload).unwrap_or_else(crate::now_ms);
+        self.books.pending(at, &r.topic);
+    }
+
+    /// Every inherited record is counted.
+    pub fn inventory_done(&self) {
+        self.inventoried
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.inventoried_notify.notify_waiters();
+    }
+
+    /// Waits until the inventory of inherited records is done.
+    pub async fn inventoried(&self) {
+        loop {
+            let notified = self.inventoried_notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.inventoried.load(std::sync::atomic::Ordering::SeqCst) {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// Kafka acknowledged a spooled record.
@@ -191,9 +224,7 @@ impl ReplayAudit {
             }
             RecordKind::DeadLetter => Some(header(r, "reason").unwrap_or("unknown")),
         };
-        let own = received.is_some_and(|ms| ms >= self.boot_ms);
-        self.books
-            .replayed(at, &r.topic, r.payload.len(), reason, own);
+        self.books.replayed(at, &r.topic, r.payload.len(), reason);
     }
 
     /// The replayer moved a spooled record to the quarantine.
@@ -204,9 +235,8 @@ impl ReplayAudit {
             RecordKind::DeadLetter => "dead_letter",
         };
         metrics::counter!(m::AUDIT_QUARANTINED, "kind" => kind).increment(1);
-        let own = received.is_some_and(|ms| ms >= self.boot_ms);
         self.books
-            .quarantined(received.unwrap_or_else(crate::now_ms), &r.topic, own);
+            .quarantined(received.unwrap_or_else(crate::now_ms), &r.topic);
     }
 }
 

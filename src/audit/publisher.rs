@@ -51,6 +51,9 @@ struct State {
     /// How long one publish waits for Kafka's acknowledgements.
     timeout: Duration,
     seq: i64,
+    /// The last failed publish was refused for good (e.g. the audit topic does not exist):
+    /// retrying within the shutdown budget cannot help.
+    refused: bool,
 }
 
 impl Publisher {
@@ -65,6 +68,10 @@ impl Publisher {
         timeout: Duration,
         first_backoff: Duration,
     ) -> Publisher {
+        // Exported from the start (at 0), so alerts and dashboards find them before any publish.
+        metrics::counter!(m::AUDIT_PUBLISHED).increment(0);
+        metrics::counter!(m::AUDIT_PUBLISH_FAILURES).increment(0);
+        metrics::gauge!(m::AUDIT_UNPUBLISHED).set(0.0);
         let (stop_tx, mut stop_rx) = oneshot::channel::<Instant>();
         let tick = Duration::from_millis((books.window_ms() as u64 / 4).clamp(100, 1_000));
         let mut st = State {
@@ -75,6 +82,7 @@ impl Publisher {
             delay_ms: delay_ms as i64,
             timeout,
             seq: 0,
+            refused: false,
         };
         let task = tokio::spawn(async move {
             let mut backoff = first_backoff;
@@ -134,11 +142,16 @@ impl State {
     /// Publishes `due`; true if every record was acknowledged.
     async fn publish(&mut self, due: Vec<Snapshot>) -> bool {
         let mut all_ok = true;
+        self.refused = false;
         for chunk in due.chunks(CHUNK) {
             let records: Vec<Record> = chunk.iter().map(|s| self.record(s)).collect();
             let deadline = Instant::now() + self.timeout;
             let failed: Vec<usize> = match self.sink.send_batch(records, deadline).await {
                 Ok(d) => {
+                    if let Some((_, reason)) = d.refused.first() {
+                        self.refused = true;
+                        log_failure(reason, d.refused.len());
+                    }
                     // The audit's own producer has no spool: anything not refused was acked.
                     d.refused.iter().map(|(i, _)| *i).chain(d.spooled).collect()
                 }
@@ -211,7 +224,7 @@ impl State {
             if matches!(ok, Ok(true)) {
                 continue;
             }
-            if Instant::now() + backoff >= deadline {
+            if self.refused || Instant::now() + backoff >= deadline {
                 let left = self.books.due(crate::now_ms(), self.delay_ms, true);
                 let windows: std::collections::BTreeSet<i64> =
                     left.iter().map(|s| s.window_start_ms).collect();

@@ -149,6 +149,8 @@ fn cors_layer(cors: &CorsConfig) -> CorsLayer {
 }
 
 #[cfg(test)]
+mod audit_tests;
+#[cfg(test)]
 mod auth_tests;
 #[cfg(test)]
 mod request_id_tests;
