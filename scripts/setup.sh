@@ -2,7 +2,8 @@
 # Installs what the tests and the dev gateway need on a fresh machine; skips what is present.
 #   - Debian: thrift-compiler (regenerating Thrift code), build tools for librdkafka; haproxy (the
 #     fleet tests' load balancer), buildah (container image), systemd (systemd-analyze verify),
-#     prometheus (promtool: alert rule tests)
+#     prometheus (promtool: alert rule tests); iptables, curl, iproute2, openssl (fleet test and
+#     scripts/check-deploy.sh)
 #   - PyPI: confluent-kafka + thriftpy2 (independent consumer/decoder in tests)
 #   - crates.io: the Tansu broker (~10 minutes to build the first time), cargo-fuzz (scripts/fuzz.sh)
 set -euo pipefail
@@ -17,6 +18,10 @@ command -v haproxy >/dev/null || need_apt+=(haproxy)
 command -v buildah >/dev/null || need_apt+=(buildah)
 command -v systemd-analyze >/dev/null || need_apt+=(systemd)
 command -v promtool >/dev/null || need_apt+=(prometheus)
+command -v iptables >/dev/null || need_apt+=(iptables)   # the fleet test cuts one host's broker link
+command -v curl >/dev/null || need_apt+=(curl)
+command -v ip >/dev/null || need_apt+=(iproute2)
+command -v openssl >/dev/null || need_apt+=(openssl)
 if ((${#need_apt[@]})); then
   echo "setup: apt-get install ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive
