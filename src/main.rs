@@ -40,6 +40,8 @@ enum Command {
     },
     /// Print messages of a topic as JSON lines, decoded from Thrift.
     Tail(TailArgs),
+    /// Restart the fleet one host at a time, checking its health between hosts.
+    Rollout(ops::rollout::Args),
     /// Inspect the local spool.
     Spool {
         #[command(subcommand)]
@@ -253,6 +255,9 @@ fn main() -> anyhow::Result<()> {
             };
             ops::tail::run(&opts, &mut std::io::stdout().lock())?;
             Ok(())
+        }
+        Command::Rollout(args) => {
+            runtime()?.block_on(ops::rollout::run(&args, &mut std::io::stderr()))
         }
         Command::Spool {
             command:

@@ -141,6 +141,8 @@ pub async fn serve_with_sink(
     // New certificates are picked up while `_tls_reload` lives.
     let (tls, _tls_reload) = config.tls.as_ref().map(tls_acceptor).transpose()?.unzip();
     metrics::gauge!(m::SCHEMAS_LOADED).set(registry.len() as f64);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    metrics::gauge!(m::START_TIME).set(now.map(|d| d.as_secs_f64()).unwrap_or(0.0));
     let gw = gateway(&config, registry, sink.clone());
     gw.access.start().map_err(anyhow::Error::msg)?;
     let router = http::app(gw.clone(), &config.cors, config.limits.request_timeout());

@@ -1,5 +1,6 @@
-//! Operator commands: topic creation, tailing the log, the spool's quarantine.
+//! Operator commands: topic creation, tailing the log, the spool's quarantine, rolling restarts.
 
 pub mod quarantine;
+pub mod rollout;
 pub mod tail;
 pub mod topics;
