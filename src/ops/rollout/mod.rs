@@ -189,9 +189,17 @@ pub struct Progress<'a> {
 
 impl Progress<'_> {
     fn say(&mut self, what: impl std::fmt::Display) {
-        let now = time::OffsetDateTime::now_utc()
-            .format(&time::format_description::well_known::Rfc3339)
-            .unwrap_or_default();
+        let t = time::OffsetDateTime::now_utc();
+        let now = format!(
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+            t.year(),
+            u8::from(t.month()),
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second(),
+            t.millisecond()
+        );
         let _ = writeln!(self.out, "{now} rollout: {what}");
         let _ = self.out.flush();
     }
@@ -215,7 +223,7 @@ pub async fn run(args: &Args, out: &mut (dyn Write + Send)) -> anyhow::Result<()
     let first = &plan.hosts[plan.start];
     if let Err(why) = fleet_check(&plan, &mut last, &mut progress).await {
         bail!(
-            "rollout refused before {first} ({}/{n}): the fleet is not healthy: {why}. nothing was restarted; fix it, then run the same command again",
+            "rollout refused before {first} ({}/{n}): the fleet is not healthy: {why}. Nothing was restarted; fix it, then run the same command again",
             plan.start + 1
         );
     }
@@ -225,7 +233,7 @@ pub async fn run(args: &Args, out: &mut (dyn Write + Send)) -> anyhow::Result<()
         if let Err(why) = restart_host(&plan, host, &step, &mut last, &mut progress).await {
             progress.say(format_args!("{step}: ABORT: {why}"));
             bail!(
-                "rollout aborted at {host} ({}/{n}): {why}. hosts before it are done; fix the cause, then resume: the same command with --resume-from {host}",
+                "rollout aborted at {host} ({}/{n}): {why}. Hosts before it are done; fix the cause, then resume: the same command with --resume-from {host}",
                 i + 1
             );
         }

@@ -1,0 +1,477 @@
+//! `eventpipe rollout`, the binary, against two kinds of fleets:
+//! - fake admin listeners (axum on 127.0.0.1:0) whose readiness, spool and 5xx counters the test
+//!   sets, and a restart command that only records which host it was run for: the decisions
+//!   (refuse, abort, resume, progress lines);
+//! - three real gateway processes on one Tansu broker under load, restarted for real by the
+//!   command (SIGTERM; the harness starts the gateway again on the same ports and spool, as
+//!   systemd or a StatefulSet would): every host restarted, nothing acknowledged lost.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::Router;
+
+use common::fault::{audit, report_audit, spawn_load, GatewayProc, Ledger};
+use common::{Broker, Topics};
+
+/// How a fake host behaves.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Behaviour {
+    /// Ready; after a restart request, unready for a moment, then ready with a new start time.
+    Healthy,
+    /// Goes down when restarted and never comes back.
+    NeverBack,
+    /// Never ready.
+    Unready,
+    /// Its spool grows between scrapes.
+    SpoolGrowing,
+    /// One answer in ten is a 5xx.
+    Answering5xx,
+}
+
+struct FakeState {
+    behaviour: Behaviour,
+    restarts: usize,
+    down_until: Option<Instant>,
+    start_time: f64,
+    scrapes: u64,
+}
+
+struct Fake {
+    url: String,
+    log: PathBuf,
+    state: Mutex<FakeState>,
+}
+
+impl Fake {
+    /// Applies the restart requests the command wrote to the log since the last look.
+    fn refresh(&self) -> std::sync::MutexGuard<'_, FakeState> {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let asked = log
+            .lines()
+            .filter(|l| l.split_whitespace().next() == Some(self.url.as_str()))
+            .count();
+        let mut s = self.state.lock().unwrap();
+        if asked > s.restarts {
+            s.restarts = asked;
+            s.start_time += 1.0;
+            let down = if s.behaviour == Behaviour::NeverBack {
+                Duration::from_secs(3600)
+            } else {
+                Duration::from_millis(600)
+            };
+            s.down_until = Some(Instant::now() + down);
+        }
+        s
+    }
+}
+
+async fn readyz(State(fake): State<Arc<Fake>>) -> (StatusCode, &'static str) {
+    let s = fake.refresh();
+    let down = s.down_until.is_some_and(|t| Instant::now() < t);
+    if down || s.behaviour == Behaviour::Unready {
+        (StatusCode::SERVICE_UNAVAILABLE, "{\"ready\":false}")
+    } else {
+        (StatusCode::OK, "{\"ready\":true}")
+    }
+}
+
+async fn metrics(State(fake): State<Arc<Fake>>) -> String {
+    let mut s = fake.refresh();
+    s.scrapes += 1;
+    let spool = if s.behaviour == Behaviour::SpoolGrowing {
+        s.scrapes * 10
+    } else {
+        0
+    };
+    let errors = if s.behaviour == Behaviour::Answering5xx {
+        s.scrapes * 10
+    } else {
+        0
+    };
+    format!(
+        "# TYPE eventpipe_http_requests_total counter\n\
+         eventpipe_http_requests_total{{status=\"200\"}} {}\n\
+         eventpipe_http_requests_total{{status=\"503\"}} {errors}\n\
+         eventpipe_spool_records {spool}\n\
+         eventpipe_spool_bytes {}\n\
+         eventpipe_start_time_seconds {}\n",
+        s.scrapes * 100,
+        spool * 300,
+        s.start_time
+    )
+}
+
+/// Starts a fake admin listener; returns its URL.
+async fn fake_host(behaviour: Behaviour, log: &Path) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let fake = Arc::new(Fake {
+        url: url.clone(),
+        log: log.to_path_buf(),
+        state: Mutex::new(FakeState {
+            behaviour,
+            restarts: 0,
+            down_until: None,
+            start_time: 1_700_000_000.0,
+            scrapes: 0,
+        }),
+    });
+    let app = Router::new()
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(fake);
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
+}
+
+struct Run {
+    ok: bool,
+    stderr: String,
+    /// The hosts the restart command ran for, in order.
+    restarted: Vec<String>,
+}
+
+/// Runs `eventpipe rollout` over `hosts` with a restart command that appends
+/// "{admin} $EVENTPIPE_ROLLOUT_ADMIN" to `log` and then runs `then`.
+async fn rollout(hosts: &[String], log: &Path, then: &str, extra: &[&str]) -> Run {
+    let command = format!(
+        "echo \"{{admin}} $EVENTPIPE_ROLLOUT_ADMIN\" >> '{}'; {then}",
+        log.display()
+    );
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_eventpipe"));
+    cmd.args(["rollout", "--restart-command", &command])
+        .args(["--check-interval", "200ms", "--ready-checks", "2"])
+        .args(["--host-timeout", "5s"])
+        .args(extra)
+        .env_remove("RUST_BACKTRACE")
+        .env_remove("RUST_LIB_BACKTRACE");
+    for h in hosts {
+        cmd.args(["--admin", h]);
+    }
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let restarted = std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| {
+            let (a, b) = l.split_once(' ').unwrap();
+            assert_eq!(a, b, "{{admin}} and EVENTPIPE_ROLLOUT_ADMIN differ");
+            a.to_string()
+        })
+        .collect();
+    Run {
+        ok: out.status.success(),
+        stderr,
+        restarted,
+    }
+}
+
+/// The error `eventpipe` ended with.
+fn error_line(stderr: &str) -> &str {
+    stderr
+        .lines()
+        .find(|l| l.starts_with("Error: "))
+        .unwrap_or_else(|| panic!("no error line: {stderr}"))
+}
+
+/// Every progress line is "<RFC 3339 UTC time> rollout: ..."; the error (last) line is anyhow's.
+fn assert_progress_lines(stderr: &str) {
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| !l.starts_with("Error: "))
+        .collect();
+    assert!(!lines.is_empty(), "no progress lines: {stderr}");
+    for line in lines {
+        let (time, rest) = line.split_once(' ').unwrap_or(("", line));
+        let parsed =
+            time::OffsetDateTime::parse(time, &time::format_description::well_known::Rfc3339);
+        assert!(
+            parsed.is_ok() && rest.starts_with("rollout: "),
+            "not a progress line: {line:?}\n{stderr}"
+        );
+    }
+}
+
+async fn fakes(behaviours: &[Behaviour]) -> (tempfile::TempDir, PathBuf, Vec<String>) {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("restarted.log");
+    let mut hosts = vec![];
+    for b in behaviours {
+        hosts.push(fake_host(*b, &log).await);
+    }
+    (dir, log, hosts)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarts_every_host_in_order_with_a_progress_line_per_step() {
+    let (_dir, log, hosts) = fakes(&[Behaviour::Healthy; 3]).await;
+    let run = rollout(&hosts, &log, "true", &[]).await;
+    assert!(run.ok, "rollout failed: {}", run.stderr);
+    assert_eq!(run.restarted, hosts);
+    assert_progress_lines(&run.stderr);
+    for (i, h) in hosts.iter().enumerate() {
+        let step = format!("[{}/3] {h}", i + 1);
+        for what in [
+            "running the restart command",
+            "down after",
+            "back ready",
+            "stayed ready for 2 consecutive check(s)",
+        ] {
+            assert!(
+                run.stderr.contains(&format!("{step}: {what}")),
+                "no {what:?} line for {h}: {}",
+                run.stderr
+            );
+        }
+    }
+    // Before the first host and after each one.
+    assert_eq!(
+        run.stderr.matches("rollout: fleet healthy").count(),
+        4,
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("rollout: done: 3 host(s) restarted"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_that_does_not_come_back_aborts_the_rollout_naming_it() {
+    let (_dir, log, hosts) =
+        fakes(&[Behaviour::Healthy, Behaviour::NeverBack, Behaviour::Healthy]).await;
+    let run = rollout(&hosts, &log, "true", &[]).await;
+    assert!(!run.ok, "rollout succeeded: {}", run.stderr);
+    assert_eq!(run.restarted, hosts[..2], "went on past the dead host");
+    let last = error_line(&run.stderr);
+    assert!(
+        last.contains(&format!("rollout aborted at {} (2/3)", hosts[1]))
+            && last.contains("did not come back within 5s (--host-timeout)")
+            && last.contains(&format!("--resume-from {}", hosts[1])),
+        "unclear abort: {last}"
+    );
+    assert_progress_lines(&run.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unhealthy_fleet_is_not_rolled() {
+    for (bad, check) in [
+        (Behaviour::Unready, "ready"),
+        (Behaviour::SpoolGrowing, "spool"),
+        (Behaviour::Answering5xx, "5xx"),
+    ] {
+        let (_dir, log, hosts) = fakes(&[Behaviour::Healthy, Behaviour::Healthy, bad]).await;
+        let run = rollout(&hosts, &log, "true", &[]).await;
+        assert!(!run.ok, "{bad:?}: rollout succeeded: {}", run.stderr);
+        assert!(
+            run.restarted.is_empty(),
+            "{bad:?}: restarted {:?}",
+            run.restarted
+        );
+        assert!(
+            run.stderr.contains("rollout refused before")
+                && run
+                    .stderr
+                    .contains(&format!("{} failed the {check} check", hosts[2])),
+            "{bad:?}: unclear refusal: {}",
+            run.stderr
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_from_skips_the_hosts_before_it() {
+    let (_dir, log, hosts) = fakes(&[Behaviour::Healthy; 3]).await;
+    let run = rollout(&hosts, &log, "true", &["--resume-from", &hosts[1]]).await;
+    assert!(run.ok, "rollout failed: {}", run.stderr);
+    assert_eq!(run.restarted, hosts[1..]);
+    assert!(run
+        .stderr
+        .contains(&format!("starting at 2/3 {}", hosts[1])));
+
+    let run = rollout(
+        &hosts,
+        &log,
+        "true",
+        &["--resume-from", "http://127.0.0.1:1"],
+    )
+    .await;
+    assert!(
+        !run.ok && run.stderr.contains("is not one of the --admin URLs"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_restart_command_aborts_the_rollout() {
+    let (_dir, log, hosts) = fakes(&[Behaviour::Healthy; 3]).await;
+    let run = rollout(&hosts, &log, "exit 3", &[]).await;
+    assert!(!run.ok, "rollout succeeded: {}", run.stderr);
+    assert_eq!(run.restarted, hosts[..1], "went on after a failed command");
+    let last = error_line(&run.stderr);
+    assert!(
+        last.contains(&format!("rollout aborted at {} (1/3)", hosts[0]))
+            && last.contains("the restart command failed (exit status: 3)")
+            && last.contains(&format!("--resume-from {}", hosts[0])),
+        "unclear abort: {last}"
+    );
+}
+
+// ---- the real fleet ----
+
+/// Whether process `pid` has exited (gone, or a zombie waiting to be reaped).
+fn exited(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+    }
+}
+
+/// The restart command's view of the fleet: `<dir>/<admin port>` holds that gateway's pid.
+fn write_pid(dir: &Path, gw: &GatewayProc) {
+    std::fs::write(dir.join(gw.admin_port.to_string()), gw.pid().to_string()).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rolling_restart_of_three_gateways_under_load_loses_nothing_acknowledged() {
+    let broker = Broker::memory();
+    let topics = Topics::unique();
+    topics.create(&broker.brokers()).await;
+    let work = tempfile::tempdir().unwrap();
+    let pids = work.path().join("pids");
+    std::fs::create_dir_all(&pids).unwrap();
+    let gws: Vec<GatewayProc> = (0..3)
+        .map(|i| {
+            let spool = work.path().join(format!("spool{i}"));
+            GatewayProc::new(&broker.brokers(), &topics, spool, &[])
+        })
+        .collect();
+    let admins: Vec<String> = gws
+        .iter()
+        .map(|g| format!("http://127.0.0.1:{}", g.admin_port))
+        .collect();
+    let urls: Vec<String> = gws.iter().map(|g| g.url()).collect();
+    for gw in &gws {
+        write_pid(&pids, gw);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while gw.ready().await != Some(true) {
+            assert!(Instant::now() < deadline, "not ready: {}", gw.log_tail());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    // The supervisor (systemd's Restart=, a StatefulSet): a gateway that exited is started
+    // again on the same ports and spool. Its exit after SIGTERM must be clean.
+    let gws = Arc::new(Mutex::new(gws));
+    let done = Arc::new(AtomicBool::new(false));
+    let supervisor = {
+        let (gws, done, pids) = (gws.clone(), done.clone(), pids.clone());
+        std::thread::spawn(move || {
+            let mut restarts = [0u32; 3];
+            while !done.load(Ordering::Relaxed) {
+                for (i, gw) in gws.lock().unwrap().iter_mut().enumerate() {
+                    if exited(gw.pid()) {
+                        gw.terminate(); // reaps it; asserts a clean exit
+                        gw.start();
+                        write_pid(&pids, gw);
+                        restarts[i] += 1;
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            restarts
+        })
+    };
+
+    let ledger = Arc::new(Ledger::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut load = vec![];
+    for url in &urls {
+        let pause = Duration::from_millis(20);
+        load.extend(spawn_load(
+            url.clone(),
+            2,
+            10,
+            pause,
+            ledger.clone(),
+            stop.clone(),
+        ));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let command = format!(
+        "kill -TERM \"$(cat '{}'/\"${{EVENTPIPE_ROLLOUT_ADMIN##*:}}\")\"",
+        pids.display()
+    );
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_eventpipe"));
+    cmd.args(["rollout", "--restart-command", &command])
+        .args(["--check-interval", "1s", "--ready-checks", "3"])
+        .args(["--host-timeout", "90s"]);
+    for a in &admins {
+        cmd.args(["--admin", a]);
+    }
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    eprintln!("{stderr}");
+
+    stop.store(true, Ordering::Relaxed);
+    for task in load {
+        task.await.unwrap();
+    }
+    done.store(true, Ordering::Relaxed);
+    let restarts = supervisor
+        .join()
+        .expect("supervisor (a gateway exited uncleanly?)");
+    assert!(out.status.success(), "rollout failed: {stderr}");
+    assert_eq!(restarts, [1, 1, 1], "every host restarted once: {stderr}");
+    assert_progress_lines(&stderr);
+
+    let gws = Arc::try_unwrap(gws).ok().unwrap().into_inner().unwrap();
+    for gw in &gws {
+        assert!(
+            gw.wait_spool_empty(Duration::from_secs(60)).await,
+            "spool did not drain: {}",
+            gw.log_tail()
+        );
+    }
+    let topic = topics.topic("click");
+    let result = tokio::task::block_in_place(|| {
+        audit(
+            "rollout: 3 hosts, direct to each gateway",
+            3,
+            &broker.brokers(),
+            &topic,
+            &ledger,
+        )
+    });
+    let line = report_audit(&result);
+    let client_errors: u64 = result
+        .statuses
+        .iter()
+        .filter(|(s, _)| !s.starts_with('2'))
+        .map(|(_, n)| n)
+        .sum();
+    println!(
+        "ROLLOUT client-visible errors: {client_errors} {:?}",
+        result.statuses
+    );
+    assert!(result.acked > 0, "nothing was acknowledged: {line}");
+    assert_eq!(
+        result.acked_but_missing, 0,
+        "acknowledged events missing: {line}"
+    );
+}
