@@ -362,7 +362,7 @@ async fn restart_host(
                 )
             } else {
                 format!(
-                    "did not go down within {:?} (--host-timeout): /readyz stayed 200 and its start time did not change; does the restart command restart it?",
+                    "did not go down within {:?} (--host-timeout): /readyz stayed 200 and its start time did not change (does the restart command restart it?)",
                     plan.host_timeout
                 )
             };
