@@ -27,6 +27,9 @@ pub struct GatewayProc {
     pub port: u16,
     pub admin_port: u16,
     pub spool_dir: PathBuf,
+    /// The process's group id, when set before `start` (the fleet harness gives each gateway its
+    /// own, so a firewall rule can cut one host's broker traffic: `fleet::BrokerCut`).
+    pub gid: Option<u32>,
     env: Vec<(String, String)>,
     child: Option<Child>,
     log: PathBuf,
@@ -39,7 +42,23 @@ impl GatewayProc {
         spool_dir: PathBuf,
         extra: &[(&str, &str)],
     ) -> GatewayProc {
-        let (port, admin_port) = (free_port(), free_port());
+        let mut g = GatewayProc::configure(brokers, topics, spool_dir, extra);
+        g.start();
+        g
+    }
+
+    /// Like `new`, without starting the process (set `gid` first, then `start`).
+    pub fn configure(
+        brokers: &str,
+        topics: &Topics,
+        spool_dir: PathBuf,
+        extra: &[(&str, &str)],
+    ) -> GatewayProc {
+        // Two free ports in a row can be the same one (each is released before the next pick).
+        let port = free_port();
+        let admin_port = std::iter::repeat_with(free_port)
+            .find(|p| *p != port)
+            .unwrap();
         let mut env: Vec<(String, String)> = vec![
             ("EVENTPIPE_LISTEN".into(), format!("127.0.0.1:{port}")),
             (
@@ -75,16 +94,15 @@ impl GatewayProc {
         let logs = root().join("target/fault-logs");
         std::fs::create_dir_all(&logs).unwrap();
         let log = logs.join(format!("gateway-{port}.log"));
-        let mut g = GatewayProc {
+        GatewayProc {
             port,
             admin_port,
             spool_dir,
+            gid: None,
             env,
             child: None,
             log,
-        };
-        g.start();
-        g
+        }
     }
 
     pub fn start(&mut self) {
@@ -98,6 +116,9 @@ impl GatewayProc {
         for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("EVENTPIPE_")) {
             cmd.env_remove(key);
         }
+        if let Some(gid) = self.gid {
+            std::os::unix::process::CommandExt::gid(&mut cmd, gid);
+        }
         let child = cmd
             .arg("serve")
             .envs(self.env.iter().cloned())
@@ -107,7 +128,10 @@ impl GatewayProc {
             .expect("starting the gateway binary");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+        // Both listeners: a port picked for another process meanwhile must not be one of ours.
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err()
+            || std::net::TcpStream::connect(("127.0.0.1", self.admin_port)).is_err()
+        {
             if let Some(status) = self
                 .child
                 .as_mut()
@@ -141,8 +165,22 @@ impl GatewayProc {
 
     /// SIGTERM and wait for the graceful drain; the exit must be clean.
     pub fn terminate(&mut self) {
-        if let Some(mut c) = self.child.take() {
+        if let Some(c) = &self.child {
             signal(c.id(), "TERM");
+            self.wait_clean_exit();
+        }
+    }
+
+    /// Whether the process is still running (false once it exited or was never started).
+    pub fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+
+    /// Waits (up to 60 s) for the process to exit after a signal; the exit must be clean.
+    pub fn wait_clean_exit(&mut self) {
+        if let Some(mut c) = self.child.take() {
             let deadline = Instant::now() + Duration::from_secs(60);
             loop {
                 if let Some(status) = c.try_wait().unwrap() {
@@ -180,20 +218,19 @@ impl GatewayProc {
         let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
             let m = self.metrics().await;
-            let gauge = |name: &str| {
-                m.lines()
-                    .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-                    .and_then(|l| l.rsplit(' ').next())
-                    .and_then(|v| v.parse::<f64>().ok())
-            };
-            if gauge("eventpipe_spool_records") == Some(0.0)
-                && gauge("eventpipe_spool_bytes") == Some(0.0)
+            if gauge(&m, "eventpipe_spool_records") == Some(0.0)
+                && gauge(&m, "eventpipe_spool_bytes") == Some(0.0)
             {
                 return true;
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
         false
+    }
+
+    /// A gauge's value in `metrics` text (None if absent or unreadable).
+    pub async fn gauge(&self, name: &str) -> Option<f64> {
+        gauge(&self.metrics().await, name)
     }
 
     pub fn log_tail(&self) -> String {
@@ -205,6 +242,15 @@ impl GatewayProc {
             lines[lines.len().saturating_sub(20)..].join("\n")
         )
     }
+}
+
+/// An unlabelled gauge's value in Prometheus text.
+pub fn gauge(metrics: &str, name: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
 }
 
 impl Drop for GatewayProc {
@@ -219,11 +265,46 @@ pub struct Ledger {
     pub sent: Mutex<Vec<String>>,
     pub acked: Mutex<HashSet<String>>,
     pub statuses: Mutex<HashMap<String, u64>>,
+    /// Client-visible errors (every answer but a 2xx, and every failed request) by kind:
+    /// `connect` (no connection), `conn_error` (connection lost mid-request), `timeout`, or the
+    /// status with the gateway's `error` field (`503 overloaded`), or `(no JSON)` for answers
+    /// that did not come from a gateway (e.g. a load balancer's own 502/503).
+    pub errors: Mutex<HashMap<String, u64>>,
 }
 
 impl Ledger {
     fn count(&self, status: String) {
         *self.statuses.lock().unwrap().entry(status).or_default() += 1;
+    }
+
+    fn error(&self, kind: String) {
+        *self.errors.lock().unwrap().entry(kind).or_default() += 1;
+    }
+
+    /// How many events have been acknowledged so far.
+    pub fn acked_count(&self) -> usize {
+        self.acked.lock().unwrap().len()
+    }
+
+    /// Client-visible errors so far, by kind, sorted.
+    pub fn error_counts(&self) -> std::collections::BTreeMap<String, u64> {
+        self.errors
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect()
+    }
+}
+
+/// The kind of a non-2xx answer: its status and the gateway's `error` field, if it has one.
+fn error_kind(status: reqwest::StatusCode, body: &str) -> String {
+    match serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.get("error")?.as_str().map(str::to_string))
+    {
+        Some(error) => format!("{} {error}", status.as_str()),
+        None => format!("{} (no JSON)", status.as_str()),
     }
 }
 
@@ -257,9 +338,15 @@ pub fn spawn_load(
                             ledger.count(status.as_str().to_string());
                             if status.is_success() {
                                 ledger.acked.lock().unwrap().extend(ids);
+                            } else {
+                                let body = resp.text().await.unwrap_or_default();
+                                ledger.error(error_kind(status, &body));
                             }
                         }
-                        Err(e) => ledger.count(if e.is_timeout() { "timeout".into() } else { "conn_error".into() }),
+                        Err(e) => {
+                            ledger.count(if e.is_timeout() { "timeout".into() } else { "conn_error".into() });
+                            ledger.error(if e.is_timeout() { "timeout" } else if e.is_connect() { "connect" } else { "conn_error" }.into());
+                        }
                     }
                     tokio::time::sleep(pause).await;
                 }

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod fault;
+pub mod fleet;
 pub mod proxy;
 
 use std::net::{SocketAddr, TcpListener as StdListener, TcpStream};
