@@ -19,8 +19,14 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Router;
 
-use common::fault::{audit, report_audit, spawn_load, GatewayProc, Ledger};
+use common::fault::{audit, spawn_load, GatewayProc, Ledger};
+use common::fleet::{report_fleet, Fleet, FleetRow, Haproxy, FLEET_GATEWAY_ENV, SERVERS};
 use common::{Broker, Topics};
+
+/// Fleets run one at a time: each is five processes on a shared two-core machine.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+const CLIENTS: usize = 3;
+const WAIT: Duration = Duration::from_secs(60);
 
 /// How a fake host behaves.
 #[derive(Clone, Copy, PartialEq, Debug)]
@@ -329,52 +335,73 @@ async fn a_failing_restart_command_aborts_the_rollout() {
 
 // ---- the real fleet ----
 
-/// Whether process `pid` has exited (gone, or a zombie waiting to be reaped).
-fn exited(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => true,
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
-    }
-}
-
 /// The restart command's view of the fleet: `<dir>/<admin port>` holds that gateway's pid.
 fn write_pid(dir: &Path, gw: &GatewayProc) {
     std::fs::write(dir.join(gw.admin_port.to_string()), gw.pid().to_string()).unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn rolling_restart_of_three_gateways_under_load_loses_nothing_acknowledged() {
+/// Waits until at least `n` events are acknowledged.
+async fn wait_acked(ledger: &Ledger, n: usize, what: &str) {
+    let deadline = Instant::now() + WAIT;
+    while ledger.acked_count() < n {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {} of {n} events acknowledged in {WAIT:?}; errors {:?}",
+            ledger.acked_count(),
+            ledger.error_counts()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `common::fleet::Fleet` on Tansu's memory engine: the broker is not a fault here, and the
+/// SQLite engine's reads slow down as the topic grows (the audit reads it all back).
+async fn fleet_on_memory_broker() -> Fleet {
+    let dir = tempfile::tempdir().unwrap();
     let broker = Broker::memory();
     let topics = Topics::unique();
     topics.create(&broker.brokers()).await;
-    let work = tempfile::tempdir().unwrap();
-    let pids = work.path().join("pids");
-    std::fs::create_dir_all(&pids).unwrap();
-    let gws: Vec<GatewayProc> = (0..3)
-        .map(|i| {
-            let spool = work.path().join(format!("spool{i}"));
-            GatewayProc::new(&broker.brokers(), &topics, spool, &[])
+    let gateways: Vec<GatewayProc> = SERVERS
+        .iter()
+        .map(|name| {
+            let spool = dir.path().join(format!("spool-{name}"));
+            let mut env = FLEET_GATEWAY_ENV.to_vec();
+            env.push(("EVENTPIPE_COLLECTOR_ID", name));
+            GatewayProc::new(&broker.brokers(), &topics, spool, &env)
         })
         .collect();
-    let admins: Vec<String> = gws
+    let servers: Vec<(u16, u16)> = gateways.iter().map(|g| (g.port, g.admin_port)).collect();
+    let lb = Haproxy::start(&servers);
+    tokio::task::block_in_place(|| lb.wait_all_up(WAIT));
+    Fleet {
+        lb,
+        gateways,
+        topics,
+        broker,
+        dir,
+    }
+}
+
+/// Rolls the fleet (`common::fleet`: three gateway processes behind HAProxy with
+/// `deploy/haproxy/haproxy.cfg`, one broker) with `eventpipe rollout` while clients post through
+/// HAProxy; with `drain`, through HAProxy's runtime API. Returns the fleet-table row.
+async fn rolling_restart(drain: bool) -> FleetRow {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let mut fleet = fleet_on_memory_broker().await;
+    let pids = fleet.dir.path().join("pids");
+    std::fs::create_dir_all(&pids).unwrap();
+    let admins: Vec<String> = fleet
+        .gateways
         .iter()
         .map(|g| format!("http://127.0.0.1:{}", g.admin_port))
         .collect();
-    let urls: Vec<String> = gws.iter().map(|g| g.url()).collect();
-    for gw in &gws {
+    for gw in &fleet.gateways {
         write_pid(&pids, gw);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while gw.ready().await != Some(true) {
-            assert!(Instant::now() < deadline, "not ready: {}", gw.log_tail());
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
     }
 
     // The supervisor (systemd's Restart=, a StatefulSet): a gateway that exited is started
     // again on the same ports and spool. Its exit after SIGTERM must be clean.
-    let gws = Arc::new(Mutex::new(gws));
+    let gws = Arc::new(Mutex::new(std::mem::take(&mut fleet.gateways)));
     let done = Arc::new(AtomicBool::new(false));
     let supervisor = {
         let (gws, done, pids) = (gws.clone(), done.clone(), pids.clone());
@@ -382,8 +409,8 @@ async fn rolling_restart_of_three_gateways_under_load_loses_nothing_acknowledged
             let mut restarts = [0u32; 3];
             while !done.load(Ordering::Relaxed) {
                 for (i, gw) in gws.lock().unwrap().iter_mut().enumerate() {
-                    if exited(gw.pid()) {
-                        gw.terminate(); // reaps it; asserts a clean exit
+                    if !gw.running() {
+                        gw.wait_clean_exit();
                         gw.start();
                         write_pid(&pids, gw);
                         restarts[i] += 1;
@@ -395,21 +422,19 @@ async fn rolling_restart_of_three_gateways_under_load_loses_nothing_acknowledged
         })
     };
 
+    // A light load: the audit reads all of it back.
     let ledger = Arc::new(Ledger::default());
     let stop = Arc::new(AtomicBool::new(false));
-    let mut load = vec![];
-    for url in &urls {
-        let pause = Duration::from_millis(20);
-        load.extend(spawn_load(
-            url.clone(),
-            2,
-            10,
-            pause,
-            ledger.clone(),
-            stop.clone(),
-        ));
-    }
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let pause = Duration::from_millis(100);
+    let load = spawn_load(
+        fleet.lb.url(),
+        CLIENTS,
+        5,
+        pause,
+        ledger.clone(),
+        stop.clone(),
+    );
+    wait_acked(&ledger, 100, "before the rollout").await;
 
     let command = format!(
         "kill -TERM \"$(cat '{}'/\"${{EVENTPIPE_ROLLOUT_ADMIN##*:}}\")\"",
@@ -422,12 +447,18 @@ async fn rolling_restart_of_three_gateways_under_load_loses_nothing_acknowledged
     for a in &admins {
         cmd.args(["--admin", a]);
     }
+    if drain {
+        cmd.arg("--haproxy-socket").arg(&fleet.lb.socket);
+        for (a, server) in admins.iter().zip(SERVERS) {
+            cmd.args(["--haproxy-server", &format!("{a}={server}")]);
+        }
+    }
     let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
         .await
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     eprintln!("{stderr}");
-
+    wait_acked(&ledger, ledger.acked_count() + 100, "after the rollout").await;
     stop.store(true, Ordering::Relaxed);
     for task in load {
         task.await.unwrap();
@@ -435,43 +466,55 @@ async fn rolling_restart_of_three_gateways_under_load_loses_nothing_acknowledged
     done.store(true, Ordering::Relaxed);
     let restarts = supervisor
         .join()
-        .expect("supervisor (a gateway exited uncleanly?)");
+        .expect("supervisor (did a gateway exit uncleanly?)");
+    fleet.gateways = Arc::try_unwrap(gws).ok().unwrap().into_inner().unwrap();
     assert!(out.status.success(), "rollout failed: {stderr}");
     assert_eq!(restarts, [1, 1, 1], "every host restarted once: {stderr}");
     assert_progress_lines(&stderr);
-
-    let gws = Arc::try_unwrap(gws).ok().unwrap().into_inner().unwrap();
-    for gw in &gws {
-        assert!(
-            gw.wait_spool_empty(Duration::from_secs(60)).await,
-            "spool did not drain: {}",
-            gw.log_tail()
-        );
+    if drain {
+        for server in SERVERS {
+            assert!(
+                stderr.contains(&format!("HAProxy gateways/{server} set to drain"))
+                    && stderr.contains(&format!("HAProxy gateways/{server} back in rotation")),
+                "{server} not drained and put back: {stderr}"
+            );
+        }
     }
-    let topic = topics.topic("click");
-    let result = tokio::task::block_in_place(|| {
-        audit(
-            "rollout: 3 hosts, direct to each gateway",
-            3,
-            &broker.brokers(),
-            &topic,
-            &ledger,
-        )
-    });
-    let line = report_audit(&result);
-    let client_errors: u64 = result
-        .statuses
-        .iter()
-        .filter(|(s, _)| !s.starts_with('2'))
-        .map(|(_, n)| n)
-        .sum();
-    println!(
-        "ROLLOUT client-visible errors: {client_errors} {:?}",
-        result.statuses
-    );
+
+    fleet.wait_spools_empty(Duration::from_secs(120)).await;
+    let (brokers, topic) = (fleet.broker.brokers(), fleet.click_topic());
+    let fault = if drain {
+        "rolling restart of every host (`eventpipe rollout`, drained through HAProxy's runtime API)"
+    } else {
+        "rolling restart of every host (`eventpipe rollout`, HAProxy health checks only)"
+    };
+    let result = tokio::task::block_in_place(|| audit(fault, 3, &brokers, &topic, &ledger));
+    let row = FleetRow {
+        hosts: SERVERS.len(),
+        fault: fault.into(),
+        acked: result.acked,
+        acked_but_missing: result.acked_but_missing,
+        duplicates: result.duplicates,
+        errors: ledger.error_counts(),
+        lb_retries: fleet.lb.server_total("wretr"),
+        lb_redispatches: fleet.lb.server_total("wredis"),
+    };
+    let line = report_fleet(&row);
     assert!(result.acked > 0, "nothing was acknowledged: {line}");
     assert_eq!(
         result.acked_but_missing, 0,
-        "acknowledged events missing: {line}"
+        "acknowledged events missing from Kafka: {line}\nconsumer: {}",
+        result.consumer_errors
+    );
+    row
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rollout_drained_through_haproxy_restarts_every_host_without_client_errors() {
+    let row = rolling_restart(true).await;
+    assert!(
+        row.errors.is_empty(),
+        "clients saw errors during a drained rollout: {:?}",
+        row.errors
     );
 }
