@@ -356,7 +356,7 @@ async fn wait_acked(ledger: &Ledger, n: usize, what: &str) {
 
 /// `common::fleet::Fleet` on Tansu's memory engine: the broker is not a fault here, and the
 /// SQLite engine's reads slow down as the topic grows (the audit reads it all back).
-async fn fleet_on_memory_broker() -> Fleet {
+async fn fleet_on_memory_broker(extra: &[(&str, &str)]) -> Fleet {
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::memory();
     let topics = Topics::unique();
@@ -367,6 +367,7 @@ async fn fleet_on_memory_broker() -> Fleet {
             let spool = dir.path().join(format!("spool-{name}"));
             let mut env = FLEET_GATEWAY_ENV.to_vec();
             env.push(("EVENTPIPE_COLLECTOR_ID", name));
+            env.extend_from_slice(extra);
             GatewayProc::new(&broker.brokers(), &topics, spool, &env)
         })
         .collect();
@@ -385,9 +386,9 @@ async fn fleet_on_memory_broker() -> Fleet {
 /// Rolls the fleet (`common::fleet`: three gateway processes behind HAProxy with
 /// `deploy/haproxy/haproxy.cfg`, one broker) with `eventpipe rollout` while clients post through
 /// HAProxy; with `drain`, through HAProxy's runtime API. Returns the fleet-table row.
-async fn rolling_restart(drain: bool) -> FleetRow {
+async fn rolling_restart(drain: bool, extra: &[(&str, &str)], fault: &str) -> FleetRow {
     let _one = ONE_AT_A_TIME.lock().await;
-    let mut fleet = fleet_on_memory_broker().await;
+    let mut fleet = fleet_on_memory_broker(extra).await;
     let pids = fleet.dir.path().join("pids");
     std::fs::create_dir_all(&pids).unwrap();
     let admins: Vec<String> = fleet
@@ -483,11 +484,6 @@ async fn rolling_restart(drain: bool) -> FleetRow {
 
     fleet.wait_spools_empty(Duration::from_secs(120)).await;
     let (brokers, topic) = (fleet.broker.brokers(), fleet.click_topic());
-    let fault = if drain {
-        "rolling restart of every host (`eventpipe rollout`, drained through HAProxy's runtime API)"
-    } else {
-        "rolling restart of every host (`eventpipe rollout`, HAProxy health checks only)"
-    };
     let result = tokio::task::block_in_place(|| audit(fault, 3, &brokers, &topic, &ledger));
     let row = FleetRow {
         hosts: SERVERS.len(),
@@ -511,10 +507,35 @@ async fn rolling_restart(drain: bool) -> FleetRow {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_rollout_drained_through_haproxy_restarts_every_host_without_client_errors() {
-    let row = rolling_restart(true).await;
+    // A shutdown grace far shorter than HAProxy's time to mark a server DOWN (3.5 s): without
+    // the drain, requests would reach a closed port (and be retried elsewhere by HAProxy).
+    let row = rolling_restart(
+        true,
+        &[("EVENTPIPE_SHUTDOWN_GRACE_SECS", "0.5")],
+        "rolling restart of every host (`eventpipe rollout`, drained through HAProxy's runtime API; shutdown grace 0.5 s)",
+    )
+    .await;
     assert!(
         row.errors.is_empty(),
         "clients saw errors during a drained rollout: {:?}",
         row.errors
     );
+    assert_eq!(
+        (row.lb_retries, row.lb_redispatches),
+        (0, 0),
+        "HAProxy had to retry requests sent to a host being restarted: it was not drained"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rollout_without_drain_relies_on_the_health_checks_and_loses_nothing() {
+    // The gateways' shutdown grace (5 s) outlasts HAProxy's time to mark a server DOWN, so the
+    // health checks alone should take each host out before it stops accepting; the row says
+    // what the clients saw.
+    rolling_restart(
+        false,
+        &[],
+        "rolling restart of every host (`eventpipe rollout`, HAProxy health checks only; shutdown grace 5 s)",
+    )
+    .await;
 }
