@@ -2,9 +2,13 @@
 //! - fake admin listeners (axum on 127.0.0.1:0) whose readiness, spool and 5xx counters the test
 //!   sets, and a restart command that only records which host it was run for: the decisions
 //!   (refuse, abort, resume, progress lines);
-//! - three real gateway processes on one Tansu broker under load, restarted for real by the
-//!   command (SIGTERM; the harness starts the gateway again on the same ports and spool, as
-//!   systemd or a StatefulSet would): every host restarted, nothing acknowledged lost.
+//! - the fleet of `common::fleet` (three real gateway processes behind a real HAProxy running
+//!   `deploy/haproxy/haproxy.cfg`, one Tansu broker) under load through HAProxy, each host
+//!   restarted for real by the command (SIGTERM; the harness starts the gateway again on the same
+//!   ports and spool, as systemd or a StatefulSet would), with and without the drain through
+//!   HAProxy's runtime API: every host restarted, nothing acknowledged lost, client-visible
+//!   errors counted. Each prints a row of RELIABILITY.md's fleet table:
+//!   `cargo test --test rollout -- --nocapture --test-threads 1`.
 
 mod common;
 

@@ -553,6 +553,48 @@ async fn undrain(
 mod tests {
     use super::*;
 
+    fn plan(args: &[&str]) -> anyhow::Result<Plan> {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: Args,
+        }
+        let cli = <Cli as clap::Parser>::try_parse_from(
+            ["rollout", "--restart-command", "true"].iter().chain(args),
+        )?;
+        Plan::new(&cli.args)
+    }
+
+    #[test]
+    fn checks_the_command_line() {
+        let two = ["--admin", "http://a:1", "--admin", "http://b:2"];
+        let p = plan(&two).unwrap();
+        assert_eq!((p.start, p.hosts.len()), (0, 2));
+        let p = plan(&[&two[..], &["--resume-from", "http://b:2/"]].concat()).unwrap();
+        assert_eq!(p.start, 1);
+        let err = |args: &[&str]| plan(args).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err(&["--admin", "http://a:1", "--admin", "http://a:1"]).contains("given twice"));
+        assert!(err(&[&two[..], &["--resume-from", "http://c:3"]].concat())
+            .contains("not one of the --admin URLs"));
+        assert!(err(&["--admin", "https://a:1"]).contains("must start with http://"));
+        let lb = [
+            "--haproxy-socket",
+            "/run/lb.sock",
+            "--haproxy-server",
+            "http://a:1=gw1",
+        ];
+        assert!(err(&[&two[..], &lb[..]].concat())
+            .contains("names no HAProxy server for --admin http://b:2"));
+        let both = [&two[..], &lb[..], &["--haproxy-server", "http://b:2=gw2"]].concat();
+        let p = plan(&both).unwrap();
+        assert_eq!(p.server(&p.hosts[1]).map(|(_, s)| s), Some("gw2"));
+        assert!(
+            err(&[&two[..], &["--haproxy-socket", "/run/lb.sock"]].concat())
+                .contains("--haproxy-server")
+        );
+        assert!(err(&[&two[..], &["--ready-checks", "0"]].concat()).contains("ready-checks"));
+    }
+
     #[test]
     fn parses_durations() {
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
