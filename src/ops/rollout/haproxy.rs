@@ -7,7 +7,9 @@
 //! answer until HAProxy closes.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use super::{Progress, DOWN_POLL, PROBE_TIMEOUT};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -122,6 +124,69 @@ pub fn parse_stat(csv: &str, backend: &str, server: &str) -> Option<ServerStat> 
                 status: f.get(status).unwrap_or(&"").to_string(),
             }
         })
+}
+
+/// `state drain`, then wait until the server holds no session and no queued request.
+pub(crate) async fn drain(
+    lb: &Haproxy,
+    server: &str,
+    limit: Duration,
+    step: &str,
+    progress: &mut Progress<'_>,
+) -> Result<(), String> {
+    let started = Instant::now();
+    lb.set_state(server, "drain", PROBE_TIMEOUT).await?;
+    progress.say(format_args!(
+        "{step}: HAProxy {}/{server} set to drain",
+        lb.backend
+    ));
+    loop {
+        let stat = lb.stat(server, PROBE_TIMEOUT).await?;
+        if stat.sessions == 0 && stat.queued == 0 {
+            progress.say(format_args!(
+                "{step}: drained in HAProxy after {:.1}s (0 sessions)",
+                started.elapsed().as_secs_f64()
+            ));
+            return Ok(());
+        }
+        if started.elapsed() >= limit {
+            return Err(format!(
+                "HAProxy {}/{server} still holds {} session(s), {} queued after {limit:?} (--host-timeout); it is left in state drain",
+                lb.backend, stat.sessions, stat.queued
+            ));
+        }
+        tokio::time::sleep(DOWN_POLL).await;
+    }
+}
+
+/// `state ready`, then wait until HAProxy's health check says UP.
+pub(crate) async fn undrain(
+    lb: &Haproxy,
+    server: &str,
+    limit: Duration,
+    step: &str,
+    progress: &mut Progress<'_>,
+) -> Result<(), String> {
+    let started = Instant::now();
+    lb.set_state(server, "ready", PROBE_TIMEOUT).await?;
+    loop {
+        let stat = lb.stat(server, PROBE_TIMEOUT).await?;
+        if stat.up() {
+            progress.say(format_args!(
+                "{step}: HAProxy {}/{server} back in rotation (UP) after {:.1}s",
+                lb.backend,
+                started.elapsed().as_secs_f64()
+            ));
+            return Ok(());
+        }
+        if started.elapsed() >= limit {
+            return Err(format!(
+                "HAProxy {}/{server} is {} after {limit:?} (--host-timeout): its health check does not pass",
+                lb.backend, stat.status
+            ));
+        }
+        tokio::time::sleep(DOWN_POLL).await;
+    }
 }
 
 #[cfg(test)]

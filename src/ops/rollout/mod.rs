@@ -35,9 +35,9 @@ use haproxy::Haproxy;
 use probe::{AdminUrl, Scrape, Thresholds};
 
 /// Timeout of one admin request.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
-/// How often a restarting host is polled to see it go down.
-const DOWN_POLL: Duration = Duration::from_millis(200);
+pub(crate) const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often a restarting host is polled to see it go down (and HAProxy while it drains).
+pub(crate) const DOWN_POLL: Duration = Duration::from_millis(200);
 
 /// The command line of `eventpipe rollout`.
 #[derive(clap::Args, Debug)]
@@ -188,7 +188,7 @@ pub struct Progress<'a> {
 }
 
 impl Progress<'_> {
-    fn say(&mut self, what: impl std::fmt::Display) {
+    pub(crate) fn say(&mut self, what: impl std::fmt::Display) {
         let t = time::OffsetDateTime::now_utc();
         let now = format!(
             "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
@@ -323,7 +323,7 @@ async fn restart_host(
 ) -> Result<(), String> {
     let before = last.get(&host.url).and_then(|s| s.start_time);
     if let Some((lb, server)) = plan.server(host) {
-        drain(lb, server, plan.host_timeout, step, progress).await?;
+        haproxy::drain(lb, server, plan.host_timeout, step, progress).await?;
     }
     let leave_drained = |why: String| {
         match plan.server(host) {
@@ -469,7 +469,7 @@ async fn restart_host(
     );
 
     if let Some((lb, server)) = plan.server(host) {
-        undrain(lb, server, plan.host_timeout, step, progress).await?;
+        haproxy::undrain(lb, server, plan.host_timeout, step, progress).await?;
     }
     Ok(())
 }
@@ -483,69 +483,6 @@ impl Drop for KillOnDrop {
             let _ = self.0.kill();
             let _ = self.0.wait();
         }
-    }
-}
-
-/// `state drain`, then wait until the server holds no session and no queued request.
-async fn drain(
-    lb: &Haproxy,
-    server: &str,
-    limit: Duration,
-    step: &str,
-    progress: &mut Progress<'_>,
-) -> Result<(), String> {
-    let started = Instant::now();
-    lb.set_state(server, "drain", PROBE_TIMEOUT).await?;
-    progress.say(format_args!(
-        "{step}: HAProxy {}/{server} set to drain",
-        lb.backend
-    ));
-    loop {
-        let stat = lb.stat(server, PROBE_TIMEOUT).await?;
-        if stat.sessions == 0 && stat.queued == 0 {
-            progress.say(format_args!(
-                "{step}: drained in HAProxy after {:.1}s (0 sessions)",
-                started.elapsed().as_secs_f64()
-            ));
-            return Ok(());
-        }
-        if started.elapsed() >= limit {
-            return Err(format!(
-                "HAProxy {}/{server} still holds {} session(s), {} queued after {limit:?} (--host-timeout); it is left in state drain",
-                lb.backend, stat.sessions, stat.queued
-            ));
-        }
-        tokio::time::sleep(DOWN_POLL).await;
-    }
-}
-
-/// `state ready`, then wait until HAProxy's health check says UP.
-async fn undrain(
-    lb: &Haproxy,
-    server: &str,
-    limit: Duration,
-    step: &str,
-    progress: &mut Progress<'_>,
-) -> Result<(), String> {
-    let started = Instant::now();
-    lb.set_state(server, "ready", PROBE_TIMEOUT).await?;
-    loop {
-        let stat = lb.stat(server, PROBE_TIMEOUT).await?;
-        if stat.up() {
-            progress.say(format_args!(
-                "{step}: HAProxy {}/{server} back in rotation (UP) after {:.1}s",
-                lb.backend,
-                started.elapsed().as_secs_f64()
-            ));
-            return Ok(());
-        }
-        if started.elapsed() >= limit {
-            return Err(format!(
-                "HAProxy {}/{server} is {} after {limit:?} (--host-timeout): its health check does not pass",
-                lb.backend, stat.status
-            ));
-        }
-        tokio::time::sleep(DOWN_POLL).await;
     }
 }
 
