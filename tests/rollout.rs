@@ -453,6 +453,14 @@ async fn rolling_restart(drain: bool, extra: &[(&str, &str)], fault: &str) -> Fl
         cmd.args(["--admin", a]);
     }
     if drain {
+        // As an aborted run leaves its host: gw1 is already drained; this run puts it back.
+        assert_eq!(
+            fleet
+                .lb
+                .command("set server gateways/gw1 state drain")
+                .trim(),
+            ""
+        );
         cmd.arg("--haproxy-socket").arg(&fleet.lb.socket);
         for (a, server) in admins.iter().zip(SERVERS) {
             cmd.args(["--haproxy-server", &format!("{a}={server}")]);
@@ -484,6 +492,14 @@ async fn rolling_restart(drain: bool, extra: &[(&str, &str)], fault: &str) -> Fl
                 "{server} not drained and put back: {stderr}"
             );
         }
+        assert!(stderr.contains("note: HAProxy gateways/gw1 ("), "{stderr}");
+        let states = fleet.lb.server_states();
+        assert!(
+            SERVERS
+                .iter()
+                .all(|s| states.get(*s).is_some_and(|st| st == "UP")),
+            "not every server back UP in HAProxy: {states:?}"
+        );
     }
 
     fleet.wait_spools_empty(Duration::from_secs(120)).await;

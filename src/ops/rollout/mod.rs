@@ -221,7 +221,7 @@ pub async fn run(args: &Args, out: &mut (dyn Write + Send)) -> anyhow::Result<()
     ));
     let mut last: HashMap<String, Scrape> = HashMap::new();
     let first = &plan.hosts[plan.start];
-    if let Err(why) = fleet_check(&plan, &mut last, &mut progress).await {
+    if let Err(why) = fleet_check(&plan, plan.start, &mut last, &mut progress).await {
         bail!(
             "rollout refused before {first} ({}/{n}): the fleet is not healthy: {why}. Nothing was restarted; fix it, then run the same command again",
             plan.start + 1
@@ -237,7 +237,7 @@ pub async fn run(args: &Args, out: &mut (dyn Write + Send)) -> anyhow::Result<()
                 i + 1
             );
         }
-        if let Err(why) = fleet_check(&plan, &mut last, &mut progress).await {
+        if let Err(why) = fleet_check(&plan, i + 1, &mut last, &mut progress).await {
             progress.say(format_args!("{step}: ABORT: fleet unhealthy: {why}"));
             match plan.hosts.get(i + 1) {
                 Some(next) => bail!(
@@ -259,9 +259,12 @@ pub async fn run(args: &Args, out: &mut (dyn Write + Send)) -> anyhow::Result<()
 }
 
 /// Scrapes every host twice, `interval` apart, and judges each; `last` holds each host's
-/// scrape from the previous check (5xx counts since then) and is updated.
+/// scrape from the previous check (5xx counts since then) and is updated. With HAProxy, every
+/// server must be UP, except that hosts from `next` on (still to be restarted, and put back by
+/// this run) may be in state drain, as an aborted run leaves its host.
 async fn fleet_check(
     plan: &Plan,
+    next: usize,
     last: &mut HashMap<String, Scrape>,
     progress: &mut Progress<'_>,
 ) -> Result<(), String> {
@@ -277,10 +280,16 @@ async fn fleet_check(
         requests += probe::counter_delta(base.requests, b.requests);
         errors += probe::counter_delta(base.errors_5xx, b.errors_5xx);
     }
-    for host in &plan.hosts {
+    for (i, host) in plan.hosts.iter().enumerate() {
         if let Some((lb, server)) = plan.server(host) {
             let stat = lb.stat(server, PROBE_TIMEOUT).await?;
-            if !stat.up() {
+            let drained = i >= next && stat.status == "DRAIN";
+            if drained {
+                progress.say(format_args!(
+                    "note: HAProxy {}/{server} ({host}) is in state drain; this run puts it back after restarting it",
+                    lb.backend
+                ));
+            } else if !stat.up() {
                 return Err(format!(
                     "{host} failed the haproxy check: {}/{server} is {}",
                     lb.backend, stat.status
