@@ -44,6 +44,8 @@ enum Command {
     /// Balance the gateways' audit records against the data topics (exit 0 complete, 1
     /// incomplete, 2 error).
     Audit(AuditArgs),
+    /// Restart the fleet one host at a time, checking its health between hosts.
+    Rollout(ops::rollout::Args),
     /// Inspect the local spool.
     Spool {
         #[command(subcommand)]
@@ -336,6 +338,9 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Audit(args) => std::process::exit(i32::from(audit(args))),
+        Command::Rollout(args) => {
+            runtime()?.block_on(ops::rollout::run(&args, &mut std::io::stderr()))
+        }
         Command::Spool {
             command:
                 SpoolCommand::Quarantine {

@@ -33,6 +33,9 @@ pub const PRODUCER_TX_BYTES: &str = "eventpipe_producer_tx_bytes";
 pub const BROKER_RTT: &str = "eventpipe_broker_rtt_seconds";
 /// Brokers librdkafka currently reports in state UP.
 pub const BROKERS_UP: &str = "eventpipe_brokers_up";
+/// Unix time (seconds) when this gateway process started serving: `eventpipe rollout` tells a
+/// restarted process from the one before by it.
+pub const START_TIME: &str = "eventpipe_start_time_seconds";
 /// Schemas loaded at start-up.
 pub const SCHEMAS_LOADED: &str = "eventpipe_schemas_loaded";
 

@@ -208,6 +208,8 @@ async fn serve_inner(
     // New certificates are picked up while `_tls_reload` lives.
     let (tls, _tls_reload) = config.tls.as_ref().map(tls_acceptor).transpose()?.unzip();
     metrics::gauge!(m::SCHEMAS_LOADED).set(registry.len() as f64);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    metrics::gauge!(m::START_TIME).set(now.map(|d| d.as_secs_f64()).unwrap_or(0.0));
     let gw = gateway(&config, registry, sink.clone());
     sink.attach_audit(gw.audit.clone());
     let publisher = if publish_audit && config.audit.enabled {

@@ -5,5 +5,6 @@ pub mod audit;
 pub mod drain;
 pub mod inspect;
 pub mod quarantine;
+pub mod rollout;
 pub mod tail;
 pub mod topics;
