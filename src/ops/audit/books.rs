@@ -21,7 +21,8 @@ use serde::Serialize;
 
 use crate::thrift::generated::AuditRecord;
 
-/// Window size assumed for events when no audit record says one (the publisher's default).
+/// Window size assumed for events when no audit record says one, unless told otherwise
+/// (`Books::with_window`; the publisher's default).
 pub const DEFAULT_WINDOW_MS: i64 = 60_000;
 
 /// One row of the report.
@@ -129,7 +130,6 @@ pub struct Row {
 /// `Row::note` text.
 pub const MAYBE_DOUBLE_REPORTED: &str = "may be double-reported after a restart";
 
-#[derive(Default)]
 pub struct Books {
     reported: BTreeMap<Key, BTreeMap<String, BootBooks>>,
     found: BTreeMap<Key, Found>,
@@ -139,11 +139,31 @@ pub struct Books {
     host_window_ms: HashMap<String, i64>,
     /// Window size of the latest record of any host: used for hosts without records.
     fleet_window_ms: Option<i64>,
+    /// Used when no record says a window size.
+    default_window_ms: i64,
+}
+
+impl Default for Books {
+    fn default() -> Books {
+        Books::new()
+    }
 }
 
 impl Books {
     pub fn new() -> Books {
-        Books::default()
+        Books::with_window(DEFAULT_WINDOW_MS)
+    }
+
+    /// Books whose events of hosts no record describes use `window_ms` windows.
+    pub fn with_window(window_ms: i64) -> Books {
+        Books {
+            reported: BTreeMap::new(),
+            found: BTreeMap::new(),
+            boot_start: HashMap::new(),
+            host_window_ms: HashMap::new(),
+            fleet_window_ms: None,
+            default_window_ms: window_ms.max(1),
+        }
     }
 
     /// Merges one audit record (the highest seq per host, boot, window and topic wins).
@@ -192,7 +212,7 @@ impl Books {
             .get(host)
             .copied()
             .or(self.fleet_window_ms)
-            .unwrap_or(DEFAULT_WINDOW_MS)
+            .unwrap_or(self.default_window_ms)
     }
 
     /// Counts one record found in `topic`.

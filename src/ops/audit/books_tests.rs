@@ -242,6 +242,10 @@ fn events_use_their_hosts_window_size_and_since_until_select_windows() {
     // A host without records: the fleet's window size.
     assert_eq!(b.window_start("other", T0 + 25_000), T0 + 20_000);
     assert_eq!(Books::new().window_start("other", T0 + 25_000), T0);
+    assert_eq!(
+        Books::with_window(5_000).window_start("other", T0 + 27_000),
+        T0 + 25_000
+    );
     found(&mut b, "h1", T0 + 25_000, 0..1);
     assert_eq!(b.rows(LATE, GRACE, i64::MIN, i64::MAX).len(), 2);
     assert_eq!(b.rows(LATE, GRACE, T0 + 1, i64::MAX).len(), 1);
