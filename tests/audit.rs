@@ -250,6 +250,20 @@ async fn a_clean_run_is_complete_and_a_recreated_topic_is_missing() {
     assert!(rows.iter().all(|r| r["status"] == "complete"), "{rows:#?}");
     assert_eq!(total(&rows, &click, "found"), 20);
     assert_eq!(total(&rows, &dl, "found"), 2);
+    // The table says the same.
+    let table = checker(&b.brokers(), &b.topics, &b.audit_topic)
+        .args(["--grace", "0"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert_eq!(table.status.code(), Some(0), "{text}");
+    assert!(text.starts_with("WINDOW"), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.contains(&click) && l.contains(HOST) && l.ends_with("complete")),
+        "{text}"
+    );
+    println!("{text}");
     let windows: Vec<i64> = rows
         .iter()
         .filter(|r| r["topic"] == click.as_str())
