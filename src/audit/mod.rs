@@ -170,13 +170,45 @@ fn header<'a>(r: &'a Record, key: &str) -> Option<&'a str> {
 /// What the replayer tells the books about each spooled record it is done with.
 pub struct ReplayAudit {
     books: Arc<Books>,
-    /// Records received before this (this process's start) were spooled by a predecessor.
-    boot_ms: i64,
+    /// Set once the records inherited from a predecessor's spool are counted as pending; the
+    /// replayer waits for it, so none is delivered before it is counted.
+    inventoried: std::sync::atomic::AtomicBool,
+    inventoried_notify: tokio::sync::Notify,
 }
 
 impl ReplayAudit {
-    pub fn new(books: Arc<Books>, boot_ms: i64) -> ReplayAudit {
-        ReplayAudit { books, boot_ms }
+    pub fn new(books: Arc<Books>) -> ReplayAudit {
+        ReplayAudit {
+            books,
+            inventoried: std::sync::atomic::AtomicBool::new(false),
+            inventoried_notify: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// A record a predecessor spooled and this process will replay: pending in its window.
+    pub fn inherited(&self, r: &Record) {
+        let at = received_at_ms(&r.payload).unwrap_or_else(crate::now_ms);
+        self.books.pending(at, &r.topic);
+    }
+
+    /// Every inherited record is counted.
+    pub fn inventory_done(&self) {
+        self.inventoried
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.inventoried_notify.notify_waiters();
+    }
+
+    /// Waits until the inventory of inherited records is done.
+    pub async fn inventoried(&self) {
+        loop {
+            let notified = self.inventoried_notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.inventoried.load(std::sync::atomic::Ordering::SeqCst) {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// Kafka acknowledged a spooled record.
@@ -191,9 +223,7 @@ impl ReplayAudit {
             }
             RecordKind::DeadLetter => Some(header(r, "reason").unwrap_or("unknown")),
         };
-        let own = received.is_some_and(|ms| ms >= self.boot_ms);
-        self.books
-            .replayed(at, &r.topic, r.payload.len(), reason, own);
+        self.books.replayed(at, &r.topic, r.payload.len(), reason);
     }
 
     /// The replayer moved a spooled record to the quarantine.
@@ -204,9 +234,8 @@ impl ReplayAudit {
             RecordKind::DeadLetter => "dead_letter",
         };
         metrics::counter!(m::AUDIT_QUARANTINED, "kind" => kind).increment(1);
-        let own = received.is_some_and(|ms| ms >= self.boot_ms);
         self.books
-            .quarantined(received.unwrap_or_else(crate::now_ms), &r.topic, own);
+            .quarantined(received.unwrap_or_else(crate::now_ms), &r.topic);
     }
 }
 

@@ -127,7 +127,6 @@ fn a_request_counts_acked_spooled_and_refused_records_apart() {
 #[test]
 fn spooled_records_move_from_pending_to_replayed_once() {
     let b = Arc::new(books());
-    let boot = 10_000;
     let records = vec![
         event(12_000),
         event(12_000),
@@ -142,7 +141,7 @@ fn spooled_records_move_from_pending_to_replayed_once() {
     Tally::of(&records).settle(&b, &delivered, 12_000);
     assert_eq!(b.counts(12_000, CLICK).unwrap().events_pending, 2);
     assert_eq!(b.counts(12_000, CLICK).unwrap().events_kafka, 0);
-    let replay = ReplayAudit::new(b.clone(), boot);
+    let replay = ReplayAudit::new(b.clone());
     replay.acknowledged(&records[0]);
     replay.quarantined(&records[1]);
     replay.acknowledged(&records[2]);
@@ -161,8 +160,10 @@ fn spooled_records_move_from_pending_to_replayed_once() {
     assert_eq!((d.events_replayed, d.events_pending), (1, 0));
     assert_eq!(d.dead_letters.get("too_deep"), Some(&1));
 
-    // A predecessor's record (received before this boot) is replayed, not taken off pending.
+    // A predecessor's record: pending once inventoried, then replayed.
     let old = event(3_000);
+    replay.inherited(&old);
+    assert_eq!(b.counts(3_000, CLICK).unwrap().events_pending, 1);
     replay.acknowledged(&old);
     let c = b.counts(3_000, CLICK).unwrap();
     assert_eq!((c.events_replayed, c.events_pending), (1, 0));
@@ -284,7 +285,7 @@ async fn a_window_is_republished_cumulatively_with_a_higher_seq_when_it_changes(
     assert_eq!(sink.records()[0].topic.as_ref(), "events.audit");
 
     // The replayer delivers one: the window is published again, cumulative, with a higher seq.
-    let replay = ReplayAudit::new(b.clone(), 0);
+    let replay = ReplayAudit::new(b.clone());
     replay.acknowledged(&records[1]);
     let second = wait_for(&sink, 2).await;
     let r2 = &second[1];

@@ -224,16 +224,28 @@ impl Books {
         }
     }
 
-    /// A spooled record acknowledged by Kafka through the replayer. `own`: spooled by this boot
-    /// (its pending count goes down); records inherited from an earlier process's spool only
-    /// add to `events_replayed`.
+    /// A record inherited from an earlier process's spool, to be replayed by this one.
+    pub fn pending(&self, received_at_ms: i64, topic: &Arc<str>) {
+        if !self.enabled {
+            return;
+        }
+        let now = crate::now_ms();
+        let ok = self.change(&mut self.lock(), received_at_ms, topic, now, |c| {
+            c.events_pending += 1;
+        });
+        if !ok {
+            metrics::counter!(m::AUDIT_OVERFLOW, "kind" => "events").increment(1);
+        }
+    }
+
+    /// A spooled record (this process's or an inherited one) acknowledged by Kafka through
+    /// the replayer: from pending to replayed.
     pub fn replayed(
         &self,
         received_at_ms: i64,
         topic: &Arc<str>,
         bytes: usize,
         dead_letter_reason: Option<&str>,
-        own: bool,
     ) {
         if !self.enabled {
             return;
@@ -242,7 +254,7 @@ impl Books {
         let ok = self.change(&mut self.lock(), received_at_ms, topic, now, |c| {
             c.events_replayed += 1;
             c.bytes += bytes as i64;
-            if own && c.events_pending > 0 {
+            if c.events_pending > 0 {
                 c.events_pending -= 1;
             }
             if let Some(reason) = dead_letter_reason {
@@ -255,14 +267,14 @@ impl Books {
     }
 
     /// A spooled record moved to the quarantine by replay: no longer pending, never delivered.
-    pub fn quarantined(&self, received_at_ms: i64, topic: &Arc<str>, own: bool) {
+    pub fn quarantined(&self, received_at_ms: i64, topic: &Arc<str>) {
         if !self.enabled {
             return;
         }
         let now = crate::now_ms();
         let ok = self.change(&mut self.lock(), received_at_ms, topic, now, |c| {
             c.quarantined += 1;
-            if own && c.events_pending > 0 {
+            if c.events_pending > 0 {
                 c.events_pending -= 1;
             }
         });

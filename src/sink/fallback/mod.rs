@@ -100,7 +100,7 @@ struct ReplayToKafka {
     kafka: Arc<KafkaSink>,
     breaker: Arc<Breaker>,
     /// Set once at start-up (`Sink::attach_audit`): the books replayed records are counted in.
-    audit: std::sync::OnceLock<crate::audit::ReplayAudit>,
+    audit: std::sync::OnceLock<Arc<crate::audit::ReplayAudit>>,
 }
 
 impl ReplayTarget for ReplayToKafka {
@@ -110,6 +110,10 @@ impl ReplayTarget for ReplayToKafka {
         deadline: Instant,
     ) -> BoxFuture<'a, ReplayResult> {
         Box::pin(async move {
+            if let Some(audit) = self.audit.get() {
+                // Nothing inherited is delivered before the audit has counted it as pending.
+                audit.inventoried().await;
+            }
             let out = self
                 .kafka
                 .send_partial(records, deadline, Duration::from_millis(200))
@@ -145,8 +149,6 @@ pub struct FallbackSink {
     spool: Spool,
     breaker: Arc<Breaker>,
     target: Arc<ReplayToKafka>,
-    /// This process's start: spooled records received before it are a predecessor's.
-    started_ms: i64,
     replayer: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     gauges: tokio::task::JoinHandle<()>,
 }
@@ -160,7 +162,6 @@ impl FallbackSink {
             breaker: breaker.clone(),
             audit: std::sync::OnceLock::new(),
         });
-        let started_ms = now_ms();
         let replayer = spawn_replayer(&spool, target.clone(), replay);
         let gauges = {
             let spool = spool.clone();
@@ -180,7 +181,6 @@ impl FallbackSink {
             spool,
             breaker,
             target,
-            started_ms,
             replayer: std::sync::Mutex::new(Some(replayer)),
             gauges,
         }
@@ -267,11 +267,41 @@ impl Sink for FallbackSink {
         self.spool.retry_after_secs()
     }
 
-    fn attach_audit(&self, audit: Arc<crate::audit::Books>) {
-        let _ = self
-            .target
-            .audit
-            .set(crate::audit::ReplayAudit::new(audit, self.started_ms));
+    /// Also counts, as pending, what an earlier process left in the spool (read in the
+    /// background; the replayer waits for it). Call before the first request.
+    fn attach_audit(&self, books: Arc<crate::audit::Books>) {
+        let enabled = books.enabled();
+        let audit = Arc::new(crate::audit::ReplayAudit::new(books));
+        if self.target.audit.set(audit.clone()).is_err() {
+            return;
+        }
+        if !enabled {
+            audit.inventory_done();
+            return;
+        }
+        let inventory = self.spool.inventory();
+        tokio::task::spawn_blocking(move || {
+            /// Replay must never wait for an inventory that ended early (a panic).
+            struct Done(Arc<crate::audit::ReplayAudit>);
+            impl Drop for Done {
+                fn drop(&mut self) {
+                    self.0.inventory_done();
+                }
+            }
+            let done = Done(audit);
+            let mut n = 0u64;
+            inventory.for_each_record(|r| {
+                done.0.inherited(r);
+                n += 1;
+            });
+            drop(done);
+            if n > 0 {
+                tracing::info!(
+                    records = n,
+                    "audit: counted the records left in the spool as pending"
+                );
+            }
+        });
     }
 
     fn close(&self) -> BoxFuture<'_, ()> {

@@ -391,3 +391,73 @@ async fn a_late_ack_of_a_spooled_record_is_counted_once() {
     );
     s.sink.close().await;
 }
+
+/// The next process on a spool counts what its predecessor left there as pending, in the
+/// records' (old) windows, before replaying it; then as replayed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_counts_the_inherited_spool_as_pending_then_replayed() {
+    let Setup {
+        cluster,
+        sink,
+        _dir: dir,
+    } = setup(1 << 20);
+    sink.send_batch(vec![record(0)], deadline(5000))
+        .await
+        .unwrap();
+    cluster.broker_down(1).unwrap();
+    let at = 1_700_000_000_500;
+    let records: Vec<Record> = (0..3).map(|_| crate::audit::tests::event(at)).collect();
+    let d = sink.send_batch(records, deadline(300)).await.unwrap();
+    assert_eq!(d.spooled.len(), 3);
+    sink.close().await;
+    drop(sink);
+
+    let kafka = KafkaSink::new(
+        &producer_config(&cluster.bootstrap_servers(), &BTreeMap::new()),
+        Duration::from_millis(100),
+    )
+    .unwrap();
+    let spool = Spool::open(SpoolOptions {
+        dir: dir.path().to_owned(),
+        max_bytes: 1 << 20,
+        max_age: Duration::from_secs(3600),
+        segment_bytes: 1 << 20,
+        seal_after: Duration::from_millis(50),
+        io_error_backoff: Duration::from_millis(100),
+    })
+    .unwrap();
+    let replay = ReplayOptions {
+        batch_records: 100,
+        batch_bytes: 1 << 20,
+        ack_timeout: Duration::from_millis(1000),
+        max_backoff: Duration::from_millis(200),
+        doubtful_refusal_grace: Duration::ZERO,
+    };
+    let next = FallbackSink::new(Arc::new(kafka), spool, replay);
+    let books = Arc::new(crate::audit::Books::new(
+        true,
+        1_000,
+        100,
+        0,
+        "events.invalid",
+    ));
+    next.attach_audit(books.clone());
+    let window = books.window_of(at);
+    let counts = || books.counts(window, TOPIC).unwrap_or_default();
+    let until = Instant::now() + Duration::from_secs(20);
+    while counts().events_pending != 3 && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(counts().events_pending, 3, "inherited records are pending");
+    cluster.broker_up(1).unwrap();
+    let until = Instant::now() + Duration::from_secs(30);
+    while counts().events_replayed < 3 && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let c = counts();
+    assert_eq!(
+        (c.events_kafka, c.events_replayed, c.events_pending),
+        (0, 3, 0)
+    );
+    next.close().await;
+}

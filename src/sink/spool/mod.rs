@@ -117,6 +117,7 @@
 //! loses the replay checkpoint. Each duplicate carries the same event id; consumers dedupe on it.
 
 mod format;
+mod inventory;
 pub mod quarantine;
 mod replay;
 pub(crate) mod segment;
@@ -131,6 +132,7 @@ pub use format::{
     decode_quarantined, decode_record, encode_body, encode_record, record_body_len, Content,
     Format, Frame, FrameKind, Item, Quarantined, MAX_RECORD,
 };
+pub use inventory::Inventory;
 pub use replay::{spawn_replayer, ReplayOptions, ReplayResult, ReplayTarget};
 pub use segment::{scan, ScanResult};
 
