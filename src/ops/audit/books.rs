@@ -5,15 +5,14 @@
 //! per (host, boot id, window, topic), so of several records for one key the highest `seq` wins;
 //! a host's total is the sum over its boot ids.
 //!
-//! Pending events (spooled, not delivered yet) keep a window's books open. A gateway killed with
-//! `kill -9` never lowers its own `events_pending`: its successor replays that spool and reports
-//! the delivered events under its own boot id. So pending counts are carried from boot to boot
-//! in start order (a boot starts at its earliest `published_at_ms`): each later boot's
-//! `events_replayed` for the key pays off the pending of the boots before it, then its own
-//! pending is added. A successor's replay of its own spooled events can pay off a predecessor's
-//! pending too (the counts cannot tell them apart): then the books close early and what the
-//! predecessor never delivered shows as nothing at all. Rare (a restart and new spooling in the
-//! same window), and documented.
+//! Pending events (spooled, not delivered yet) keep a window's books open. Only the latest boot
+//! of a host (the one with the largest `published_at_ms`) speaks for its spool: a restarted
+//! gateway first counts what its predecessor left in the spool as pending in those records' own
+//! windows, under its own boot id, then as replayed once delivered; the predecessor's last
+//! record keeps a stale pending count forever. So a row's pending is the latest boot's pending
+//! for that key, and 0 when the latest boot has no record for it (nothing of it left in the
+//! spool). Until the new boot publishes, the old one is the latest and its pending stands: the
+//! safe direction (the publisher's contract, /work/helpers/audit-contract.md point 5).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -107,7 +106,7 @@ pub struct Row {
     pub host: String,
     /// events_kafka + events_replayed, summed over boot ids.
     pub reported: i64,
-    /// Spooled events still undelivered (carried across boots, see the module doc).
+    /// Spooled events still undelivered, as the host's latest boot says (see the module doc).
     pub pending: i64,
     /// Distinct events found in the topic.
     pub found: i64,
@@ -133,8 +132,8 @@ pub const MAYBE_DOUBLE_REPORTED: &str = "may be double-reported after a restart"
 pub struct Books {
     reported: BTreeMap<Key, BTreeMap<String, BootBooks>>,
     found: BTreeMap<Key, Found>,
-    /// (host, boot id) -> earliest published_at_ms seen: the order of boots.
-    boot_start: HashMap<(String, String), i64>,
+    /// host -> (largest published_at_ms, boot id): the host's latest boot.
+    latest_boot: HashMap<String, (i64, String)>,
     /// Window size per host, from its latest records.
     host_window_ms: HashMap<String, i64>,
     /// Window size of the latest record of any host: used for hosts without records.
@@ -159,7 +158,7 @@ impl Books {
         Books {
             reported: BTreeMap::new(),
             found: BTreeMap::new(),
-            boot_start: HashMap::new(),
+            latest_boot: HashMap::new(),
             host_window_ms: HashMap::new(),
             fleet_window_ms: None,
             default_window_ms: window_ms.max(1),
@@ -171,11 +170,14 @@ impl Books {
         if r.window_ms <= 0 {
             return;
         }
-        let start = self
-            .boot_start
-            .entry((r.collector_host.clone(), r.boot_id.clone()))
-            .or_insert(r.published_at_ms);
-        *start = (*start).min(r.published_at_ms);
+        let candidate = (r.published_at_ms, r.boot_id.clone());
+        match self.latest_boot.get_mut(&r.collector_host) {
+            Some(latest) if *latest >= candidate => {}
+            Some(latest) => *latest = candidate,
+            None => {
+                self.latest_boot.insert(r.collector_host.clone(), candidate);
+            }
+        }
         self.host_window_ms
             .insert(r.collector_host.clone(), r.window_ms);
         self.fleet_window_ms = Some(r.window_ms);
@@ -269,25 +271,15 @@ impl Books {
         let boots = self.reported.get(key);
         let (reported, pending, window_ms) = match boots {
             Some(boots) => {
-                let mut ordered: Vec<(&String, &BootBooks)> = boots.iter().collect();
-                ordered.sort_by_key(|(id, _)| {
-                    let start = self
-                        .boot_start
-                        .get(&(key.host.clone(), (*id).clone()))
-                        .copied()
-                        .unwrap_or(i64::MIN);
-                    (start, (*id).clone())
+                let reported = boots.values().fold(0i64, |sum, b| {
+                    sum.saturating_add(b.kafka.saturating_add(b.replayed))
                 });
-                let mut pending = 0i64;
-                let mut reported = 0i64;
-                let mut window_ms = 0;
-                for (_, b) in ordered {
-                    reported = reported.saturating_add(b.kafka.saturating_add(b.replayed));
-                    pending = (pending - b.replayed)
-                        .max(0)
-                        .saturating_add(b.pending.max(0));
-                    window_ms = window_ms.max(b.window_ms);
-                }
+                let pending = self
+                    .latest_boot
+                    .get(&key.host)
+                    .and_then(|(_, boot)| boots.get(boot))
+                    .map_or(0, |b| b.pending.max(0));
+                let window_ms = boots.values().map(|b| b.window_ms).max().unwrap_or(0);
                 (reported, pending, window_ms)
             }
             None => (0, 0, self.window_ms(&key.host)),

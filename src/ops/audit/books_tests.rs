@@ -175,20 +175,37 @@ fn pending_events_keep_the_books_open_then_fail_past_grace() {
 }
 
 #[test]
-fn a_successors_replay_pays_off_a_killed_boots_pending() {
+fn only_the_latest_boot_speaks_for_the_spool() {
+    // b1 spooled 5 and was killed; b2 (published later) counted them as pending, then replayed.
     let mut b = Books::new();
-    // b1 spooled 5 and was killed; b2 (started later) replayed them under its own boot id.
     b.add_record(&record("h1", "b1", 1, T0, 10, 0, 5, T0 + W));
-    b.add_record(&record("h1", "b2", 1, T0, 0, 5, 0, T0 + 2 * W));
-    found(&mut b, "h1", T0, 0..15);
+    b.add_record(&record("h1", "b2", 1, T0, 0, 0, 5, T0 + 2 * W));
+    found(&mut b, "h1", T0, 0..10);
+    assert_eq!(only(&b, LATE).status, Status::PendingPastGrace);
+    b.add_record(&record("h1", "b2", 2, T0, 0, 5, 0, T0 + 3 * W));
+    found(&mut b, "h1", T0, 10..15);
     let row = only(&b, LATE);
     assert_eq!((row.reported, row.pending), (15, 0));
     assert_eq!(row.status, Status::Complete);
-    // Without the successor's record the killed boot's pending stays outstanding.
+    // Until a successor publishes, the killed boot's pending stands.
     let mut b = Books::new();
     b.add_record(&record("h1", "b1", 1, T0, 10, 0, 5, T0 + W));
     found(&mut b, "h1", T0, 0..10);
     assert_eq!(only(&b, LATE).status, Status::PendingPastGrace);
+    // A successor with no record for the window left nothing of it in the spool: the stale
+    // pending is void and the counts decide.
+    let mut other = record("h1", "b2", 1, T0 + 5 * W, 1, 0, 0, T0 + 6 * W);
+    other.topic = "events.page_view".into();
+    b.add_record(&other);
+    let rows = b.rows(LATE, GRACE, i64::MIN, i64::MAX);
+    assert_eq!((rows[0].pending, rows[0].status), (0, Status::Complete));
+    // Another host's boots do not count.
+    let mut b = Books::new();
+    b.add_record(&record("h1", "b1", 1, T0, 10, 0, 5, T0 + W));
+    b.add_record(&record("h2", "b9", 1, T0, 0, 0, 0, T0 + 9 * W));
+    found(&mut b, "h1", T0, 0..10);
+    let rows = b.rows(LATE, GRACE, i64::MIN, i64::MAX);
+    assert_eq!(rows[0].status, Status::PendingPastGrace);
 }
 
 #[test]
