@@ -172,7 +172,9 @@ struct TailArgs {
 #[derive(clap::Args)]
 struct AuditArgs {
     /// The gateway's TOML configuration: its `[kafka]` section (brokers, dead-letter topic,
-    /// librdkafka security settings). EVENTPIPE_* variables apply too.
+    /// librdkafka security settings), `audit.topic`, `audit.window_secs`, and `schemas` with
+    /// `kafka.topic_prefix` (topics read even when no audit record names them).
+    /// EVENTPIPE_* variables apply too.
     #[arg(long, env = "EVENTPIPE_CONFIG")]
     config: Option<PathBuf>,
     /// Kafka bootstrap brokers (default: kafka.brokers, else 127.0.0.1:9092).

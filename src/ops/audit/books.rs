@@ -257,13 +257,16 @@ impl Books {
         self.found.values().map(|f| f.ids.len()).sum()
     }
 
-    /// The verdicts for windows starting in `[since_ms, until_ms)`, judged at `now_ms`.
+    /// The verdicts for windows starting in `[since_ms, until_ms)`, judged at `now_ms`; rows
+    /// with nothing reported, pending or found are left out.
     pub fn rows(&self, now_ms: i64, grace_ms: i64, since_ms: i64, until_ms: i64) -> Vec<Row> {
         let keys: std::collections::BTreeSet<&Key> =
             self.reported.keys().chain(self.found.keys()).collect();
         keys.into_iter()
             .filter(|k| k.window_start_ms >= since_ms && k.window_start_ms < until_ms)
             .map(|k| self.row(k, now_ms, grace_ms))
+            // A record with nothing to balance (a dead-letter record with only refusals).
+            .filter(|r| r.reported != 0 || r.found != 0 || r.pending != 0)
             .collect()
     }
 

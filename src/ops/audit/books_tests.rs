@@ -247,6 +247,13 @@ fn anonymous_dead_letters_are_counted_by_record() {
     assert_eq!((row.found, row.duplicates, row.missing), (2, 0, 1));
     b.add_found("events.invalid", "h1", T0, Identity::Anonymous);
     assert_eq!(only(&b, LATE).status, Status::Complete);
+    // A record with nothing to balance (only refusals) makes no row.
+    b.add_record(&AuditRecord {
+        topic: "events.invalid".into(),
+        requests_refused: Some([("rate_limited".to_string(), 4)].into()),
+        ..record("h1", "b1", 2, T0 + W, 0, 0, 0, T0 + 2 * W)
+    });
+    assert_eq!(only(&b, LATE).window_start_ms, T0);
 }
 
 #[test]
