@@ -102,6 +102,8 @@ async fn topics_create_is_idempotent_and_tail_prints_decoded_events() {
         stdout.contains(&format!("created {}", topics.dead_letter)),
         "{stdout}"
     );
+    // And the audit topic (`audit.topic`, on by default).
+    assert!(stdout.contains("created events.audit"), "{stdout}");
     // The same topics, named by the gateway's config file instead of flags.
     let dir = tempfile::tempdir().unwrap();
     let gw_config = dir.path().join("gw.toml");

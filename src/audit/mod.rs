@@ -21,12 +21,13 @@
 //!   client retries; the topic then holds more than reported: never a false "missing").
 //!
 //! # Restarts
-//! A new process replays what its predecessor left in the spool and counts it, under its own
-//! boot id, in `events_replayed` of the records' (old) windows. It cannot know how many of an
-//! old window's records are still in the spool, so it reports no `events_pending` for them, and
-//! the predecessor's last record for such a window still shows the pending count it had when it
-//! stopped. See `/work/helpers/audit-contract.md` (README "Auditing") for how the checker reads
-//! that: pending of a boot that has a successor on the same host is stale.
+//! A new process on the same spool first counts every record its predecessor left there as
+//! pending in that record's (old) window, under its own boot id (an inventory of the sealed
+//! segments from their replay checkpoints, read in the background before the replayer delivers
+//! anything: `FallbackSink::attach_audit`), publishes those windows at once (they are closed),
+//! and moves them to `events_replayed` as it delivers them. The predecessor's last record for
+//! such a window keeps the pending count it had when it stopped; the checker reads pending from
+//! a host's latest boot only (README "Auditing", /work/helpers/audit-contract.md).
 //!
 //! # Cost on the request path
 //! One pass over the request's records into a few groups (usually one per topic), one lock of

@@ -51,6 +51,9 @@ struct State {
     /// How long one publish waits for Kafka's acknowledgements.
     timeout: Duration,
     seq: i64,
+    /// The last failed publish was refused for good (e.g. the audit topic does not exist):
+    /// retrying within the shutdown budget cannot help.
+    refused: bool,
 }
 
 impl Publisher {
@@ -75,6 +78,7 @@ impl Publisher {
             delay_ms: delay_ms as i64,
             timeout,
             seq: 0,
+            refused: false,
         };
         let task = tokio::spawn(async move {
             let mut backoff = first_backoff;
@@ -134,11 +138,16 @@ impl State {
     /// Publishes `due`; true if every record was acknowledged.
     async fn publish(&mut self, due: Vec<Snapshot>) -> bool {
         let mut all_ok = true;
+        self.refused = false;
         for chunk in due.chunks(CHUNK) {
             let records: Vec<Record> = chunk.iter().map(|s| self.record(s)).collect();
             let deadline = Instant::now() + self.timeout;
             let failed: Vec<usize> = match self.sink.send_batch(records, deadline).await {
                 Ok(d) => {
+                    if let Some((_, reason)) = d.refused.first() {
+                        self.refused = true;
+                        log_failure(reason, d.refused.len());
+                    }
                     // The audit's own producer has no spool: anything not refused was acked.
                     d.refused.iter().map(|(i, _)| *i).chain(d.spooled).collect()
                 }
@@ -211,7 +220,7 @@ impl State {
             if matches!(ok, Ok(true)) {
                 continue;
             }
-            if Instant::now() + backoff >= deadline {
+            if self.refused || Instant::now() + backoff >= deadline {
                 let left = self.books.due(crate::now_ms(), self.delay_ms, true);
                 let windows: std::collections::BTreeSet<i64> =
                     left.iter().map(|s| s.window_start_ms).collect();

@@ -141,6 +141,8 @@ fn cors_layer(cors: &CorsConfig) -> CorsLayer {
 }
 
 #[cfg(test)]
+mod audit_tests;
+#[cfg(test)]
 mod auth_tests;
 #[cfg(test)]
 mod size_tests;

@@ -255,8 +255,10 @@ impl Topics {
     /// Creates every topic the shipped schemas need.
     pub async fn create(&self, brokers: &str) {
         let registry = eventpipe::schema::Registry::load(&root().join("schemas")).unwrap();
-        let names =
+        let mut names =
             eventpipe::ops::topics::needed_topics(&registry, &self.prefix, &self.dead_letter);
+        // The audit topic (`audit.topic`'s default): gateways publish their books there.
+        names.push("events.audit".into());
         eventpipe::ops::topics::create(brokers, &names, 2, 1)
             .await
             .expect("creating topics");
