@@ -210,7 +210,9 @@ struct TailArgs {
 #[derive(clap::Args)]
 struct AuditArgs {
     /// The gateway's TOML configuration: its `[kafka]` section (brokers, dead-letter topic,
-    /// librdkafka security settings). EVENTPIPE_* variables apply too.
+    /// librdkafka security settings), `audit.topic`, `audit.window_secs`, and `schemas` with
+    /// `kafka.topic_prefix` (topics read even when no audit record names them).
+    /// EVENTPIPE_* variables apply too.
     #[arg(long, env = "EVENTPIPE_CONFIG")]
     config: Option<PathBuf>,
     /// Kafka bootstrap brokers (default: kafka.brokers, else 127.0.0.1:9092).
@@ -410,7 +412,21 @@ fn audit(args: AuditArgs) -> u8 {
         (true, None) => Some(ops::audit::TimeArg::Ago(Duration::from_secs(3600))),
         (_, since) => since,
     };
+    // The config's routing: events of a gateway that publishes no audit records are still read.
+    let extra_topics = match schema::Registry::load(&config.schemas) {
+        Ok(registry) => ops::topics::needed_topics(
+            &registry,
+            &config.kafka.topic_prefix,
+            &config.kafka.dead_letter_topic,
+        ),
+        Err(e) => {
+            tracing::info!(error = %e, "audit: schemas not loaded; reading the topics audit records name");
+            Vec::new()
+        }
+    };
     let opts = ops::audit::AuditOptions {
+        extra_topics,
+        default_window: Duration::from_secs(config.audit.window_secs),
         brokers: config.kafka.brokers,
         librdkafka: config.kafka.librdkafka,
         audit_topic: config.audit.topic,

@@ -5,15 +5,14 @@
 //! per (host, boot id, window, topic), so of several records for one key the highest `seq` wins;
 //! a host's total is the sum over its boot ids.
 //!
-//! Pending events (spooled, not delivered yet) keep a window's books open. A gateway killed with
-//! `kill -9` never lowers its own `events_pending`: its successor replays that spool and reports
-//! the delivered events under its own boot id. So pending counts are carried from boot to boot
-//! in start order (a boot starts at its earliest `published_at_ms`): each later boot's
-//! `events_replayed` for the key pays off the pending of the boots before it, then its own
-//! pending is added. A successor's replay of its own spooled events can pay off a predecessor's
-//! pending too (the counts cannot tell them apart): then the books close early and what the
-//! predecessor never delivered shows as nothing at all. Rare (a restart and new spooling in the
-//! same window), and documented.
+//! Pending events (spooled, not delivered yet) keep a window's books open. Only the latest boot
+//! of a host (the one with the largest `published_at_ms`) speaks for its spool: a restarted
+//! gateway first counts what its predecessor left in the spool as pending in those records' own
+//! windows, under its own boot id, then as replayed once delivered; the predecessor's last
+//! record keeps a stale pending count forever. So a row's pending is the latest boot's pending
+//! for that key, and 0 when the latest boot has no record for it (nothing of it left in the
+//! spool). Until the new boot publishes, the old one is the latest and its pending stands: the
+//! safe direction (the publisher's contract, /work/helpers/audit-contract.md point 5).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -21,7 +20,8 @@ use serde::Serialize;
 
 use crate::thrift::generated::AuditRecord;
 
-/// Window size assumed for events when no audit record says one (the publisher's default).
+/// Window size assumed for events when no audit record says one, unless told otherwise
+/// (`Books::with_window`; the publisher's default).
 pub const DEFAULT_WINDOW_MS: i64 = 60_000;
 
 /// One row of the report.
@@ -106,7 +106,7 @@ pub struct Row {
     pub host: String,
     /// events_kafka + events_replayed, summed over boot ids.
     pub reported: i64,
-    /// Spooled events still undelivered (carried across boots, see the module doc).
+    /// Spooled events still undelivered, as the host's latest boot says (see the module doc).
     pub pending: i64,
     /// Distinct events found in the topic.
     pub found: i64,
@@ -129,21 +129,40 @@ pub struct Row {
 /// `Row::note` text.
 pub const MAYBE_DOUBLE_REPORTED: &str = "may be double-reported after a restart";
 
-#[derive(Default)]
 pub struct Books {
     reported: BTreeMap<Key, BTreeMap<String, BootBooks>>,
     found: BTreeMap<Key, Found>,
-    /// (host, boot id) -> earliest published_at_ms seen: the order of boots.
-    boot_start: HashMap<(String, String), i64>,
+    /// host -> (largest published_at_ms, boot id): the host's latest boot.
+    latest_boot: HashMap<String, (i64, String)>,
     /// Window size per host, from its latest records.
     host_window_ms: HashMap<String, i64>,
     /// Window size of the latest record of any host: used for hosts without records.
     fleet_window_ms: Option<i64>,
+    /// Used when no record says a window size.
+    default_window_ms: i64,
+}
+
+impl Default for Books {
+    fn default() -> Books {
+        Books::new()
+    }
 }
 
 impl Books {
     pub fn new() -> Books {
-        Books::default()
+        Books::with_window(DEFAULT_WINDOW_MS)
+    }
+
+    /// Books whose events of hosts no record describes use `window_ms` windows.
+    pub fn with_window(window_ms: i64) -> Books {
+        Books {
+            reported: BTreeMap::new(),
+            found: BTreeMap::new(),
+            latest_boot: HashMap::new(),
+            host_window_ms: HashMap::new(),
+            fleet_window_ms: None,
+            default_window_ms: window_ms.max(1),
+        }
     }
 
     /// Merges one audit record (the highest seq per host, boot, window and topic wins).
@@ -151,11 +170,14 @@ impl Books {
         if r.window_ms <= 0 {
             return;
         }
-        let start = self
-            .boot_start
-            .entry((r.collector_host.clone(), r.boot_id.clone()))
-            .or_insert(r.published_at_ms);
-        *start = (*start).min(r.published_at_ms);
+        let candidate = (r.published_at_ms, r.boot_id.clone());
+        match self.latest_boot.get_mut(&r.collector_host) {
+            Some(latest) if *latest >= candidate => {}
+            Some(latest) => *latest = candidate,
+            None => {
+                self.latest_boot.insert(r.collector_host.clone(), candidate);
+            }
+        }
         self.host_window_ms
             .insert(r.collector_host.clone(), r.window_ms);
         self.fleet_window_ms = Some(r.window_ms);
@@ -192,7 +214,7 @@ impl Books {
             .get(host)
             .copied()
             .or(self.fleet_window_ms)
-            .unwrap_or(DEFAULT_WINDOW_MS)
+            .unwrap_or(self.default_window_ms)
     }
 
     /// Counts one record found in `topic`.
@@ -235,13 +257,16 @@ impl Books {
         self.found.values().map(|f| f.ids.len()).sum()
     }
 
-    /// The verdicts for windows starting in `[since_ms, until_ms)`, judged at `now_ms`.
+    /// The verdicts for windows starting in `[since_ms, until_ms)`, judged at `now_ms`; rows
+    /// with nothing reported, pending or found are left out.
     pub fn rows(&self, now_ms: i64, grace_ms: i64, since_ms: i64, until_ms: i64) -> Vec<Row> {
         let keys: std::collections::BTreeSet<&Key> =
             self.reported.keys().chain(self.found.keys()).collect();
         keys.into_iter()
             .filter(|k| k.window_start_ms >= since_ms && k.window_start_ms < until_ms)
             .map(|k| self.row(k, now_ms, grace_ms))
+            // A record with nothing to balance (a dead-letter record with only refusals).
+            .filter(|r| r.reported != 0 || r.found != 0 || r.pending != 0)
             .collect()
     }
 
@@ -249,25 +274,15 @@ impl Books {
         let boots = self.reported.get(key);
         let (reported, pending, window_ms) = match boots {
             Some(boots) => {
-                let mut ordered: Vec<(&String, &BootBooks)> = boots.iter().collect();
-                ordered.sort_by_key(|(id, _)| {
-                    let start = self
-                        .boot_start
-                        .get(&(key.host.clone(), (*id).clone()))
-                        .copied()
-                        .unwrap_or(i64::MIN);
-                    (start, (*id).clone())
+                let reported = boots.values().fold(0i64, |sum, b| {
+                    sum.saturating_add(b.kafka.saturating_add(b.replayed))
                 });
-                let mut pending = 0i64;
-                let mut reported = 0i64;
-                let mut window_ms = 0;
-                for (_, b) in ordered {
-                    reported = reported.saturating_add(b.kafka.saturating_add(b.replayed));
-                    pending = (pending - b.replayed)
-                        .max(0)
-                        .saturating_add(b.pending.max(0));
-                    window_ms = window_ms.max(b.window_ms);
-                }
+                let pending = self
+                    .latest_boot
+                    .get(&key.host)
+                    .and_then(|(_, boot)| boots.get(boot))
+                    .map_or(0, |b| b.pending.max(0));
+                let window_ms = boots.values().map(|b| b.window_ms).max().unwrap_or(0);
                 (reported, pending, window_ms)
             }
             None => (0, 0, self.window_ms(&key.host)),

@@ -175,20 +175,37 @@ fn pending_events_keep_the_books_open_then_fail_past_grace() {
 }
 
 #[test]
-fn a_successors_replay_pays_off_a_killed_boots_pending() {
+fn only_the_latest_boot_speaks_for_the_spool() {
+    // b1 spooled 5 and was killed; b2 (published later) counted them as pending, then replayed.
     let mut b = Books::new();
-    // b1 spooled 5 and was killed; b2 (started later) replayed them under its own boot id.
     b.add_record(&record("h1", "b1", 1, T0, 10, 0, 5, T0 + W));
-    b.add_record(&record("h1", "b2", 1, T0, 0, 5, 0, T0 + 2 * W));
-    found(&mut b, "h1", T0, 0..15);
+    b.add_record(&record("h1", "b2", 1, T0, 0, 0, 5, T0 + 2 * W));
+    found(&mut b, "h1", T0, 0..10);
+    assert_eq!(only(&b, LATE).status, Status::PendingPastGrace);
+    b.add_record(&record("h1", "b2", 2, T0, 0, 5, 0, T0 + 3 * W));
+    found(&mut b, "h1", T0, 10..15);
     let row = only(&b, LATE);
     assert_eq!((row.reported, row.pending), (15, 0));
     assert_eq!(row.status, Status::Complete);
-    // Without the successor's record the killed boot's pending stays outstanding.
+    // Until a successor publishes, the killed boot's pending stands.
     let mut b = Books::new();
     b.add_record(&record("h1", "b1", 1, T0, 10, 0, 5, T0 + W));
     found(&mut b, "h1", T0, 0..10);
     assert_eq!(only(&b, LATE).status, Status::PendingPastGrace);
+    // A successor with no record for the window left nothing of it in the spool: the stale
+    // pending is void and the counts decide.
+    let mut other = record("h1", "b2", 1, T0 + 5 * W, 1, 0, 0, T0 + 6 * W);
+    other.topic = "events.page_view".into();
+    b.add_record(&other);
+    let rows = b.rows(LATE, GRACE, i64::MIN, i64::MAX);
+    assert_eq!((rows[0].pending, rows[0].status), (0, Status::Complete));
+    // Another host's boots do not count.
+    let mut b = Books::new();
+    b.add_record(&record("h1", "b1", 1, T0, 10, 0, 5, T0 + W));
+    b.add_record(&record("h2", "b9", 1, T0, 0, 0, 0, T0 + 9 * W));
+    found(&mut b, "h1", T0, 0..10);
+    let rows = b.rows(LATE, GRACE, i64::MIN, i64::MAX);
+    assert_eq!(rows[0].status, Status::PendingPastGrace);
 }
 
 #[test]
@@ -230,6 +247,13 @@ fn anonymous_dead_letters_are_counted_by_record() {
     assert_eq!((row.found, row.duplicates, row.missing), (2, 0, 1));
     b.add_found("events.invalid", "h1", T0, Identity::Anonymous);
     assert_eq!(only(&b, LATE).status, Status::Complete);
+    // A record with nothing to balance (only refusals) makes no row.
+    b.add_record(&AuditRecord {
+        topic: "events.invalid".into(),
+        requests_refused: Some([("rate_limited".to_string(), 4)].into()),
+        ..record("h1", "b1", 2, T0 + W, 0, 0, 0, T0 + 2 * W)
+    });
+    assert_eq!(only(&b, LATE).window_start_ms, T0);
 }
 
 #[test]
@@ -242,6 +266,10 @@ fn events_use_their_hosts_window_size_and_since_until_select_windows() {
     // A host without records: the fleet's window size.
     assert_eq!(b.window_start("other", T0 + 25_000), T0 + 20_000);
     assert_eq!(Books::new().window_start("other", T0 + 25_000), T0);
+    assert_eq!(
+        Books::with_window(5_000).window_start("other", T0 + 27_000),
+        T0 + 25_000
+    );
     found(&mut b, "h1", T0 + 25_000, 0..1);
     assert_eq!(b.rows(LATE, GRACE, i64::MIN, i64::MAX).len(), 2);
     assert_eq!(b.rows(LATE, GRACE, T0 + 1, i64::MAX).len(), 1);
