@@ -251,6 +251,10 @@ async fn log_lines_of_a_request_name_its_id() {
         .with_max_level(tracing::Level::WARN)
         .finish();
     let _default = tracing::subscriber::set_default(subscriber);
+    // Other tests run in parallel threads without a subscriber: a callsite they hit first can
+    // have its interest cached as "never" before this thread's subscriber exists. Recompute it
+    // now that it does (a test-harness artifact: a process has one global subscriber).
+    tracing::callsite::rebuild_interest_cache();
     let (router, sink) = router(&Config::default());
     sink.fail_with(Some(SinkError::SpoolFull));
     let (status, _) = answer(&router, post("not json", Some("id-logged"))).await;
