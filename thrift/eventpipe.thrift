@@ -134,4 +134,8 @@ struct AuditRecord {
   12: optional map<string, i64> requests_refused
   13: required i64 published_at_ms
   14: required string collector_version
+  // Spooled events (answered 202) that replay had to move to the quarantine (Kafka refused them
+  // for good): acknowledged to clients and never in this topic. The checker counts them as
+  // reported, so they show as missing until an operator re-sends them.
+  15: optional i64 events_quarantined
 }

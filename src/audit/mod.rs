@@ -11,9 +11,9 @@
 //!   topic twice; the audit counts it once, when the replayer has it acknowledged).
 //! - `events_pending`: answered as spooled and not yet delivered by this boot's replayer;
 //!   `events_replayed`: delivered by the replayer (pending goes down by one). Records the
-//!   replayer quarantines leave pending too and are counted in
-//!   `eventpipe_audit_quarantined_records_total`: they were acknowledged to the client and will
-//!   never be in their topic, so the checker rightly reports them missing.
+//!   replayer quarantines leave pending for `events_quarantined` (and
+//!   `eventpipe_audit_quarantined_records_total`): they were acknowledged to the client and will
+//!   never be in their topic, so the checker counts them as reported and hence missing.
 //! - Dead letters count like events on the dead-letter topic's record, plus `dead_letters` by
 //!   reason; whole requests refused count in its `requests_refused` by reason (401, 429, 503...).
 //! - Retries answered from the dedup window were not produced again and are not counted again.

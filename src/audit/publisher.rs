@@ -190,6 +190,7 @@ impl State {
             events_replayed: c.events_replayed,
             events_pending: c.events_pending,
             bytes: c.bytes,
+            events_quarantined: Some(c.quarantined),
             dead_letters: dead_letter.then(|| c.dead_letters.clone()),
             requests_refused: dead_letter.then(|| {
                 c.requests_refused

@@ -748,10 +748,11 @@ pub struct AuditRecord {
   pub requests_refused: Option<BTreeMap<String, i64>>,
   pub published_at_ms: i64,
   pub collector_version: String,
+  pub events_quarantined: Option<i64>,
 }
 
 impl AuditRecord {
-  pub fn new<F11, F12>(collector_host: String, boot_id: String, seq: i64, window_start_ms: i64, window_ms: i64, topic: String, events_kafka: i64, events_replayed: i64, events_pending: i64, bytes: i64, dead_letters: F11, requests_refused: F12, published_at_ms: i64, collector_version: String) -> AuditRecord where F11: Into<Option<BTreeMap<String, i64>>>, F12: Into<Option<BTreeMap<String, i64>>> {
+  pub fn new<F11, F12, F15>(collector_host: String, boot_id: String, seq: i64, window_start_ms: i64, window_ms: i64, topic: String, events_kafka: i64, events_replayed: i64, events_pending: i64, bytes: i64, dead_letters: F11, requests_refused: F12, published_at_ms: i64, collector_version: String, events_quarantined: F15) -> AuditRecord where F11: Into<Option<BTreeMap<String, i64>>>, F12: Into<Option<BTreeMap<String, i64>>>, F15: Into<Option<i64>> {
     AuditRecord {
       collector_host,
       boot_id,
@@ -767,6 +768,7 @@ impl AuditRecord {
       requests_refused: requests_refused.into(),
       published_at_ms,
       collector_version,
+      events_quarantined: events_quarantined.into(),
     }
   }
 }
@@ -788,6 +790,7 @@ impl TSerializable for AuditRecord {
     let mut f_12: Option<BTreeMap<String, i64>> = None;
     let mut f_13: Option<i64> = None;
     let mut f_14: Option<String> = None;
+    let mut f_15: Option<i64> = None;
     loop {
       let field_ident = i_prot.read_field_begin()?;
       if field_ident.field_type == TType::Stop {
@@ -865,6 +868,10 @@ impl TSerializable for AuditRecord {
           let val = i_prot.read_string()?;
           f_14 = Some(val);
         },
+        15 => {
+          let val = i_prot.read_i64()?;
+          f_15 = Some(val);
+        },
         _ => {
           i_prot.skip(field_ident.field_type)?;
         },
@@ -899,6 +906,7 @@ impl TSerializable for AuditRecord {
       requests_refused: f_12,
       published_at_ms: f_13.expect("auto-generated code should have checked for presence of required fields"),
       collector_version: f_14.expect("auto-generated code should have checked for presence of required fields"),
+      events_quarantined: f_15,
     };
     Ok(ret)
   }
@@ -961,6 +969,11 @@ impl TSerializable for AuditRecord {
     o_prot.write_field_begin(&TFieldIdentifier::new("collector_version", TType::String, 14))?;
     o_prot.write_string(&self.collector_version)?;
     o_prot.write_field_end()?;
+    if let Some(fld_var) = self.events_quarantined {
+      o_prot.write_field_begin(&TFieldIdentifier::new("events_quarantined", TType::I64, 15))?;
+      o_prot.write_i64(fld_var)?;
+      o_prot.write_field_end()?
+    }
     o_prot.write_field_stop()?;
     o_prot.write_struct_end()
   }

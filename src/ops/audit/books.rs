@@ -39,6 +39,8 @@ struct BootBooks {
     window_ms: i64,
     kafka: i64,
     replayed: i64,
+    /// Acknowledged to clients, then refused for good on replay (never in the topic).
+    quarantined: i64,
     pending: i64,
 }
 
@@ -104,7 +106,8 @@ pub struct Row {
     pub window_ms: i64,
     pub topic: String,
     pub host: String,
-    /// events_kafka + events_replayed, summed over boot ids.
+    /// events_kafka + events_replayed + events_quarantined (acknowledged to clients, refused by
+    /// Kafka on replay: never found, so missing until re-sent), summed over boot ids.
     pub reported: i64,
     /// Spooled events still undelivered, as the host's latest boot says (see the module doc).
     pub pending: i64,
@@ -192,6 +195,7 @@ impl Books {
             window_ms: r.window_ms,
             kafka: r.events_kafka,
             replayed: r.events_replayed,
+            quarantined: r.events_quarantined.unwrap_or(0).max(0),
             pending: r.events_pending,
         };
         match boots.get_mut(&r.boot_id) {
@@ -275,7 +279,11 @@ impl Books {
         let (reported, pending, window_ms) = match boots {
             Some(boots) => {
                 let reported = boots.values().fold(0i64, |sum, b| {
-                    sum.saturating_add(b.kafka.saturating_add(b.replayed))
+                    sum.saturating_add(
+                        b.kafka
+                            .saturating_add(b.replayed)
+                            .saturating_add(b.quarantined),
+                    )
                 });
                 let pending = self
                     .latest_boot

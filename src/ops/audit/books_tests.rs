@@ -32,6 +32,7 @@ fn record(
         None,
         published,
         "test".into(),
+        None,
     )
 }
 
@@ -286,4 +287,19 @@ fn forgetting_a_topic_drops_what_was_found_not_what_was_reported() {
     b.forget_found("events.click");
     let row = only(&b, LATE);
     assert_eq!((row.missing, row.status), (2, Status::Incomplete));
+}
+
+#[test]
+fn spooled_events_quarantined_on_replay_are_reported_and_so_missing() {
+    // Five answered 200, three answered 202 and then refused for good by Kafka on replay: the
+    // clients were told all eight are durable, the topic holds five.
+    let mut b = Books::new();
+    b.add_record(&AuditRecord {
+        events_quarantined: Some(3),
+        ..record("h1", "b1", 1, T0, 5, 0, 0, T0 + W)
+    });
+    found(&mut b, "h1", T0, 0..5);
+    let row = only(&b, LATE);
+    assert_eq!((row.reported, row.found, row.missing), (8, 5, 3));
+    assert_eq!(row.status, Status::Incomplete);
 }
