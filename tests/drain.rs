@@ -317,6 +317,21 @@ async fn drain_interrupted_by_sigterm_and_kill9_resumes_and_completes() {
 
     let mut first = spawn_drain(&spool, &broker.brokers(), &log);
     let seen = progressed(&mut first, total);
+    // The progress line (every --progress-interval 1s): records done of the total, bytes, rate
+    // and an ETA — here "unknown", with the broker frozen.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let line = loop {
+        let log_text = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(l) = log_text.lines().find(|l| l.contains("drain: ")) {
+            break l.to_owned();
+        }
+        assert!(Instant::now() < deadline, "no progress line: {log_text}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        line.contains(" records (") && line.contains("records/s") && line.contains("ETA"),
+        "{line}"
+    );
     signal(first.id(), "TERM");
     let status = wait_exit(&mut first, Duration::from_secs(60)).expect("drain ignored SIGTERM");
     signal(broker.pid(), "CONT");

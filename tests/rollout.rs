@@ -408,7 +408,11 @@ async fn rolling_restart(drain: bool, extra: &[(&str, &str)], fault: &str) -> Fl
     // again on the same ports and spool. Its exit after SIGTERM must be clean.
     let gws = Arc::new(Mutex::new(std::mem::take(&mut fleet.gateways)));
     let done = Arc::new(AtomicBool::new(false));
-    let supervisor = {
+    let mut supervisor = Supervisor {
+        done: done.clone(),
+        thread: None,
+    };
+    supervisor.thread = Some({
         let (gws, done, pids) = (gws.clone(), done.clone(), pids.clone());
         std::thread::spawn(move || {
             let mut restarts = [0u32; 3];
@@ -425,7 +429,7 @@ async fn rolling_restart(drain: bool, extra: &[(&str, &str)], fault: &str) -> Fl
             }
             restarts
         })
-    };
+    });
 
     // A light load: the audit reads all of it back.
     let ledger = Arc::new(Ledger::default());
@@ -476,10 +480,7 @@ async fn rolling_restart(drain: bool, extra: &[(&str, &str)], fault: &str) -> Fl
     for task in load {
         task.await.unwrap();
     }
-    done.store(true, Ordering::Relaxed);
-    let restarts = supervisor
-        .join()
-        .expect("supervisor (did a gateway exit uncleanly?)");
+    let restarts = supervisor.stop();
     fleet.gateways = Arc::try_unwrap(gws).ok().unwrap().into_inner().unwrap();
     assert!(out.status.success(), "rollout failed: {stderr}");
     assert_eq!(restarts, [1, 1, 1], "every host restarted once: {stderr}");
@@ -558,4 +559,32 @@ async fn a_rollout_without_drain_relies_on_the_health_checks_and_loses_nothing()
         "rolling restart of every host (`eventpipe rollout`, HAProxy health checks only; shutdown grace 5 s)",
     )
     .await;
+}
+
+/// The supervisor thread restarting gateways; stopped and joined on drop too, so a failing test
+/// does not leave it (and the gateway processes it owns) running.
+struct Supervisor {
+    done: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<[u32; 3]>>,
+}
+
+impl Supervisor {
+    /// Stops it; how often each gateway was restarted.
+    fn stop(&mut self) -> [u32; 3] {
+        self.done.store(true, Ordering::Relaxed);
+        self.thread
+            .take()
+            .expect("stopped once")
+            .join()
+            .expect("supervisor (did a gateway exit uncleanly?)")
+    }
+}
+
+impl Drop for Supervisor {
+    fn drop(&mut self) {
+        self.done.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
