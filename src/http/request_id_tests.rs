@@ -251,10 +251,12 @@ async fn log_lines_of_a_request_name_its_id() {
         .with_max_level(tracing::Level::WARN)
         .finish();
     let _default = tracing::subscriber::set_default(subscriber);
-    // Other tests run in parallel threads without a subscriber: a callsite they hit first can
-    // have its interest cached as "never" before this thread's subscriber exists. Recompute it
-    // now that it does (a test-harness artifact: a process has one global subscriber).
-    tracing::callsite::rebuild_interest_cache();
+    // Other tests run in parallel threads with no subscriber. While this thread's subscriber is
+    // the only dispatcher registered, tracing-core registers a new callsite with the *calling
+    // thread's* default, so a callsite another test reaches first is cached as "never" for
+    // everyone. A second live dispatcher makes it consult every registered one instead (a
+    // test-harness artifact: a real process has one global subscriber).
+    let _second = tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default());
     let (router, sink) = router(&Config::default());
     sink.fail_with(Some(SinkError::SpoolFull));
     let (status, _) = answer(&router, post("not json", Some("id-logged"))).await;

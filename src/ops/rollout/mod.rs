@@ -26,6 +26,7 @@ pub mod probe;
 
 use std::collections::HashMap;
 use std::io::Write;
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -354,6 +355,9 @@ async fn restart_host(
         .arg(&command)
         .env("EVENTPIPE_ROLLOUT_ADMIN", &host.url)
         .stdin(std::process::Stdio::null())
+        // Its own process group, so that giving up on it also stops what it started (ssh,
+        // kubectl...), not only the shell.
+        .process_group(0)
         .spawn()
         .map_err(|e| leave_drained(format!("cannot run the restart command: {e}")))?;
     let mut child = KillOnDrop(child);
@@ -484,12 +488,22 @@ async fn restart_host(
 }
 
 /// The restart command, killed if the rollout gives up on it.
+/// The restart command, killed with its whole process group if still running when dropped.
 struct KillOnDrop(std::process::Child);
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
         if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
+            let group = format!("-{}", self.0.id());
+            let killed_group = std::process::Command::new("kill")
+                .args(["-KILL", "--", &group])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if !killed_group {
+                let _ = self.0.kill();
+            }
             let _ = self.0.wait();
         }
     }
