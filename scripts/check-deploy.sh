@@ -134,10 +134,7 @@ EOF
 
 check_haproxy() {
   local cfg=${CHECK_DEPLOY_HAPROXY_CFG:-deploy/haproxy/haproxy.cfg}
-  if [[ ! -f $cfg ]]; then
-    echo "check-deploy: haproxy: $cfg does not exist on this branch, nothing to check"
-    return
-  fi
+  [[ -f $cfg ]] || fail "haproxy: $cfg is missing"
   need haproxy "apt-get install -y haproxy"
   # The config reads its addresses from the environment (the fleet test sets them); any loopback
   # values do for a syntax and semantics check.
@@ -163,10 +160,7 @@ check_container() {
 
 check_prometheus() {
   local dir=${CHECK_DEPLOY_PROMETHEUS_DIR:-deploy/prometheus}
-  if [[ ! -d $dir ]]; then
-    echo "check-deploy: prometheus: $dir does not exist on this branch, nothing to check"
-    return
-  fi
+  [[ -d $dir ]] || fail "prometheus: $dir is missing"
   need promtool "apt-get install -y prometheus"
   # Rule files are *.yml; *.test.yml are promtool unit tests of them.
   local rules=() tests=() f
