@@ -52,6 +52,17 @@ fn drain(dir: &Path, brokers: &str, env: &[(&str, &str)], extra: &[&str]) -> Out
         .unwrap()
 }
 
+fn pending_records(dir: &Path) -> i64 {
+    let out = eventpipe()
+        .args(["spool", "inspect", "--json", "--dir"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "inspect: {}", text(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["pending_records"].as_i64().unwrap()
+}
+
 fn clicks(n: usize) -> Value {
     let events: Vec<Value> = (0..n)
         .map(|_| json!({"schema": "click/1", "event_id": uuid::Uuid::new_v4().to_string(), "data": {"element": "buy"}}))
@@ -95,8 +106,10 @@ async fn drain_publishes_the_dead_hosts_audit_and_the_checker_ends_complete() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let client = reqwest::Client::new();
+    // (A loaded machine may make the first produce outlast the ack timeout: then some of it is
+    // spooled too.)
     let r = client.post(gw.url()).json(&clicks(3)).send().await.unwrap();
-    assert_eq!(r.status(), 200, "{}", gw.log_tail());
+    assert!(r.status().is_success(), "{}", gw.log_tail());
 
     proxy.cut();
     for _ in 0..3 {
@@ -105,12 +118,15 @@ async fn drain_publishes_the_dead_hosts_audit_and_the_checker_ends_complete() {
     }
     proxy.restore();
 
-    // The gateway publishes its windows, the spooled ones with events pending.
+    // The gateway publishes its windows, the spooled ones with events pending: as many as its
+    // spool holds (read-only `spool inspect` of the live spool).
     let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
+    let spooled = loop {
         let (_, rows, _) = check(&brokers, &audit, &topics);
-        if rows.iter().map(|r| r["pending"].as_i64().unwrap()).sum::<i64>() >= 15 {
-            break;
+        let pending: i64 = rows.iter().map(|r| r["pending"].as_i64().unwrap()).sum();
+        let held = pending_records(&spool);
+        if pending >= 15 && pending == held {
+            break held;
         }
         assert!(
             Instant::now() < deadline,
@@ -118,7 +134,7 @@ async fn drain_publishes_the_dead_hosts_audit_and_the_checker_ends_complete() {
             gw.log_tail()
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    };
     gw.kill9();
     // A host gone for good: nothing will ever bring its pending windows to 0.
     let (code, rows, err) = check(&brokers, &audit, &topics);
@@ -137,21 +153,35 @@ async fn drain_publishes_the_dead_hosts_audit_and_the_checker_ends_complete() {
     );
     let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(summary["outcome"], "drained", "{summary}");
-    assert_eq!(summary["replayed"], 15, "{summary}");
-    assert_eq!(summary["audit"]["status"], "published", "{summary}");
-    assert_eq!(summary["audit"]["inventoried"], 15, "{summary}");
-    let host = summary["audit"]["collector_host"].clone();
+    assert_eq!(summary["replayed"], spooled, "{summary}");
 
     let (code, rows, err) = check(&brokers, &audit, &topics);
-    assert_eq!(code, Some(0), "not complete after the drain: {rows:?} {err}");
+    assert_eq!(
+        code,
+        Some(0),
+        "not complete after the drain: {rows:?} {err}"
+    );
+    assert_eq!(summary["audit"]["status"], "published", "{summary}");
+    assert_eq!(summary["audit"]["inventoried"], spooled, "{summary}");
+    let host = summary["audit"]["collector_host"].clone();
     let clicks_topic = topics.topic("click");
-    let data: Vec<&Value> = rows.iter().filter(|r| r["topic"] == clicks_topic.as_str()).collect();
+    let data: Vec<&Value> = rows
+        .iter()
+        .filter(|r| r["topic"] == clicks_topic.as_str())
+        .collect();
     assert!(!data.is_empty(), "{rows:?}");
     for r in &rows {
         assert_eq!(r["status"], "complete", "{r}");
-        assert_eq!((&r["pending"], &r["missing"]), (&json!(0), &json!(0)), "{r}");
+        assert_eq!(
+            (&r["pending"], &r["missing"]),
+            (&json!(0), &json!(0)),
+            "{r}"
+        );
         assert_eq!(r["host"], host, "{r}");
     }
     let reported: i64 = data.iter().map(|r| r["reported"].as_i64().unwrap()).sum();
-    assert_eq!(reported, 18, "3 direct + 15 drained: {rows:?}");
+    assert_eq!(
+        reported, 18,
+        "every acknowledged event, directly or drained: {rows:?}"
+    );
 }

@@ -369,11 +369,17 @@ pub async fn drain(
     }
     let mut summary = summary(outcome, &spool);
     if let Some(a) = audit {
-        let drained = outcome == Outcome::Drained;
-        if drained {
+        use super::drain_audit::{FLUSH_BUDGET, INTERRUPT_FLUSH_BUDGET};
+        let budget = match outcome {
+            Outcome::Drained => Some(FLUSH_BUDGET),
+            Outcome::Interrupted => Some(INTERRUPT_FLUSH_BUDGET),
+            // Kafka acknowledged nothing for the timeout: the audit would not get through.
+            Outcome::TimedOut | Outcome::Empty => None,
+        };
+        if budget.is_some() {
             let _ = writeln!(progress, "audit: publishing the last audit records");
         }
-        summary.audit = Some(a.finish(drained, super::drain_audit::FLUSH_BUDGET).await);
+        summary.audit = Some(a.finish(outcome == Outcome::Drained, budget).await);
     }
     if outcome == Outcome::TimedOut {
         let _ = writeln!(

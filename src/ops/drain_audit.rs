@@ -36,6 +36,10 @@ use crate::sink::spool::Spool;
 /// audit topic does not exist) ends it at once.
 pub const FLUSH_BUDGET: Duration = Duration::from_secs(30);
 
+/// The same after SIGINT/SIGTERM (as a gateway's shutdown publishes what it counted): short,
+/// the operator asked the drain to stop.
+pub const INTERRUPT_FLUSH_BUDGET: Duration = Duration::from_secs(5);
+
 /// Host names remembered while reading the spool (enough to name them in a warning).
 const MAX_HOSTS: usize = 8;
 
@@ -50,8 +54,8 @@ pub enum AuditStatus {
     Failed,
     /// Not audited: the records name several hosts, or none.
     Skipped,
-    /// The drain stopped early (interrupted, timed out): nothing more was published; the next
-    /// run counts what is left.
+    /// The drain stopped early (interrupted: what was counted is published within a short
+    /// budget; timed out: nothing more is published). The next run counts what is left.
     Stopped,
 }
 
@@ -91,7 +95,9 @@ impl AuditSummary {
                 self.detail.as_deref().unwrap_or("?")
             ),
             AuditStatus::Stopped => format!(
-                "audit: stopped with the drain (host {host}); the next run publishes what is left"
+                "audit: stopped with the drain (host {host}, {} audit record(s) unpublished); \
+                 the next run publishes what is left",
+                self.unpublished
             ),
         }
     }
@@ -214,29 +220,29 @@ impl DrainAudit {
         }
     }
 
-    /// After a complete drain: publishes everything not yet published within `budget`.
-    /// Otherwise (stopped early) stops publishing at once.
-    pub async fn finish(mut self, drained: bool, budget: Duration) -> AuditSummary {
+    /// Publishes everything not yet published within `budget` (None: stops publishing at once).
+    /// `drained`: the spool is empty, the books are final.
+    pub async fn finish(mut self, drained: bool, budget: Option<Duration>) -> AuditSummary {
         let Some(publisher) = self.publisher.take() else {
             return self.summary;
         };
+        match budget {
+            Some(b) => publisher.shutdown(b).await,
+            None => drop(publisher),
+        }
+        let left = self.books.due(crate::now_ms(), 0, true).len() as u64;
+        self.summary.unpublished = left;
         if !drained {
-            drop(publisher);
             self.summary.status = AuditStatus::Stopped;
             // Its destructor may wait on a broker that is not answering: the process ends soon.
             std::mem::forget(self.sink.take());
-            return self.summary;
-        }
-        publisher.shutdown(budget).await;
-        let left = self.books.due(crate::now_ms(), 0, true).len() as u64;
-        self.summary.unpublished = left;
-        if left == 0 {
+        } else if left == 0 {
             self.summary.status = AuditStatus::Published;
         } else {
             self.summary.status = AuditStatus::Failed;
             self.summary.detail = Some(format!(
                 "not acknowledged within {}s (is the audit topic there? `eventpipe topics create`)",
-                budget.as_secs()
+                budget.unwrap_or_default().as_secs()
             ));
             std::mem::forget(self.sink.take());
         }
