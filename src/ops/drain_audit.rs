@@ -249,3 +249,93 @@ impl DrainAudit {
         self.summary
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sink::spool::SpoolOptions;
+    use crate::sink::Record;
+
+    fn spool(dir: &std::path::Path) -> Spool {
+        Spool::open(SpoolOptions {
+            dir: dir.to_owned(),
+            max_bytes: 1 << 30,
+            max_age: Duration::from_secs(3600),
+            segment_bytes: 1 << 20,
+            seal_after: Duration::from_millis(1),
+            io_error_backoff: Duration::from_secs(1),
+        })
+        .unwrap()
+    }
+
+    /// A spool holding `records`, closed and opened again (what a drain finds).
+    async fn spool_of(dir: &std::path::Path, records: &[Record]) -> Spool {
+        let s = spool(dir);
+        s.append(records).await.unwrap();
+        s.close().await;
+        spool(dir)
+    }
+
+    fn event_of(host: &str, received_at_ms: i64) -> Record {
+        let mut r = crate::audit::tests::event(received_at_ms);
+        let mut ev: crate::thrift::Event = crate::thrift::from_compact_bytes(&r.payload).unwrap();
+        ev.enrichment.collector_host = host.into();
+        r.payload = crate::thrift::to_compact_bytes(&ev);
+        r
+    }
+
+    fn config() -> Config {
+        // Nothing listens there: publishing fails.
+        let brokers = toml::Value::String("127.0.0.1:9".into());
+        crate::config::load(None, vec![], vec![("kafka.brokers", brokers)]).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_spool_naming_several_hosts_is_not_audited() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = spool_of(
+            dir.path(),
+            &[
+                event_of("a", 1_000),
+                event_of("b", 1_000),
+                event_of("a", 2_000),
+            ],
+        )
+        .await;
+        let audit = DrainAudit::start(&config(), &s).unwrap();
+        assert!(audit.replay_audit().is_none());
+        let summary = audit.finish(true, Some(Duration::from_secs(1))).await;
+        assert_eq!(summary.status, AuditStatus::Skipped);
+        assert_eq!(summary.inventoried, 3);
+        let detail = summary.detail.unwrap();
+        assert!(detail.contains("a (2), b (1)"), "{detail}");
+        s.close().await;
+    }
+
+    #[tokio::test]
+    async fn one_host_is_audited_under_its_name_and_a_failed_publish_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut odd = event_of("a", 1_000);
+        odd.payload = b"not thrift".to_vec();
+        let s = spool_of(
+            dir.path(),
+            &[event_of("a", 1_000), odd, event_of("a", 5_000)],
+        )
+        .await;
+        let audit = DrainAudit::start(&config(), &s).unwrap();
+        assert!(audit.replay_audit().is_some());
+        assert!(
+            audit
+                .started_line()
+                .contains("3 records counted as pending for host a"),
+            "{}",
+            audit.started_line()
+        );
+        let summary = audit.finish(true, Some(Duration::from_millis(300))).await;
+        assert_eq!(summary.collector_host.as_deref(), Some("a"));
+        assert_eq!(summary.status, AuditStatus::Failed, "{summary:?}");
+        assert!(summary.unpublished >= 1, "{summary:?}");
+        assert!(summary.text().contains("FAILED"), "{}", summary.text());
+        s.close().await;
+    }
+}
