@@ -72,7 +72,8 @@ enum SpoolCommand {
         #[arg(long, requires = "replay")]
         brokers: Option<String>,
     },
-    /// Replay a spool no gateway owns any more (a dead host's disk) to Kafka, until it is empty.
+    /// Replay a spool no gateway owns any more (a dead host's disk) to Kafka, until it is empty,
+    /// publishing the dead host's audit records for what it delivers (`[audit]` of the config).
     Drain(DrainArgs),
     /// Show what a spool holds, without changing it (safe on a live gateway's spool).
     Inspect {
