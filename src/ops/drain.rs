@@ -12,8 +12,8 @@
 //! Interrupting is safe at any point (SIGINT, SIGTERM or kill -9): checkpoints move only after
 //! Kafka acknowledged (or the quarantine fsynced) every record before them, so a rerun resumes
 //! at the last checkpoint; records acknowledged after it are sent again (duplicates with the
-//! same event id, never a loss). On SIGINT/SIGTERM the lock is released and the process exits at
-//! once without waiting for the batch in flight.
+//! same event id, never a loss). On SIGINT/SIGTERM the lock is released at once without waiting
+//! for the batch in flight; the audit records counted so far get at most 5 s to be published.
 //!
 //! Giving up: when nothing was acknowledged or quarantined for `timeout` (default 10 minutes)
 //! the drain exits non-zero, leaving the spool as it is. Ten minutes outlasts a broker restart
