@@ -74,7 +74,8 @@ enum SpoolCommand {
         #[arg(long, requires = "replay")]
         brokers: Option<String>,
     },
-    /// Replay a spool no gateway owns any more (a dead host's disk) to Kafka, until it is empty.
+    /// Replay a spool no gateway owns any more (a dead host's disk) to Kafka, until it is empty,
+    /// publishing the dead host's audit records for what it delivers (`[audit]` of the config).
     Drain(DrainArgs),
     /// Show what a spool holds, without changing it (safe on a live gateway's spool).
     Inspect {
@@ -93,7 +94,8 @@ struct DrainArgs {
     #[arg(long)]
     dir: PathBuf,
     /// The gateway's TOML configuration: its `[kafka]` section (brokers, librdkafka security
-    /// settings) and `spool.replay_batch_records`. EVENTPIPE_* variables apply too.
+    /// settings), `spool.replay_batch_records` and `[audit]` (topic, window: the drain publishes
+    /// the dead host's audit records). EVENTPIPE_* variables apply too.
     #[arg(long, env = "EVENTPIPE_CONFIG")]
     config: Option<PathBuf>,
     /// Kafka bootstrap brokers (default: kafka.brokers, else 127.0.0.1:9092).
@@ -109,6 +111,9 @@ struct DrainArgs {
     /// Print the final summary as one JSON object.
     #[arg(long)]
     json: bool,
+    /// Publish no audit records (as with `audit.enabled = false`).
+    #[arg(long)]
+    no_audit: bool,
 }
 
 #[derive(clap::Args)]
@@ -482,19 +487,27 @@ fn spool_drain(args: DrainArgs) -> anyhow::Result<()> {
         progress_every: args.progress_interval.max(Duration::from_millis(100)),
     };
     let producer = kafka::producer_config(&config.kafka.brokers, &config.kafka.librdkafka);
+    let audited = config.audit.enabled && !args.no_audit;
     // The producer outlives the runtime: on an early exit it is never dropped (below).
     let mut producer_handle = None;
     let summary = runtime()?.block_on(ops::drain::drain(
         &opts,
-        || {
+        |spool| {
             let kafka = Arc::new(
                 kafka::KafkaSink::new(&producer, Duration::from_secs(2))
                     .context("creating the Kafka producer")?,
             );
             producer_handle = Some(kafka.clone());
+            let audit = audited
+                .then(|| ops::drain::DrainAudit::start(&config, spool))
+                .transpose()?;
             Ok(ops::drain::Connection {
-                target: fallback::replay_target(kafka.clone()),
+                target: fallback::replay_target(
+                    kafka.clone(),
+                    audit.as_ref().and_then(|a| a.replay_audit()),
+                ),
                 reachable: Box::new(move || kafka.is_ready()),
+                audit,
             })
         },
         shutdown_signal(),

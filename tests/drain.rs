@@ -186,6 +186,9 @@ async fn drain_delivers_every_acknowledged_event_of_a_killed_gateways_spool() {
     assert_eq!(summary["remaining"], 0, "{summary}");
     assert_eq!(summary["quarantined"], 0, "{summary}");
     assert_eq!(summary["replayed"], before["pending_records"], "{summary}");
+    // The dead host's audit records are published (to `events.audit`, which the test topics
+    // include), under the host its records name.
+    assert_eq!(summary["audit"]["status"], "published", "{summary}");
     assert!(
         text(&out.stderr).contains("draining "),
         "{}",
@@ -552,6 +555,8 @@ async fn inspect_reports_a_known_spool_without_changing_it_and_drain_quarantines
         1,
         "{summary}"
     );
+    // These payloads are not Thrift: no record names its host, so nothing is audited.
+    assert_eq!(summary["audit"]["status"], "skipped", "{summary}");
     let after = inspect(&dir);
     assert_eq!(after["pending_records"], 0, "{after}");
     assert_eq!(after["segments"], serde_json::json!([]), "{after}");

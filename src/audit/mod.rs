@@ -267,5 +267,32 @@ pub fn received_at_ms(payload: &[u8]) -> Option<i64> {
     }
 }
 
+/// `Enrichment.collector_host` of an `Event` (field 7) or `DeadLetter` (field 10) payload: the
+/// host that received it (`eventpipe spool drain` publishes a dead host's audit under it).
+pub fn collector_host(payload: &[u8]) -> Option<String> {
+    let mut p = crate::thrift::bounded::BoundedCompact::new(payload);
+    p.read_struct_begin().ok()?;
+    loop {
+        let f = p.read_field_begin().ok()?;
+        match f.field_type {
+            TType::Stop => return None,
+            TType::Struct if matches!(f.id, Some(7) | Some(10)) => {
+                p.read_struct_begin().ok()?;
+                loop {
+                    let g = p.read_field_begin().ok()?;
+                    match g.field_type {
+                        TType::Stop => return None,
+                        TType::String if g.id == Some(4) => return p.read_string().ok(),
+                        other => p.skip(other).ok()?,
+                    }
+                    p.read_field_end().ok()?;
+                }
+            }
+            other => p.skip(other).ok()?,
+        }
+        p.read_field_end().ok()?;
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests;

@@ -83,6 +83,17 @@ fn the_receive_time_is_read_from_events_and_dead_letters() {
 }
 
 #[test]
+fn the_collector_host_is_read_from_events_and_dead_letters() {
+    assert_eq!(collector_host(&event(1).payload).as_deref(), Some("h"));
+    assert_eq!(
+        collector_host(&dead_letter(1, "schema_violation").payload).as_deref(),
+        Some("h")
+    );
+    assert_eq!(collector_host(b"not thrift"), None);
+    assert_eq!(collector_host(&[]), None);
+}
+
+#[test]
 fn counts_go_to_the_window_of_their_receive_time() {
     let b = books();
     for at in [1_000, 1_999, 2_000, -1] {

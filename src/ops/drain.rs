@@ -12,14 +12,18 @@
 //! Interrupting is safe at any point (SIGINT, SIGTERM or kill -9): checkpoints move only after
 //! Kafka acknowledged (or the quarantine fsynced) every record before them, so a rerun resumes
 //! at the last checkpoint; records acknowledged after it are sent again (duplicates with the
-//! same event id, never a loss). On SIGINT/SIGTERM the lock is released and the process exits at
-//! once without waiting for the batch in flight.
+//! same event id, never a loss). On SIGINT/SIGTERM the lock is released at once without waiting
+//! for the batch in flight; the audit records counted so far get at most 5 s to be published.
 //!
 //! Giving up: when nothing was acknowledged or quarantined for `timeout` (default 10 minutes)
 //! the drain exits non-zero, leaving the spool as it is. Ten minutes outlasts a broker restart
 //! or a leader election (and a few of the replayer's 35-second batch waits), while a script or a
 //! Kubernetes Job still fails visibly instead of hanging for ever on a wrong `--brokers` or a
 //! cluster that is down; `--timeout 0` waits for ever.
+//!
+//! Audit: with [`Connection::audit`], the drain publishes the audit records a restarted gateway
+//! on this spool would, under the dead host's identity (`crate::ops::drain_audit`), and flushes
+//! them before returning a complete drain.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -33,6 +37,8 @@ use serde::Serialize;
 
 use crate::sink::spool::{quarantine, spawn_replayer, Content, ReplayOptions, ReplayTarget};
 use crate::sink::spool::{Spool, SpoolOptions};
+
+pub use super::drain_audit::{AuditStatus, AuditSummary, DrainAudit};
 
 /// What to drain and how.
 #[derive(Debug, Clone)]
@@ -77,6 +83,8 @@ pub struct Summary {
     /// Files start-up found unreadable and set aside in `quarantine/` (kept for an operator).
     pub set_aside: Vec<String>,
     pub duration_secs: f64,
+    /// The audit records of the drain (None: not audited, or nothing to drain).
+    pub audit: Option<AuditSummary>,
 }
 
 impl Summary {
@@ -118,6 +126,10 @@ impl Summary {
                 "\nunreadable files set aside (kept whole, for an operator): {}",
                 self.set_aside.join(", ")
             ));
+        }
+        if let Some(a) = &self.audit {
+            line.push('\n');
+            line.push_str(&a.text());
         }
         if matches!(self.outcome, Outcome::Interrupted | Outcome::TimedOut) {
             line.push_str(
@@ -180,16 +192,19 @@ fn human_duration(d: Duration) -> String {
 pub struct Connection {
     pub target: Arc<dyn ReplayTarget>,
     pub reachable: Box<dyn Fn() -> bool + Send + Sync>,
+    /// The drain's audit (its replay audit must be the target's).
+    pub audit: Option<DrainAudit>,
 }
 
 /// Drains the spool at `opts.dir` until it is empty, `interrupt` resolves, or nothing moves for
 /// the timeout. `connect` is called once the spool is locked and known not to be empty (no
-/// Kafka client for a directory that is refused or empty). Progress lines go to `progress`.
+/// Kafka client for a directory that is refused or empty) with the opened spool, before the
+/// replayer starts. Progress lines go to `progress`.
 /// Errors: the directory is missing, not a directory, locked by a live process, or cannot be
 /// opened; `connect` failed.
 pub async fn drain(
     opts: &DrainOptions,
-    connect: impl FnOnce() -> anyhow::Result<Connection>,
+    connect: impl FnOnce(&Spool) -> anyhow::Result<Connection>,
     interrupt: impl Future<Output = ()>,
     progress: &mut impl Write,
 ) -> anyhow::Result<Summary> {
@@ -258,6 +273,7 @@ pub async fn drain(
                 .filter(|n| !unreadable_before.contains(n))
                 .collect(),
             duration_secs: started.elapsed().as_secs_f64(),
+            audit: None,
         }
     };
     if spool.is_empty() {
@@ -267,7 +283,8 @@ pub async fn drain(
     let Connection {
         target,
         reachable: kafka_reachable,
-    } = match connect() {
+        audit,
+    } = match connect(&spool) {
         Ok(c) => c,
         Err(e) => {
             spool.close().await;
@@ -280,6 +297,9 @@ pub async fn drain(
         human_bytes(bytes_total as f64),
         if segments == 1 { "" } else { "s" }
     );
+    if let Some(a) = &audit {
+        let _ = writeln!(progress, "{}", a.started_line());
+    }
     let replayer = spawn_replayer(&spool, target, opts.replay.clone());
     tokio::pin!(interrupt);
     let poll = opts.progress_every.min(Duration::from_millis(200));
@@ -347,7 +367,20 @@ pub async fn drain(
     } else {
         replayer.abort();
     }
-    let summary = summary(outcome, &spool);
+    let mut summary = summary(outcome, &spool);
+    if let Some(a) = audit {
+        use super::drain_audit::{FLUSH_BUDGET, INTERRUPT_FLUSH_BUDGET};
+        let budget = match outcome {
+            Outcome::Drained => Some(FLUSH_BUDGET),
+            Outcome::Interrupted => Some(INTERRUPT_FLUSH_BUDGET),
+            // Kafka acknowledged nothing for the timeout: the audit would not get through.
+            Outcome::TimedOut | Outcome::Empty => None,
+        };
+        if budget.is_some() {
+            let _ = writeln!(progress, "audit: publishing the last audit records");
+        }
+        summary.audit = Some(a.finish(outcome == Outcome::Drained, budget).await);
+    }
     if outcome == Outcome::TimedOut {
         let _ = writeln!(
             progress,

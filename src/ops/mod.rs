@@ -3,6 +3,7 @@
 
 pub mod audit;
 pub mod drain;
+pub mod drain_audit;
 pub mod inspect;
 pub mod quarantine;
 pub mod rollout;

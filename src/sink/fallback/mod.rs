@@ -145,11 +145,20 @@ impl ReplayTarget for ReplayToKafka {
 
 /// The replayer's Kafka target on its own (no live traffic to share a breaker with), for
 /// `eventpipe spool drain`: the same produce call and refusal classes as the gateway's replayer.
-pub fn replay_target(kafka: Arc<KafkaSink>) -> Arc<dyn ReplayTarget> {
+/// With `audit`, delivered and quarantined records are counted in its books as the gateway's
+/// replayer counts them (nothing is sent before `audit` says its inventory is done).
+pub fn replay_target(
+    kafka: Arc<KafkaSink>,
+    audit: Option<Arc<crate::audit::ReplayAudit>>,
+) -> Arc<dyn ReplayTarget> {
+    let slot = std::sync::OnceLock::new();
+    if let Some(a) = audit {
+        let _ = slot.set(a);
+    }
     Arc::new(ReplayToKafka {
         kafka,
         breaker: Arc::new(Breaker::new(Duration::from_secs(5))),
-        audit: std::sync::OnceLock::new(),
+        audit: slot,
     })
 }
 
