@@ -182,16 +182,15 @@ impl FallbackSink {
             audit: std::sync::OnceLock::new(),
         });
         let replayer = spawn_replayer(&spool, target.clone(), replay);
+        // Set once before anything can scrape: the gauges exist (at 0) from start-up, and a spool
+        // that holds records must never be reported empty, not even for the first second.
+        spool_gauges(&spool);
         let gauges = {
             let spool = spool.clone();
             tokio::spawn(async move {
                 loop {
-                    let s = spool.stats();
-                    metrics::gauge!(m::SPOOL_BYTES).set(s.bytes as f64);
-                    metrics::gauge!(m::SPOOL_RECORDS).set(s.records as f64);
-                    metrics::gauge!(m::SPOOL_OLDEST_AGE).set(s.oldest_age.as_secs_f64());
-                    metrics::gauge!(m::SPOOL_DRAIN_RATE).set(s.drain_bytes_per_sec);
                     tokio::time::sleep(Duration::from_secs(1)).await;
+                    spool_gauges(&spool);
                 }
             })
         };
@@ -341,3 +340,12 @@ impl Sink for FallbackSink {
 
 #[cfg(test)]
 mod tests;
+
+/// The spool's gauges from its current stats.
+fn spool_gauges(spool: &Spool) {
+    let s = spool.stats();
+    metrics::gauge!(m::SPOOL_BYTES).set(s.bytes as f64);
+    metrics::gauge!(m::SPOOL_RECORDS).set(s.records as f64);
+    metrics::gauge!(m::SPOOL_OLDEST_AGE).set(s.oldest_age.as_secs_f64());
+    metrics::gauge!(m::SPOOL_DRAIN_RATE).set(s.drain_bytes_per_sec);
+}
