@@ -45,6 +45,9 @@ pub async fn serve(
     admin: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
+    // The recorder first: what the sinks record while they are built (the recovered spool's
+    // gauges) would otherwise go nowhere, and the series registered at 0 would say "empty".
+    m::recorder();
     let registry = Registry::load(&config.schemas)?;
     let kafka = producer_config(&config.kafka.brokers, &config.kafka.librdkafka);
     let kafka =
