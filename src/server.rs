@@ -52,6 +52,8 @@ pub async fn serve(
     let kafka = producer_config(&config.kafka.brokers, &config.kafka.librdkafka);
     let kafka =
         KafkaSink::new(&kafka, Duration::from_secs(2)).context("creating the Kafka producer")?;
+    // One set of books for the request path and the replayer, attached before the replayer starts.
+    let audit = Arc::new(audit_books(&config));
     let sink: Arc<dyn Sink> = if config.spool.enabled {
         let s = &config.spool;
         let spool = Spool::open(SpoolOptions {
@@ -76,15 +78,16 @@ pub async fn serve(
                 "spool holds records from an earlier run; replaying"
             );
         }
-        Arc::new(FallbackSink::new(
+        Arc::new(FallbackSink::with_audit(
             Arc::new(kafka),
             spool,
             replay_options(&config),
+            audit.clone(),
         ))
     } else {
         Arc::new(kafka)
     };
-    serve_inner(config, registry, sink, public, admin, shutdown, true).await
+    serve_inner(config, registry, sink, Some(audit), public, admin, shutdown).await
 }
 
 /// How the replayer sends a spool back to Kafka: the gateway's and `eventpipe spool drain`'s
@@ -113,6 +116,16 @@ fn message_timeout_ms(config: &Config) -> u64 {
 
 /// Builds the shared gateway state from config, registry and sink.
 pub fn gateway(config: &Config, registry: Registry, sink: Arc<dyn Sink>) -> Arc<Gateway> {
+    gateway_with_audit(config, registry, sink, Arc::new(audit_books(config)))
+}
+
+/// [`gateway`] counting in the given audit books.
+fn gateway_with_audit(
+    config: &Config,
+    registry: Registry,
+    sink: Arc<dyn Sink>,
+    audit: Arc<crate::audit::Books>,
+) -> Arc<Gateway> {
     let pipeline = PipelineConfig::new(
         config.limits.clone(),
         &config.kafka.topic_prefix,
@@ -136,7 +149,7 @@ pub fn gateway(config: &Config, registry: Registry, sink: Arc<dyn Sink>) -> Arc<
         http_only: config.bench.http_only,
         access: http::auth::Access::new(config),
         admission: http::admission::Admission::new(&config.limits),
-        audit: Arc::new(audit_books(config)),
+        audit,
     })
 }
 
@@ -188,10 +201,10 @@ pub async fn serve_with_sink(
         config,
         registry,
         sink,
+        None,
         public,
         admin_listener,
         shutdown,
-        false,
     )
     .await
 }
@@ -200,11 +213,14 @@ async fn serve_inner(
     config: Config,
     registry: Registry,
     sink: Arc<dyn Sink>,
+    // `serve`'s books (already counted in by its spool's replayer): then audit records are
+    // published too. None (tests' `serve_with_sink`): new books, counted but never published.
+    audit: Option<Arc<crate::audit::Books>>,
     public: TcpListener,
     admin_listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
-    publish_audit: bool,
 ) -> anyhow::Result<()> {
+    let publish_audit = audit.is_some();
     // Install the metrics recorder before anything records.
     let prometheus = m::recorder();
     m::register();
@@ -213,7 +229,9 @@ async fn serve_inner(
     metrics::gauge!(m::SCHEMAS_LOADED).set(registry.len() as f64);
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
     metrics::gauge!(m::START_TIME).set(now.map(|d| d.as_secs_f64()).unwrap_or(0.0));
-    let gw = gateway(&config, registry, sink.clone());
+    // The books the sink's replayer already counts in (see `serve`), else new ones.
+    let audit = audit.unwrap_or_else(|| Arc::new(audit_books(&config)));
+    let gw = gateway_with_audit(&config, registry, sink.clone(), audit);
     sink.attach_audit(gw.audit.clone());
     let publisher = if publish_audit && config.audit.enabled {
         Some(audit_publisher(&config, &gw)?)

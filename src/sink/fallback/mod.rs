@@ -175,12 +175,35 @@ pub struct FallbackSink {
 impl FallbackSink {
     /// Wires Kafka and the spool and starts the replayer. Needs a Tokio runtime.
     pub fn new(kafka: Arc<KafkaSink>, spool: Spool, replay: ReplayOptions) -> FallbackSink {
+        FallbackSink::build(kafka, spool, replay, None)
+    }
+
+    /// [`FallbackSink::new`] with the audit books attached before the replayer starts, so that
+    /// no inherited record can be delivered before it is counted (the gateway's way).
+    pub fn with_audit(
+        kafka: Arc<KafkaSink>,
+        spool: Spool,
+        replay: ReplayOptions,
+        books: Arc<crate::audit::Books>,
+    ) -> FallbackSink {
+        FallbackSink::build(kafka, spool, replay, Some(books))
+    }
+
+    fn build(
+        kafka: Arc<KafkaSink>,
+        spool: Spool,
+        replay: ReplayOptions,
+        books: Option<Arc<crate::audit::Books>>,
+    ) -> FallbackSink {
         let breaker = Arc::new(Breaker::new(Duration::from_secs(5)));
         let target = Arc::new(ReplayToKafka {
             kafka: kafka.clone(),
             breaker: breaker.clone(),
             audit: std::sync::OnceLock::new(),
         });
+        if let Some(books) = books {
+            attach(&target, &spool, books);
+        }
         let replayer = spawn_replayer(&spool, target.clone(), replay);
         // Set once before anything can scrape: the gauges exist (at 0) from start-up, and a spool
         // that holds records must never be reported empty, not even for the first second.
@@ -288,38 +311,7 @@ impl Sink for FallbackSink {
     /// Also counts, as pending, what an earlier process left in the spool (read in the
     /// background; the replayer waits for it). Call before the first request.
     fn attach_audit(&self, books: Arc<crate::audit::Books>) {
-        let enabled = books.enabled();
-        let audit = Arc::new(crate::audit::ReplayAudit::new(books));
-        if self.target.audit.set(audit.clone()).is_err() {
-            return;
-        }
-        if !enabled {
-            audit.inventory_done();
-            return;
-        }
-        let inventory = self.spool.inventory();
-        tokio::task::spawn_blocking(move || {
-            /// Replay must never wait for an inventory that ended early (a panic).
-            struct Done(Arc<crate::audit::ReplayAudit>);
-            impl Drop for Done {
-                fn drop(&mut self) {
-                    self.0.inventory_done();
-                }
-            }
-            let done = Done(audit);
-            let mut n = 0u64;
-            inventory.for_each_record(|r| {
-                done.0.inherited(r);
-                n += 1;
-            });
-            drop(done);
-            if n > 0 {
-                tracing::info!(
-                    records = n,
-                    "audit: counted the records left in the spool as pending"
-                );
-            }
-        });
+        attach(&self.target, &self.spool, books);
     }
 
     fn close(&self) -> BoxFuture<'_, ()> {
@@ -348,4 +340,42 @@ fn spool_gauges(spool: &Spool) {
     metrics::gauge!(m::SPOOL_RECORDS).set(s.records as f64);
     metrics::gauge!(m::SPOOL_OLDEST_AGE).set(s.oldest_age.as_secs_f64());
     metrics::gauge!(m::SPOOL_DRAIN_RATE).set(s.drain_bytes_per_sec);
+}
+
+/// Points the replayer's target at `books` and counts, as pending, what an earlier process
+/// left in the spool (read in the background; the replayer waits for it). Once only: a second
+/// call is ignored.
+fn attach(target: &ReplayToKafka, spool: &Spool, books: Arc<crate::audit::Books>) {
+    let enabled = books.enabled();
+    let audit = Arc::new(crate::audit::ReplayAudit::new(books));
+    if target.audit.set(audit.clone()).is_err() {
+        return;
+    }
+    if !enabled {
+        audit.inventory_done();
+        return;
+    }
+    let inventory = spool.inventory();
+    tokio::task::spawn_blocking(move || {
+        /// Replay must never wait for an inventory that ended early (a panic).
+        struct Done(Arc<crate::audit::ReplayAudit>);
+        impl Drop for Done {
+            fn drop(&mut self) {
+                self.0.inventory_done();
+            }
+        }
+        let done = Done(audit);
+        let mut n = 0u64;
+        inventory.for_each_record(|r| {
+            done.0.inherited(r);
+            n += 1;
+        });
+        drop(done);
+        if n > 0 {
+            tracing::info!(
+                records = n,
+                "audit: counted the records left in the spool as pending"
+            );
+        }
+    });
 }
