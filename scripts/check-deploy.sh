@@ -74,8 +74,8 @@ import re, sys, tomllib
 unit = dict(re.findall(r"^(\w+)=(.*)$", open(sys.argv[1]).read(), re.M))
 c = tomllib.load(open(sys.argv[2], "rb"))
 stop = float(unit["TimeoutStopSec"].removesuffix("s"))
-need = c["shutdown_grace_secs"] + c["limits"]["request_timeout_ms"] / 1000 + c["kafka"]["ack_timeout_ms"] / 1000
-assert stop > need, f"TimeoutStopSec {stop} s is not above grace + drain + flush = {need} s"
+need = c["shutdown_grace_secs"] + c["limits"]["request_timeout_ms"] / 1000 + 2 * c["kafka"]["ack_timeout_ms"] / 1000  # producer flush + audit flush
+assert stop > need, f"TimeoutStopSec {stop} s is not above grace + drain + flushes = {need} s"
 nofile = int(unit["LimitNOFILE"])
 assert nofile > c["limits"]["max_connections"], f"LimitNOFILE {nofile} <= limits.max_connections"
 assert unit["Environment"] and "EVENTPIPE_SPOOL__DIR=%S/" in open(sys.argv[1]).read(), "spool not in the StateDirectory"
@@ -114,9 +114,9 @@ c = tomllib.loads(cm["data"]["eventpipe.toml"])
 pod = sts["spec"]["template"]["spec"]
 ctr = pod["containers"][0]
 pre = ctr["lifecycle"]["preStop"]["sleep"]["seconds"]
-need = pre + c["shutdown_grace_secs"] + c["limits"]["request_timeout_ms"] / 1000 + c["kafka"]["ack_timeout_ms"] / 1000
+need = pre + c["shutdown_grace_secs"] + c["limits"]["request_timeout_ms"] / 1000 + 2 * c["kafka"]["ack_timeout_ms"] / 1000  # producer + audit flush
 grace = pod["terminationGracePeriodSeconds"]
-assert grace > need, f"terminationGracePeriodSeconds {grace} is not above preStop + grace + drain + flush = {need}"
+assert grace > need, f"terminationGracePeriodSeconds {grace} is not above preStop + grace + drain + flushes = {need}"
 claims = {t["metadata"]["name"] for t in sts["spec"]["volumeClaimTemplates"]}
 spool = next(m for m in ctr["volumeMounts"] if m["name"] in claims)
 assert c["spool"]["dir"].startswith(spool["mountPath"] + "/"), "spool.dir is not on the claim"

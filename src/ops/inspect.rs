@@ -5,8 +5,7 @@
 //! tried and released at once, so a directory a live gateway (or a drain) holds is reported as
 //! live and its figures as a snapshot that changes while it is read (a segment may be replayed
 //! and deleted meanwhile; the active segment's last group may still be in flight). A gateway
-//! starting in the very instant of the probe would find the directory locked and fail its
-//! start-up, as it does whenever another process holds its spool.
+//! starting in the very instant of the probe retries its lock for up to 2 s (`recover_dir`).
 //!
 //! Segments are read with the spool's own reader ([`scan`], [`Format::items`],
 //! [`decode_record`]) and checkpoints with its own [`read_ack`], so "pending" means exactly what
@@ -96,7 +95,8 @@ pub struct Report {
     pub other_files: Vec<String>,
 }
 
-/// Probes the lock without keeping it: a shared `flock`, released at once.
+/// Probes the lock without keeping it: a shared `flock`, released at once (a gateway or drain
+/// starting in that instant retries its exclusive lock for up to 2 s).
 fn lock_state(dir: &Path) -> LockState {
     let Ok(file) = std::fs::File::open(dir.join("LOCK")) else {
         return LockState::NoLockFile;

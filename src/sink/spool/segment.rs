@@ -134,7 +134,19 @@ pub fn recover_dir(dir: &Path) -> std::io::Result<Recovered> {
         .truncate(false)
         .write(true)
         .open(dir.join("LOCK"))?;
-    lock.try_lock().map_err(|e| {
+    // `eventpipe spool inspect` probes the lock with a shared flock for an instant: a start-up
+    // that meets the probe tries again for up to 2 s before calling the directory taken.
+    let mut tries = 0;
+    let locked = loop {
+        match lock.try_lock() {
+            Err(std::fs::TryLockError::WouldBlock) if tries < 20 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            other => break other,
+        }
+    };
+    locked.map_err(|e| {
         std::io::Error::new(
             std::io::ErrorKind::WouldBlock,
             format!(
