@@ -24,7 +24,6 @@ fn audit_env(audit_topic: &str) -> Vec<(&'static str, String)> {
         ("EVENTPIPE_AUDIT__WINDOW_SECS", "1".into()),
         ("EVENTPIPE_AUDIT__PUBLISH_DELAY_MS", "300".into()),
         ("EVENTPIPE_AUDIT__RETRY_BACKOFF_MS", "200".into()),
-        ("EVENTPIPE_KAFKA__ACK_TIMEOUT_MS", "1000".into()),
     ]
 }
 
@@ -369,6 +368,9 @@ async fn a_gateway_killed_mid_window_ends_complete_once_its_spool_replays() {
     let audit_topic = create_audit_topic(&brokers, &topics).await;
     let mut env = audit_env(&audit_topic);
     env.push(("EVENTPIPE_COLLECTOR_ID", "killed-host".into()));
+    // Short, so that the cut's requests are spooled quickly (the other tests keep the default:
+    // on a loaded machine a 1 s deadline spools, and a late ack then duplicates, dead letters).
+    env.push(("EVENTPIPE_KAFKA__ACK_TIMEOUT_MS", "1000".into()));
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let spool = tempfile::tempdir().unwrap();
     let mut gw = GatewayProc::new(&brokers, &topics, spool.path().to_path_buf(), &env);
@@ -450,12 +452,14 @@ async fn watch_serves_the_verdicts_as_metrics() {
     let click = b.click();
     post_clicks(&b.gw.url(), 10, 0).await;
     let port = common::free_port();
+    let work = tempfile::tempdir().unwrap();
+    let watch_log = work.path().join("watch.log");
     let _watch = Watch(
         checker(&b.brokers(), &b.topics, &b.audit_topic)
             .args(["--watch", "--listen", &format!("127.0.0.1:{port}")])
             .args(["--interval", "1s", "--grace", "0", "--since", "1h"])
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(&watch_log).unwrap())
             .spawn()
             .unwrap(),
     );
@@ -463,6 +467,7 @@ async fn watch_serves_the_verdicts_as_metrics() {
     let missing = format!("eventpipe_audit_missing_events{{topic=\"{click}\",host=\"{HOST}\"}}");
     let scrape_until = |what: &'static str, done: Box<dyn Fn(&str) -> bool>| {
         let url = url.clone();
+        let log = watch_log.clone();
         async move {
             let deadline = Instant::now() + Duration::from_secs(90);
             loop {
@@ -475,7 +480,8 @@ async fn watch_serves_the_verdicts_as_metrics() {
                 }
                 assert!(
                     Instant::now() < deadline,
-                    "{what} not seen in 90 s:\n{text}"
+                    "{what} not seen in 90 s:\n{text}\nwatch log:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
                 );
                 tokio::time::sleep(Duration::from_millis(300)).await;
             }
