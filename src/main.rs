@@ -510,7 +510,7 @@ fn spool_drain(args: DrainArgs) -> anyhow::Result<()> {
                 audit,
             })
         },
-        shutdown_signal(),
+        server::shutdown_signal(),
         &mut std::io::stderr(),
     ))?;
     if args.json {
@@ -554,27 +554,6 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let admin = tokio::net::TcpListener::bind(config.admin_listen)
             .await
             .with_context(|| format!("binding admin_listen address {}", config.admin_listen))?;
-        server::serve(config, public, admin, shutdown_signal()).await
+        server::serve(config, public, admin, server::shutdown_signal()).await
     })
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
-    }
 }

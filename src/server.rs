@@ -414,6 +414,29 @@ pub fn tls_acceptor(tls: &TlsConfig) -> anyhow::Result<(TlsAcceptor, crate::tls:
     Ok((acceptor, task))
 }
 
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM: the shutdown signal of `serve`, `spool drain` and
+/// `audit --watch`.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -243,33 +243,23 @@ impl ReplayAudit {
 /// `Enrichment.received_at_ms` of an `Event` (field 7) or `DeadLetter` (field 10) payload,
 /// read without decoding the rest (length prefixes bounded by the bytes left).
 pub fn received_at_ms(payload: &[u8]) -> Option<i64> {
-    let mut p = crate::thrift::bounded::BoundedCompact::new(payload);
-    p.read_struct_begin().ok()?;
-    loop {
-        let f = p.read_field_begin().ok()?;
-        match f.field_type {
-            TType::Stop => return None,
-            TType::Struct if matches!(f.id, Some(7) | Some(10)) => {
-                p.read_struct_begin().ok()?;
-                loop {
-                    let g = p.read_field_begin().ok()?;
-                    match g.field_type {
-                        TType::Stop => return None,
-                        TType::I64 if g.id == Some(1) => return p.read_i64().ok(),
-                        other => p.skip(other).ok()?,
-                    }
-                    p.read_field_end().ok()?;
-                }
-            }
-            other => p.skip(other).ok()?,
-        }
-        p.read_field_end().ok()?;
-    }
+    enrichment_field(payload, 1, TType::I64, |p| p.read_i64().ok())
 }
 
 /// `Enrichment.collector_host` of an `Event` (field 7) or `DeadLetter` (field 10) payload: the
 /// host that received it (`eventpipe spool drain` publishes a dead host's audit under it).
 pub fn collector_host(payload: &[u8]) -> Option<String> {
+    enrichment_field(payload, 4, TType::String, |p| p.read_string().ok())
+}
+
+/// Reads field `id` (of type `ty`) of the `Enrichment` inside an `Event` or `DeadLetter`
+/// payload, skipping everything else.
+fn enrichment_field<T>(
+    payload: &[u8],
+    id: i16,
+    ty: TType,
+    read: impl FnOnce(&mut crate::thrift::bounded::BoundedCompact) -> Option<T>,
+) -> Option<T> {
     let mut p = crate::thrift::bounded::BoundedCompact::new(payload);
     p.read_struct_begin().ok()?;
     loop {
@@ -282,7 +272,7 @@ pub fn collector_host(payload: &[u8]) -> Option<String> {
                     let g = p.read_field_begin().ok()?;
                     match g.field_type {
                         TType::Stop => return None,
-                        TType::String if g.id == Some(4) => return p.read_string().ok(),
+                        t if t == ty && g.id == Some(id) => return read(&mut p),
                         other => p.skip(other).ok()?,
                     }
                     p.read_field_end().ok()?;

@@ -137,7 +137,7 @@ fn watch(opts: AuditOptions, listen: SocketAddr, interval: Duration) -> anyhow::
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     runtime.spawn(async move {
-        signalled().await;
+        crate::server::shutdown_signal().await;
         flag.store(true, Ordering::SeqCst);
     });
 
@@ -189,27 +189,6 @@ fn watch(opts: AuditOptions, listen: SocketAddr, interval: Duration) -> anyhow::
         }
     }
     Ok(())
-}
-
-async fn signalled() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
-    }
 }
 
 #[cfg(test)]

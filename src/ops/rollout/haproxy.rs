@@ -11,8 +11,6 @@ use std::time::{Duration, Instant};
 
 use super::{Progress, DOWN_POLL, PROBE_TIMEOUT};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
 /// Largest answer read (`show stat` of a few backends is a few kilobytes).
 const MAX_ANSWER_BYTES: u64 = 4 << 20;
 
@@ -88,16 +86,8 @@ async fn command(socket: &Path, line: &str) -> Result<String, String> {
     let mut stream = tokio::net::UnixStream::connect(socket)
         .await
         .map_err(|e| format!("connect: {e}"))?;
-    stream
-        .write_all(format!("{line}\n").as_bytes())
-        .await
-        .map_err(|e| format!("send: {e}"))?;
-    let mut answer = Vec::new();
-    (&mut stream)
-        .take(MAX_ANSWER_BYTES)
-        .read_to_end(&mut answer)
-        .await
-        .map_err(|e| format!("read: {e}"))?;
+    let request = format!("{line}\n");
+    let answer = super::probe::exchange(&mut stream, request.as_bytes(), MAX_ANSWER_BYTES).await?;
     Ok(String::from_utf8_lossy(&answer).into_owned())
 }
 

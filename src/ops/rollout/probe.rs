@@ -73,17 +73,27 @@ async fn get_inner(admin: &AdminUrl, path: &str) -> Result<(u16, String), String
         "GET {}{path} HTTP/1.0\r\nHost: {}\r\nUser-Agent: eventpipe-rollout\r\n\r\n",
         admin.prefix, admin.authority
     );
+    let answer = exchange(&mut stream, request.as_bytes(), MAX_ANSWER_BYTES).await?;
+    parse_answer(&answer)
+}
+
+/// Writes `request`, then reads the answer until the peer closes (at most `max` bytes): one
+/// HTTP/1.0 GET, or one HAProxy runtime-API command.
+pub(super) async fn exchange<S>(stream: &mut S, request: &[u8], max: u64) -> Result<Vec<u8>, String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     stream
-        .write_all(request.as_bytes())
+        .write_all(request)
         .await
         .map_err(|e| format!("send: {e}"))?;
     let mut answer = Vec::new();
-    (&mut stream)
-        .take(MAX_ANSWER_BYTES)
+    stream
+        .take(max)
         .read_to_end(&mut answer)
         .await
         .map_err(|e| format!("read: {e}"))?;
-    parse_answer(&answer)
+    Ok(answer)
 }
 
 fn parse_answer(answer: &[u8]) -> Result<(u16, String), String> {
