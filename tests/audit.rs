@@ -362,13 +362,7 @@ async fn events_no_record_covers_are_unreported_and_a_missing_audit_topic_is_an_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_killed_mid_window_ends_complete_once_its_spool_replays() {
     // The broker sits behind a proxy; the outage is a network cut (its process and data stay).
-    let proxy_port = common::free_port();
-    let broker = Broker::sqlite_behind(proxy_port);
-    let proxy = common::proxy::Proxy::start(
-        format!("127.0.0.1:{proxy_port}").parse().unwrap(),
-        format!("127.0.0.1:{}", broker.port).parse().unwrap(),
-    )
-    .await;
+    let (broker, proxy) = Broker::sqlite_through_proxy().await;
     let brokers = broker.brokers();
     let topics = Topics::unique();
     topics.create(&brokers).await;

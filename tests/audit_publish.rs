@@ -296,13 +296,7 @@ async fn audit_records_count_what_kafka_acknowledged() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spool_episode_is_republished_replayed_with_nothing_pending() {
     // The broker sits behind a proxy; the outage is a network cut (its process and data stay).
-    let proxy_port = common::free_port();
-    let broker = Broker::sqlite_behind(proxy_port);
-    let proxy = common::proxy::Proxy::start(
-        format!("127.0.0.1:{proxy_port}").parse().unwrap(),
-        format!("127.0.0.1:{}", broker.port).parse().unwrap(),
-    )
-    .await;
+    let (broker, proxy) = Broker::sqlite_through_proxy().await;
     let brokers = broker.brokers();
     let topics = Topics::unique();
     let audit = audit_topic(&topics);

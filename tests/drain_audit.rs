@@ -10,7 +10,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use common::fault::GatewayProc;
-use common::{free_port, Broker, Topics};
+use common::{Broker, Topics};
 use serde_json::{json, Value};
 
 /// The binary with only the EVENTPIPE_* variables a test gives it.
@@ -75,13 +75,7 @@ async fn drain_publishes_the_dead_hosts_audit_and_the_checker_ends_complete() {
     // The broker behind a proxy: the outage is a network cut, and the audit reaches Kafka
     // again once it ends, while the spooled records stay in the gateway's spool (its segment
     // is sealed for replay only after ten minutes).
-    let proxy_port = free_port();
-    let broker = Broker::sqlite_behind(proxy_port);
-    let proxy = common::proxy::Proxy::start(
-        format!("127.0.0.1:{proxy_port}").parse().unwrap(),
-        format!("127.0.0.1:{}", broker.port).parse().unwrap(),
-    )
-    .await;
+    let (broker, proxy) = Broker::sqlite_through_proxy().await;
     let brokers = broker.brokers();
     let topics = Topics::unique();
     let audit = format!("{}audit", topics.prefix);

@@ -357,13 +357,7 @@ async fn shutdown_finishes_in_flight_requests_and_readyz_turns_false() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_outage_is_spooled_202_and_replayed_when_the_broker_returns() {
     // The broker sits behind a proxy; the outage is a network cut (its process and data stay).
-    let proxy_port = common::free_port();
-    let broker = Broker::sqlite_behind(proxy_port);
-    let proxy = common::proxy::Proxy::start(
-        format!("127.0.0.1:{proxy_port}").parse().unwrap(),
-        format!("127.0.0.1:{}", broker.port).parse().unwrap(),
-    )
-    .await;
+    let (broker, proxy) = Broker::sqlite_through_proxy().await;
     let topics = Topics::unique();
     topics.create(&broker.brokers()).await;
     let gw = Gateway::start(common::config(

@@ -17,7 +17,7 @@ use common::fault::{
     audit, quarantine_entries, report_audit, signal, spawn_load, FaultCounter, GatewayProc, Ledger,
 };
 use common::proxy::Proxy;
-use common::{free_port, Broker, Topics};
+use common::{Broker, Topics};
 
 /// Scenarios run one at a time: they share two cores and measure behaviour under timing.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -133,13 +133,7 @@ async fn inject(
 async fn scenario(name: &str, rounds: usize, plan: impl Fn(usize) -> Fault) {
     let _one = ONE_AT_A_TIME.lock().await;
     // Clients reach the broker through a proxy, so the network between them can be cut.
-    let proxy_port = free_port();
-    let mut broker = Broker::sqlite_behind(proxy_port);
-    let proxy = Proxy::start(
-        format!("127.0.0.1:{proxy_port}").parse().unwrap(),
-        format!("127.0.0.1:{}", broker.port).parse().unwrap(),
-    )
-    .await;
+    let (mut broker, proxy) = Broker::sqlite_through_proxy().await;
     let topics = Topics::unique();
     topics.create(&broker.brokers()).await;
     let work = tempfile::tempdir().unwrap();

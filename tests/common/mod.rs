@@ -108,6 +108,19 @@ impl Broker {
         b
     }
 
+    /// A SQLite broker reached only through a [`proxy::Proxy`] (started here): cutting the proxy
+    /// is a network outage while the broker's process and data stay.
+    pub async fn sqlite_through_proxy() -> (Broker, proxy::Proxy) {
+        let proxy_port = free_port();
+        let broker = Broker::sqlite_behind(proxy_port);
+        let proxy = proxy::Proxy::start(
+            format!("127.0.0.1:{proxy_port}").parse().unwrap(),
+            format!("127.0.0.1:{}", broker.port).parse().unwrap(),
+        )
+        .await;
+        (broker, proxy)
+    }
+
     fn start_with(dir: tempfile::TempDir, port: u16, engine: String) -> Broker {
         let mut b = Broker {
             port,
