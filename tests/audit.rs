@@ -98,10 +98,7 @@ async fn post_clicks(url: &str, n: usize, invalid: usize) -> (Vec<String>, Vec<u
 /// `eventpipe audit` with the test gateway's settings: its broker, topics (prefix and schemas:
 /// the topics to read even without audit records) and 1-second windows.
 fn checker(brokers: &str, topics: &Topics, audit_topic: &str) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_eventpipe"));
-    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("EVENTPIPE_")) {
-        cmd.env_remove(key);
-    }
+    let mut cmd = common::eventpipe_cli();
     cmd.arg("audit")
         .args(["--brokers", brokers, "--audit-topic", audit_topic])
         .args(["--dead-letter-topic", &topics.dead_letter])

@@ -6,22 +6,14 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 use common::fault::GatewayProc;
 use common::{Broker, Topics};
 use serde_json::{json, Value};
 
-/// The binary with only the EVENTPIPE_* variables a test gives it.
-fn eventpipe() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_eventpipe"));
-    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("EVENTPIPE_")) {
-        c.env_remove(key);
-    }
-    c.env("EVENTPIPE_LOG", "warn").env_remove("RUST_BACKTRACE");
-    c
-}
+use common::eventpipe_cli as eventpipe;
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()

@@ -41,6 +41,19 @@ pub fn tansu_bin() -> PathBuf {
         })
 }
 
+/// The `eventpipe` binary, run from the repository root with only the EVENTPIPE_* variables a
+/// test gives it (none inherited from the environment), logging warnings.
+pub fn eventpipe_cli() -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_eventpipe"));
+    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("EVENTPIPE_")) {
+        c.env_remove(key);
+    }
+    c.current_dir(root())
+        .env("EVENTPIPE_LOG", "warn")
+        .env_remove("RUST_BACKTRACE");
+    c
+}
+
 /// Copies a directory tree (e.g. the shipped schemas, to add one to a test's copy).
 pub fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
