@@ -87,7 +87,7 @@ impl Tally {
         for r in records {
             let reason = match r.kind {
                 RecordKind::Event { .. } => None,
-                RecordKind::DeadLetter => Some(header(r, "reason").unwrap_or("unknown")),
+                RecordKind::DeadLetter => Some(r.header("reason").unwrap_or("unknown")),
             };
             let found = groups.iter().position(|g| {
                 (Arc::ptr_eq(&g.topic, &r.topic) || g.topic == r.topic)
@@ -161,13 +161,6 @@ impl Tally {
     }
 }
 
-fn header<'a>(r: &'a Record, key: &str) -> Option<&'a str> {
-    r.headers
-        .iter()
-        .find(|(k, _)| *k == key)
-        .map(|(_, v)| v.as_str())
-}
-
 /// What the replayer tells the books about each spooled record it is done with.
 pub struct ReplayAudit {
     books: Arc<Books>,
@@ -222,7 +215,7 @@ impl ReplayAudit {
                 metrics::histogram!(m::DELIVERY_LATENCY, "path" => "spool").record(secs);
                 None
             }
-            RecordKind::DeadLetter => Some(header(r, "reason").unwrap_or("unknown")),
+            RecordKind::DeadLetter => Some(r.header("reason").unwrap_or("unknown")),
         };
         self.books.replayed(at, &r.topic, r.payload.len(), reason);
     }

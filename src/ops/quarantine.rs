@@ -159,8 +159,5 @@ pub async fn replay(
 }
 
 fn event_id(r: &crate::sink::Record) -> String {
-    r.headers
-        .iter()
-        .find(|(k, _)| *k == "event_id")
-        .map_or_else(|| "-".to_owned(), |(_, v)| v.clone())
+    r.header("event_id").unwrap_or("-").to_owned()
 }

@@ -54,13 +54,6 @@ fn letter(r: &crate::sink::Record) -> DeadLetter {
     from_compact_bytes(&r.payload).unwrap()
 }
 
-fn header<'a>(r: &'a crate::sink::Record, name: &str) -> Option<&'a str> {
-    r.headers
-        .iter()
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v.as_str())
-}
-
 /// The reported case: a 700 KB event id made a ~2 MB dead letter (key, header and field) that
 /// Kafka refused and that then blocked the spool.
 #[test]
@@ -73,7 +66,7 @@ fn a_huge_event_id_never_becomes_key_or_header() {
     assert!(shown.ends_with(bounds::TRUNCATION_MARK));
     let r = &p.records[0];
     assert_eq!(r.key, None);
-    assert_eq!(header(r, "event_id"), None);
+    assert_eq!(r.header("event_id"), None);
     assert!(size_of(r) < 70_000, "{}", size_of(r));
     let l = letter(r);
     assert!(l.truncated);
@@ -95,7 +88,7 @@ fn a_huge_event_id_never_becomes_key_or_header() {
         let id = rejection.event_id.as_deref().unwrap();
         assert!(id.len() <= bounds::SHOWN_ID_MAX);
         assert_eq!(record.key, None, "{:?}", rejection.reason);
-        assert_eq!(header(record, "event_id"), None);
+        assert_eq!(record.header("event_id"), None);
         assert_eq!(letter(record).event_id.as_deref(), Some(id));
     }
     // A short invalid id is shown as sent.
@@ -107,7 +100,7 @@ fn a_rejected_event_with_a_uuid_keeps_it_as_key_and_header() {
     let p = run(&json!({"events": [{"schema": "nope/1", "event_id": ID}]}));
     let r = &p.records[0];
     assert_eq!(r.key.as_deref(), Some(ID.as_bytes()));
-    assert_eq!(header(r, "event_id"), Some(ID));
+    assert_eq!(r.header("event_id"), Some(ID));
 }
 
 #[test]
@@ -126,7 +119,7 @@ fn schema_path_and_message_are_cut() {
         let l = letter(record);
         assert!(l.message.len() <= bounds::MESSAGE_MAX);
         assert!(l.schema.as_deref().unwrap_or("").len() <= bounds::SCHEMA_MAX);
-        assert!(header(record, "schema").unwrap_or("").len() <= bounds::SCHEMA_MAX);
+        assert!(record.header("schema").unwrap_or("").len() <= bounds::SCHEMA_MAX);
     }
     let l = letter(&p.records[0]);
     assert!(l.schema.unwrap().ends_with(bounds::TRUNCATION_MARK));
@@ -354,7 +347,7 @@ proptest! {
                 if let Some(key) = &r.key {
                     prop_assert!(key.len() <= bounds::PARTITION_KEY_MAX.max(45));
                 }
-                if let (RecordKind::DeadLetter, Some(id)) = (r.kind, header(r, "event_id")) {
+                if let (RecordKind::DeadLetter, Some(id)) = (r.kind, r.header("event_id")) {
                     prop_assert!(uuid::Uuid::try_parse(id).is_ok(), "{}", id);
                 }
                 produced += size_of(r);

@@ -30,6 +30,16 @@ pub struct Record {
     pub kind: RecordKind,
 }
 
+impl Record {
+    /// The value of Kafka header `key`, if the record has it.
+    pub fn header(&self, key: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
 /// What a record carries, for responses, metrics and the dedup window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RecordKind {
