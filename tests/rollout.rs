@@ -337,6 +337,35 @@ async fn a_failing_restart_command_aborts_the_rollout() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_command_given_up_on_is_stopped_with_what_it_started() {
+    let (dir, log, hosts) = fakes(&[Behaviour::Healthy; 3]).await;
+    // A command that starts a child (as ssh or kubectl would) and hangs past --host-timeout.
+    let pid_file = dir.path().join("child.pid");
+    let then = format!(
+        "sleep 60 >/dev/null 2>&1 & echo $! > '{}'; wait",
+        pid_file.display()
+    );
+    let run = rollout(&hosts, &log, &then, &[]).await;
+    assert!(!run.ok, "rollout succeeded: {}", run.stderr);
+    let last = error_line(&run.stderr);
+    assert!(
+        last.contains("the restart command still runs after 5s (--host-timeout)"),
+        "unclear abort: {last}"
+    );
+    let pid = std::fs::read_to_string(&pid_file).unwrap();
+    let pid = pid.trim();
+    // Gone, or at most a zombie waiting for its new parent to reap it: no longer running.
+    let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let running = state
+        .rsplit_once(") ")
+        .is_some_and(|(_, rest)| !rest.starts_with('Z'));
+    if running {
+        let _ = Command::new("kill").args(["-KILL", pid]).status();
+    }
+    assert!(!running, "the command's child {pid} still runs: {state}");
+}
+
 // ---- the real fleet ----
 
 /// The restart command's view of the fleet: `<dir>/<admin port>` holds that gateway's pid.
