@@ -24,25 +24,96 @@ use crate::sink::RecordKind;
 use crate::thrift::Enrichment;
 
 pub async fn ingest(State(gw): State<AppState>, req: Request) -> Response {
+    match run(&gw, req, None).await {
+        Ok(outcome) => outcome.into_response(),
+        Err(err) => err.into_response(),
+    }
+}
+
+/// Turns a protocol's decoded request body into a native bundle (`{"events": [...]}` JSON), so
+/// other wire formats (Segment, Snowplow, the GET pixel) share every later stage: limits, dedup,
+/// validation, dead letters, Kafka and the spool. Runs where the native parse runs (on the
+/// blocking pool for big or compressed bodies); a refusal is answered and dead-lettered like a
+/// native one. Implementations must bound their output (a small multiple of their input).
+pub trait Translate: Send + Sync + 'static {
+    fn translate(&self, body: &[u8]) -> Result<Vec<u8>, ApiError>;
+}
+
+/// What a request's events came to, before it is shaped into a protocol's answer.
+#[derive(Debug)]
+pub struct Outcome {
+    /// Events made durable (in Kafka or the spool), dead-lettered invalid events excluded.
+    pub accepted: usize,
+    /// Of `accepted`, those made durable in the spool rather than Kafka (answered 202 natively).
+    pub spooled: usize,
+    /// Invalid events, each dead-lettered with its reason.
+    pub rejected: Vec<pipeline::Rejection>,
+    /// Events neither stored nor dead-lettered (the dead-letter topic refused them): retry.
+    pub failed: Vec<refused::Failed>,
+}
+
+impl Outcome {
+    /// The native status: 500 when any event failed, 202 when any was spooled, else 200.
+    pub fn status(&self) -> StatusCode {
+        if !self.failed.is_empty() {
+            // Events neither stored nor dead-lettered: Kafka refuses our own dead letters, a
+            // misconfiguration (missing or unwritable dead-letter topic) only an operator can
+            // fix. 500, not 4xx: the event may be fine, and a client retry succeeds once the
+            // topic is fixed; a 4xx would make clients drop events nothing stored.
+            StatusCode::INTERNAL_SERVER_ERROR
+        } else if self.spooled > 0 {
+            StatusCode::ACCEPTED
+        } else {
+            StatusCode::OK
+        }
+    }
+}
+
+impl IntoResponse for Outcome {
+    /// The native answer of `POST /v1/events`.
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let body = if !self.failed.is_empty() {
+            json!({
+                "error": "dead_letter_refused",
+                "message": "some events could not be stored, not even in the dead-letter topic; retry later",
+                "accepted": self.accepted,
+                "spooled": self.spooled,
+                "rejected": self.rejected,
+                "failed": self.failed,
+            })
+        } else if self.spooled > 0 {
+            json!({"accepted": self.accepted, "spooled": self.spooled, "rejected": self.rejected})
+        } else {
+            json!({"accepted": self.accepted, "rejected": self.rejected})
+        };
+        (status, Json(body)).into_response()
+    }
+}
+
+/// Runs one request through the pipeline: body within limits, `translate` (for other wire
+/// formats; `None` for native bundles), validation, Kafka or the spool. A refusal is counted,
+/// audited and (when its body was read) dead-lettered before it is returned.
+pub async fn run(
+    gw: &AppState,
+    req: Request,
+    translate: Option<std::sync::Arc<dyn Translate>>,
+) -> Result<Outcome, ApiError> {
     let (parts, body) = req.into_parts();
     let peer = parts
         .extensions
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0);
-    let mut enrichment = enrichment(&gw, peer, &parts.headers);
+    let mut enrichment = enrichment(gw, peer, &parts.headers);
     let grant = parts.extensions.get::<Grant>().cloned();
     let request_id = parts.extensions.get::<RequestId>().cloned();
-    match handle(
-        &gw,
-        &parts.headers,
+    let input = Input {
+        headers: &parts.headers,
         body,
-        &mut enrichment,
-        grant,
-        &request_id,
-    )
-    .await
-    {
-        Ok(resp) => resp,
+        translate,
+    };
+    match handle(gw, input, &mut enrichment, grant, &request_id).await {
+        Ok(outcome) => Ok(outcome),
         Err((err, body)) => {
             // Refusals for want of capacity are not dead-lettered: that would add work exactly
             // when there is too much (and a rate-limited flood must not become Kafka writes).
@@ -55,11 +126,18 @@ pub async fn ingest(State(gw): State<AppState>, req: Request) -> Response {
             metrics::counter!(m::REQUESTS_REFUSED, "reason" => err.code()).increment(1);
             gw.audit.refused(err.code());
             if !refused {
-                record_refused_request(&gw, &err, &body, enrichment, request_id);
+                record_refused_request(gw, &err, &body, enrichment, request_id);
             }
-            err.into_response()
+            Err(err)
         }
     }
+}
+
+/// A request's body and how to read it.
+struct Input<'a> {
+    headers: &'a HeaderMap,
+    body: axum::body::Body,
+    translate: Option<std::sync::Arc<dyn Translate>>,
 }
 
 fn enrichment(gw: &AppState, peer: Option<SocketAddr>, headers: &HeaderMap) -> Enrichment {
@@ -83,12 +161,16 @@ fn enrichment(gw: &AppState, peer: Option<SocketAddr>, headers: &HeaderMap) -> E
 
 async fn handle(
     gw: &AppState,
-    headers: &HeaderMap,
-    body: axum::body::Body,
+    input: Input<'_>,
     enrichment: &mut Enrichment,
     grant: Option<Grant>,
     request_id: &Option<RequestId>,
-) -> Result<Response, (ApiError, Bytes)> {
+) -> Result<Outcome, (ApiError, Bytes)> {
+    let Input {
+        headers,
+        body,
+        translate,
+    } = input;
     let limits = &gw.pipeline.limits;
     check_content_type(headers).map_err(|e| (e, Bytes::new()))?;
     let enc = encoding(headers).map_err(|e| (e, Bytes::new()))?;
@@ -119,11 +201,23 @@ async fn handle(
         charge: _charge,
         body: decoded,
     } = if enc == Encoding::Identity && wire.len() <= INLINE_MAX_BYTES {
-        decode_and_process(gw, wire, enc, charge, enrichment.clone(), grant, request_id)?
+        let job = Job {
+            wire,
+            enc,
+            charge,
+            translate,
+        };
+        decode_and_process(gw, job, enrichment.clone(), grant, request_id)?
     } else {
         let work = {
             let (gw, enrichment, id) = (gw.clone(), enrichment.clone(), request_id.clone());
-            move || decode_and_process(&gw, wire, enc, charge, enrichment, grant, &id)
+            let job = Job {
+                wire,
+                enc,
+                charge,
+                translate,
+            };
+            move || decode_and_process(&gw, job, enrichment, grant, &id)
         };
         gw.admission
             .run_blocking(work)
@@ -235,32 +329,12 @@ async fn handle(
         deduplicated,
         settled.failed.len(),
     );
-    let spooled_events = delivered.spooled_events + dedup_spooled;
-    if !settled.failed.is_empty() {
-        // Events neither stored nor dead-lettered: Kafka refuses our own dead letters, a
-        // misconfiguration (missing or unwritable dead-letter topic) only an operator can fix.
-        // 500, not 4xx: the event may be fine, and a client retry succeeds once the topic is
-        // fixed; a 4xx would make clients drop events nothing stored.
-        let body = json!({
-            "error": "dead_letter_refused",
-            "message": "some events could not be stored, not even in the dead-letter topic; retry later",
-            "accepted": accepted,
-            "spooled": spooled_events,
-            "rejected": rejected,
-            "failed": settled.failed,
-        });
-        return Ok((StatusCode::INTERNAL_SERVER_ERROR, Json(body)).into_response());
-    }
-    if spooled {
-        let body = json!({
-            "accepted": accepted,
-            "spooled": spooled_events,
-            "rejected": rejected,
-        });
-        return Ok((StatusCode::ACCEPTED, Json(body)).into_response());
-    }
-    let body = json!({"accepted": accepted, "rejected": rejected});
-    Ok((StatusCode::OK, Json(body)).into_response())
+    Ok(Outcome {
+        accepted,
+        spooled: delivered.spooled_events + dedup_spooled,
+        rejected,
+        failed: settled.failed,
+    })
 }
 
 /// Plain bodies up to this size are decoded and processed on the async worker.
@@ -271,19 +345,33 @@ pub const INLINE_MAX_BYTES: usize = 64 << 10;
 #[allow(clippy::type_complexity)]
 fn decode_and_process(
     gw: &AppState,
-    wire: Bytes,
-    enc: Encoding,
-    mut charge: Charge,
+    job: Job,
     mut enrichment: Enrichment,
     grant: Option<Grant>,
     request_id: &Option<RequestId>,
 ) -> Result<Decoded, (ApiError, Bytes)> {
+    let Job {
+        wire,
+        enc,
+        mut charge,
+        translate,
+    } = job;
     let limits = &gw.pipeline.limits;
     let decoded = decompress_within(wire.clone(), enc, limits.max_decompressed_bytes, &mut |n| {
         charge.grow(n)
     })
     .map_err(|e| (e, wire.clone()))?;
     drop(wire);
+    // Another wire format: the native bundle replaces the body (a refusal keeps the original
+    // body for its dead letter). Its size is charged like a decompressed body's.
+    let decoded = match translate {
+        None => decoded,
+        Some(t) => {
+            let native = t.translate(&decoded).map_err(|e| (e, decoded.clone()))?;
+            charge.grow(native.len()).map_err(|e| (e, Bytes::new()))?;
+            Bytes::from(native)
+        }
+    };
     metrics::counter!(m::DECOMPRESSED_BYTES).increment(decoded.len() as u64);
     // The pipeline's output is bounded by a small multiple of its input (`limits.max_output_ratio`);
     // charge one multiple up front, the rest is checked as records are built.
@@ -349,6 +437,14 @@ fn decode_and_process(
         charge,
         body: decoded,
     })
+}
+
+/// The body as read, for the CPU-heavy stages.
+struct Job {
+    wire: Bytes,
+    enc: Encoding,
+    charge: Charge,
+    translate: Option<std::sync::Arc<dyn Translate>>,
 }
 
 /// What the CPU-heavy stages hand back to the request.

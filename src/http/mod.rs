@@ -10,11 +10,11 @@ pub mod auth;
 pub mod body;
 pub mod client_ip;
 pub mod error;
-mod ingest;
+pub mod ingest;
 pub mod keys;
 pub mod linger;
 pub mod rate_limit;
-mod refused;
+pub mod refused;
 pub mod request_id;
 
 use std::sync::atomic::AtomicBool;
