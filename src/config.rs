@@ -25,9 +25,11 @@ use crate::http::client_ip::ClientIpHeader;
 mod audit;
 mod auth;
 mod librdkafka;
+mod segment;
 mod service_links;
 pub use audit::AuditConfig;
 pub use auth::{check_rate, AuthConfig, RateLimitConfig};
+pub use segment::{CallSchemas, NamingRule, SegmentConfig};
 
 /// The whole configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -82,6 +84,9 @@ pub struct Config {
     /// Audit records: per-window counts published to the audit topic.
     #[serde(default)]
     pub audit: AuditConfig,
+    /// Segment's HTTP Tracking API (off by default).
+    #[serde(default)]
+    pub segment: SegmentConfig,
 }
 
 /// The local spool (write-ahead log) used when Kafka cannot acknowledge in time.
@@ -591,6 +596,7 @@ impl Config {
         }
         self.validate_auth()?;
         self.validate_audit()?;
+        self.validate_segment()?;
         self.kafka.validate_librdkafka()?;
         // The size limits (message.max.bytes, context, output ratio) are checked where enforced.
         crate::pipeline::bounds::validate(self)

@@ -133,6 +133,11 @@ fn gateway_with_audit(
         &registry,
     )
     .with_max_record_bytes(config.kafka.message_max_bytes());
+    // Checked against the registry in `serve_inner` before the gateway is built.
+    let segment = crate::protocol::segment::Segment::new(&config.segment, &registry)
+        .ok()
+        .flatten()
+        .map(Arc::new);
     Arc::new(Gateway {
         registry: Arc::new(registry),
         sink,
@@ -150,6 +155,7 @@ fn gateway_with_audit(
         access: http::auth::Access::new(config),
         admission: http::admission::Admission::new(&config.limits),
         audit,
+        segment,
     })
 }
 
@@ -227,6 +233,9 @@ async fn serve_inner(
     // New certificates are picked up while `_tls_reload` lives.
     let (tls, _tls_reload) = config.tls.as_ref().map(tls_acceptor).transpose()?.unzip();
     metrics::gauge!(m::SCHEMAS_LOADED).set(registry.len() as f64);
+    // The schemas `[segment]` maps to must exist: a start-up error naming the key.
+    crate::protocol::segment::Segment::new(&config.segment, &registry)
+        .map_err(anyhow::Error::msg)?;
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
     metrics::gauge!(m::START_TIME).set(now.map(|d| d.as_secs_f64()).unwrap_or(0.0));
     // The books the sink's replayer already counts in (see `serve`), else new ones.

@@ -16,6 +16,7 @@ pub mod linger;
 pub mod rate_limit;
 pub mod refused;
 pub mod request_id;
+pub mod segment;
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -58,6 +59,8 @@ pub struct Gateway {
     pub admission: admission::Admission,
     /// Per-window counts for the audit topic (`crate::audit`).
     pub audit: Arc<crate::audit::Books>,
+    /// Segment's HTTP Tracking API, when `segment.enabled` (`segment`).
+    pub segment: Option<Arc<crate::protocol::segment::Segment>>,
 }
 
 pub type AppState = Arc<Gateway>;
@@ -81,6 +84,8 @@ pub fn app(state: AppState, cors: &CorsConfig, request_timeout: Duration) -> Rou
             state.clone(),
             auth::authorize,
         ))
+        // Segment's routes bring their own key check (a key may come in the body).
+        .merge(segment::router(&state))
         .layer(middleware::from_fn_with_state(
             (request_timeout, state.audit.clone()),
             whole_request_timeout,

@@ -1,0 +1,205 @@
+//! Segment's HTTP Tracking API on the public listener (`[segment] enabled = true`):
+//! `POST /v1/batch`, `/v1/track`, `/v1/identify`, `/v1/page`, `/v1/screen`, `/v1/group`,
+//! `/v1/alias` and the short forms `/v1/b|t|i|p|s|g|a` analytics.js uses. Bodies are translated
+//! by `crate::protocol::segment` and run through the native pipeline (`ingest::run`); this module
+//! shapes the answers Segment's SDKs expect:
+//!
+//! - 200 `{"success": true}` once every event is durable, in Kafka **or in the spool**, and for
+//!   invalid events too (they are dead-lettered): a 202 or a 4xx would make an SDK resend or drop
+//!   the whole batch.
+//! - 400 `{"success": false, "code", "message"}` for what resending cannot fix: undecodable or
+//!   oversized bodies (some SDKs retry 413 for ever), bad content types.
+//! - 429 + `Retry-After` for every "try later" (overloaded, Kafka and spool unavailable, request
+//!   timeout, rate limits): both SDKs honour Retry-After on 429, not on 503.
+//! - 401/403 as for native requests; 500 when the dead-letter topic refused events (retry).
+//!
+//! Write keys: when auth is on, a request whose head carries no key (analytics.js sends its key
+//! only as `writeKey` in a text/plain body) has its body read (at most `limits.max_body_bytes`,
+//! uncompressed bodies only) and its `writeKey` presented as if it came in `X-Write-Key`; then the
+//! usual check runs (`auth::authorize`: per-IP limit, key, origin).
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use base64::Engine;
+use serde_json::json;
+
+use super::auth::{self, Grant, WRITE_KEY_HEADER};
+use super::error::ApiError;
+use super::ingest::{self, Outcome};
+use super::AppState;
+use crate::protocol::segment::{Call, SegmentRequest};
+
+/// The routes, each with the call its body holds (None: a batch). Empty when Segment is off.
+pub fn router(state: &AppState) -> Router<AppState> {
+    if state.segment.is_none() {
+        return Router::new();
+    }
+    let routes: [(&[&str], Option<Call>); 7] = [
+        (&["/v1/batch", "/v1/b"], None),
+        (&["/v1/track", "/v1/t"], Some(Call::Track)),
+        (&["/v1/identify", "/v1/i"], Some(Call::Identify)),
+        (&["/v1/page", "/v1/p"], Some(Call::Page)),
+        (&["/v1/screen", "/v1/s"], Some(Call::Screen)),
+        (&["/v1/group", "/v1/g"], Some(Call::Group)),
+        (&["/v1/alias", "/v1/a"], Some(Call::Alias)),
+    ];
+    let mut router = Router::new();
+    for (paths, call) in routes {
+        for path in paths {
+            router = router.route(
+                path,
+                post(move |State(gw): State<AppState>, req: Request| handle(gw, req, call)),
+            );
+        }
+    }
+    router.route_layer(middleware::from_fn_with_state(
+        state.clone(),
+        authorize_with_body_key,
+    ))
+}
+
+async fn handle(gw: AppState, req: Request, call: Option<Call>) -> Response {
+    let Some(segment) = gw.segment.clone() else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    // Derived event ids name the sender: the key's name when auth is on (stable across key
+    // rotation, and not a secret), else the key the client sent.
+    let source = match req.extensions().get::<Grant>() {
+        Some(grant) => Some(grant.0.name.to_string()),
+        None => basic_user(req.headers()),
+    };
+    let translate = Arc::new(SegmentRequest {
+        segment,
+        registry: gw.registry.clone(),
+        call,
+        source,
+    });
+    match ingest::run(&gw, req, Some(translate)).await {
+        Ok(outcome) => answer(&outcome),
+        Err(err) => refusal(err),
+    }
+}
+
+/// The answer to a request whose events all ended somewhere.
+pub fn answer(outcome: &Outcome) -> Response {
+    if outcome.failed.is_empty() {
+        (StatusCode::OK, Json(json!({"success": true}))).into_response()
+    } else {
+        let body = json!({
+            "success": false,
+            "code": "dead_letter_refused",
+            "message": "some events could not be stored, not even in the dead-letter topic; retry later",
+        });
+        (StatusCode::INTERNAL_SERVER_ERROR, Json(body)).into_response()
+    }
+}
+
+/// The status a Segment SDK acts on correctly for a refusal (see the module doc).
+pub fn status(err: &ApiError) -> StatusCode {
+    match err {
+        ApiError::Overloaded { .. }
+        | ApiError::Unavailable { .. }
+        | ApiError::RequestTimeout { .. }
+        | ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+        ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+        ApiError::ForbiddenOrigin => StatusCode::FORBIDDEN,
+        _ => StatusCode::BAD_REQUEST,
+    }
+}
+
+/// A refusal in Segment's shape (`code` and `message` are what analytics-python reads), with
+/// the native answer's `Retry-After` / `WWW-Authenticate` (at least 1 s on every 429).
+pub fn refusal(err: ApiError) -> Response {
+    let status = status(&err);
+    let body = json!({"success": false, "code": err.code(), "message": err.to_string()});
+    // The native answer logs the refusal and carries its headers.
+    let native = err.into_response();
+    let mut response = (status, Json(body)).into_response();
+    for name in [header::RETRY_AFTER, header::WWW_AUTHENTICATE] {
+        if let Some(v) = native.headers().get(&name) {
+            response.headers_mut().insert(name, v.clone());
+        }
+    }
+    if status == StatusCode::TOO_MANY_REQUESTS
+        && !response.headers().contains_key(header::RETRY_AFTER)
+    {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(1u64));
+    }
+    response
+}
+
+/// The key sent as the HTTP Basic user, if any (open mode: it names the source of event ids).
+fn basic_user(headers: &axum::http::HeaderMap) -> Option<String> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, credentials) = value.trim().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(credentials.trim())
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let user = text.split_once(':').map_or(text.as_str(), |(u, _)| u);
+    (!user.is_empty()).then(|| user.to_owned())
+}
+
+/// A head that already presents a key (the carriers `auth` reads).
+fn head_has_key(req: &Request) -> bool {
+    let h = req.headers();
+    h.contains_key(header::AUTHORIZATION)
+        || h.contains_key(WRITE_KEY_HEADER)
+        || req
+            .uri()
+            .query()
+            .is_some_and(|q| q.split('&').any(|p| p.starts_with("key=")))
+}
+
+/// `auth::authorize`, accepting the body's `writeKey` when auth is on and the head has no key.
+async fn authorize_with_body_key(State(gw): State<AppState>, req: Request, next: Next) -> Response {
+    if gw.access.keys().is_none() || head_has_key(&req) {
+        return auth::authorize(State(gw), req, next).await;
+    }
+    let identity = req
+        .headers()
+        .get(header::CONTENT_ENCODING)
+        .is_none_or(|v| v.as_bytes().eq_ignore_ascii_case(b"identity"));
+    if !identity {
+        // Not decompressed just to find a key: such clients can set a header.
+        return auth::authorize(State(gw), req, next).await;
+    }
+    let (mut parts, body) = req.into_parts();
+    let limit = gw.pipeline.limits.max_body_bytes;
+    let bytes = match super::body::read_limited(body, &parts.headers, limit).await {
+        Ok(b) => b,
+        Err((err, _)) => return refusal(err),
+    };
+    #[derive(serde::Deserialize)]
+    struct Key {
+        #[serde(rename = "writeKey")]
+        write_key: Option<String>,
+    }
+    let key = serde_json::from_slice::<Key>(&bytes)
+        .ok()
+        .and_then(|k| k.write_key)
+        .and_then(|k| HeaderValue::from_str(&k).ok());
+    if let Some(key) = key {
+        parts
+            .headers
+            .insert(header::HeaderName::from_static(WRITE_KEY_HEADER), key);
+    }
+    let req = Request::from_parts(parts, Body::from(bytes));
+    auth::authorize(State(gw), req, next).await
+}
+
+#[cfg(test)]
+#[path = "segment_tests.rs"]
+mod tests;
