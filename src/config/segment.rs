@@ -155,7 +155,8 @@ impl Config {
                 "must be at least segment.max_message_bytes".into(),
             );
         }
-        if s.max_batch_bytes > self.limits.max_decompressed_bytes {
+        // Only when on: a gateway with small limits and Segment off must still start.
+        if s.enabled && s.max_batch_bytes > self.limits.max_decompressed_bytes {
             return invalid(
                 "segment.max_batch_bytes",
                 "must be at most limits.max_decompressed_bytes".into(),
@@ -215,6 +216,16 @@ mod tests {
         )
         .unwrap_err()
         .to_string();
+        assert!(err.contains("segment.max_batch_bytes"), "{err}");
+        // Beyond the gateway's own limit: refused when Segment is on, ignored when off.
+        let small = [
+            ("EVENTPIPE_LIMITS__MAX_BODY_BYTES", "1000"),
+            ("EVENTPIPE_LIMITS__MAX_DECOMPRESSED_BYTES", "5000"),
+        ];
+        assert!(load(None, env(&small), vec![]).is_ok());
+        let mut on = small.to_vec();
+        on.push(("EVENTPIPE_SEGMENT__ENABLED", "true"));
+        let err = load(None, env(&on), vec![]).unwrap_err().to_string();
         assert!(err.contains("segment.max_batch_bytes"), "{err}");
     }
 }
