@@ -12,6 +12,9 @@ pub const HTTP_REQUESTS: &str = "eventpipe_http_requests_total";
 /// `reason` (`rejected` includes `kafka_rejected:<code>` for records Kafka refused for good;
 /// `failed`/`dead_letter_refused`: neither the event nor its dead letter could be stored).
 pub const EVENTS: &str = "eventpipe_events_total";
+/// Answers of another protocol's routes (`crate::protocol`) by `protocol` (`segment`, ...) and
+/// `status`: which wire formats a gateway serves, and how they fare.
+pub const PROTOCOL_REQUESTS: &str = "eventpipe_protocol_requests_total";
 /// Whole requests refused before their events were read, by `reason`.
 pub const REQUESTS_REFUSED: &str = "eventpipe_requests_refused_total";
 /// Dead letters that could not be written, by `reason` of the write failure (a sink error, or

@@ -250,4 +250,11 @@ async fn segment_sdks_deliver_through_the_gateway() {
         .and_then(|l| l.split_whitespace().last())
         .and_then(|n| n.parse::<f64>().ok());
     assert_eq!(dedup, Some(2.0), "one retried message per SDK:\n{metrics}");
+    // Every answer the SDKs saw, counted under the protocol.
+    let answers =
+        py["statuses"].as_array().unwrap().len() + node["statuses"].as_array().unwrap().len();
+    let line = format!(
+        r#"eventpipe_protocol_requests_total{{protocol="segment",status="200"}} {answers}"#
+    );
+    assert!(metrics.contains(&line), "no `{line}` in:\n{metrics}");
 }

@@ -59,10 +59,22 @@ pub fn router(state: &AppState) -> Router<AppState> {
             );
         }
     }
-    router.route_layer(middleware::from_fn_with_state(
-        state.clone(),
-        authorize_with_body_key,
-    ))
+    router
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            authorize_with_body_key,
+        ))
+        // Outermost of the route layers: key refusals are counted too.
+        .route_layer(middleware::from_fn(count))
+}
+
+/// `eventpipe_protocol_requests_total{protocol="segment", status}`.
+async fn count(req: Request, next: Next) -> Response {
+    let response = next.run(req).await;
+    let status = response.status().as_str().to_owned();
+    metrics::counter!(crate::metrics::PROTOCOL_REQUESTS, "protocol" => "segment", "status" => status)
+        .increment(1);
+    response
 }
 
 async fn handle(gw: AppState, req: Request, call: Option<Call>) -> Response {
