@@ -14,9 +14,10 @@
 //! - 401/403 as for native requests; 500 when the dead-letter topic refused events (retry).
 //!
 //! Write keys: when auth is on, a request whose head carries no key (analytics.js sends its key
-//! only as `writeKey` in a text/plain body) has its body read (at most `limits.max_body_bytes`,
-//! uncompressed bodies only) and its `writeKey` presented as if it came in `X-Write-Key`; then the
-//! usual check runs (`auth::authorize`: per-IP limit, key, origin).
+//! only as `writeKey` in a text/plain body) has its body read (uncompressed bodies only, at most
+//! `segment.max_batch_bytes`, within the in-flight limits of `admission`) and its `writeKey`
+//! presented as if it came in `X-Write-Key`; then the usual check runs (`auth::authorize`:
+//! per-IP limit, key, origin). Such a request's per-IP limit is checked after its body is read.
 
 use std::sync::Arc;
 
@@ -189,10 +190,26 @@ async fn authorize_with_body_key(State(gw): State<AppState>, req: Request, next:
         return auth::authorize(State(gw), req, next).await;
     }
     let (mut parts, body) = req.into_parts();
-    let limit = gw.pipeline.limits.max_body_bytes;
-    let bytes = match super::body::read_limited(body, &parts.headers, limit).await {
-        Ok(b) => b,
-        Err((err, _)) => return refusal(err),
+    // A Segment body is at most `segment.max_batch_bytes` (and identity-encoded here); it is
+    // read within the in-flight limits like any body, released before the pipeline takes its own.
+    let limit = gw
+        .segment
+        .as_ref()
+        .map_or(0, |s| s.max_batch_bytes)
+        .min(gw.pipeline.limits.max_body_bytes);
+    let bytes = {
+        let held = gw
+            .admission
+            .request()
+            .and_then(|slot| Ok((slot, gw.admission.charge(limit)?)));
+        let _held = match held {
+            Ok(held) => held,
+            Err(err) => return refusal(err),
+        };
+        match super::body::read_limited(body, &parts.headers, limit).await {
+            Ok(b) => b,
+            Err((err, _)) => return refusal(err),
+        }
     };
     #[derive(serde::Deserialize)]
     struct Key {

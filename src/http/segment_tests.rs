@@ -329,6 +329,11 @@ async fn with_auth_a_key_in_the_body_or_the_head_is_enough() {
             .0,
         401
     );
+    // A body read for its key is bounded by segment.max_batch_bytes.
+    let big = json!({"writeKey": KEY, "batch": [], "pad": "x".repeat(600 << 10)});
+    let (status, _, answer) = send(&h, post("/v1/batch", &big)).await;
+    assert_eq!(status, 400, "{answer}");
+    assert_eq!(answer["code"], "body_too_large");
     // Server SDKs: HTTP Basic.
     let basic = base64::Engine::encode(
         &base64::engine::general_purpose::STANDARD,
