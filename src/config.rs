@@ -26,8 +26,10 @@ mod audit;
 mod auth;
 mod librdkafka;
 mod service_links;
+mod snowplow;
 pub use audit::AuditConfig;
 pub use auth::{check_rate, AuthConfig, RateLimitConfig};
+pub use snowplow::{PixelConfig, SnowplowConfig, UnknownContexts};
 
 /// The whole configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -82,6 +84,12 @@ pub struct Config {
     /// Audit records: per-window counts published to the audit topic.
     #[serde(default)]
     pub audit: AuditConfig,
+    /// Snowplow's tracker protocol (off by default).
+    #[serde(default)]
+    pub snowplow: SnowplowConfig,
+    /// The native `GET /v1/pixel.gif` (on by default).
+    #[serde(default)]
+    pub pixel: PixelConfig,
 }
 
 /// The local spool (write-ahead log) used when Kafka cannot acknowledge in time.
@@ -591,6 +599,7 @@ impl Config {
         }
         self.validate_auth()?;
         self.validate_audit()?;
+        self.validate_snowplow()?;
         self.kafka.validate_librdkafka()?;
         // The size limits (message.max.bytes, context, output ratio) are checked where enforced.
         crate::pipeline::bounds::validate(self)

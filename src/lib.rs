@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod notify;
 pub mod ops;
 pub mod pipeline;
+pub mod protocol;
 pub mod schema;
 pub mod server;
 pub mod sink;

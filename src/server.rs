@@ -150,6 +150,8 @@ fn gateway_with_audit(
         access: http::auth::Access::new(config),
         admission: http::admission::Admission::new(&config.limits),
         audit,
+        pixel: config.pixel.clone(),
+        snowplow: config.snowplow.clone(),
     })
 }
 
@@ -239,6 +241,7 @@ async fn serve_inner(
         None
     };
     gw.access.start().map_err(anyhow::Error::msg)?;
+    crate::protocol::snowplow::check_schemas(&gw).map_err(anyhow::Error::msg)?;
     let router = http::app(gw.clone(), &config.cors, config.limits.request_timeout());
 
     let (admin_stop_tx, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();

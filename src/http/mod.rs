@@ -13,6 +13,7 @@ pub mod error;
 pub mod ingest;
 pub mod keys;
 pub mod linger;
+pub mod pixel;
 pub mod rate_limit;
 pub mod refused;
 pub mod request_id;
@@ -58,6 +59,10 @@ pub struct Gateway {
     pub admission: admission::Admission,
     /// Per-window counts for the audit topic (`crate::audit`).
     pub audit: Arc<crate::audit::Books>,
+    /// `GET /v1/pixel.gif` (`pixel`).
+    pub pixel: crate::config::PixelConfig,
+    /// Snowplow's tracker protocol (`crate::protocol::snowplow`).
+    pub snowplow: crate::config::SnowplowConfig,
 }
 
 pub type AppState = Arc<Gateway>;
@@ -73,8 +78,11 @@ pub fn app(state: AppState, cors: &CorsConfig, request_timeout: Duration) -> Rou
         max_bytes: state.pipeline.limits.max_body_bytes.saturating_mul(2),
         max_time: linger::LINGER_MAX_TIME,
     };
-    Router::new()
-        .route("/v1/events", ingest)
+    let mut native = Router::new().route("/v1/events", ingest);
+    if state.pixel.enabled {
+        native = native.route("/v1/pixel.gif", axum::routing::get(pixel::pixel));
+    }
+    native
         // Inside CORS and lingering close: its refusals carry CORS headers and reach clients
         // that write their whole body first; preflights never reach it.
         .route_layer(middleware::from_fn_with_state(
@@ -86,6 +94,8 @@ pub fn app(state: AppState, cors: &CorsConfig, request_timeout: Duration) -> Rou
             whole_request_timeout,
         ))
         .layer(cors_layer(cors))
+        // Their own CORS (with credentials): outside the native one.
+        .merge(crate::protocol::snowplow::routes(&state, request_timeout))
         .layer(middleware::from_fn_with_state(lingering, linger::linger))
         .layer(middleware::from_fn(count_status))
         .layer(middleware::from_fn(request_id::layer))
@@ -93,7 +103,7 @@ pub fn app(state: AppState, cors: &CorsConfig, request_timeout: Duration) -> Rou
 }
 
 /// 408 when a request (body and Kafka wait included) takes longer than `limit`.
-async fn whole_request_timeout(
+pub(crate) async fn whole_request_timeout(
     State((limit, audit)): State<(Duration, Arc<crate::audit::Books>)>,
     req: Request,
     next: Next,
