@@ -163,8 +163,9 @@ mod tests {
         assert!(!c.snowplow.require_write_key);
         assert!(c.pixel.enabled);
         assert_eq!(c.pixel.max_query_bytes, 8192);
-        let err = load("[snowplow]\nenabled = true\ncors_origins = [\"*\", \"https://a.example\"]\n")
-            .unwrap_err();
+        let err =
+            load("[snowplow]\nenabled = true\ncors_origins = [\"*\", \"https://a.example\"]\n")
+                .unwrap_err();
         assert!(err.contains("snowplow.cors_origins"), "{err}");
         let err = load("[snowplow]\nenabled = true\ncors_origins = [\"https://a.example/x\"]\n")
             .unwrap_err();
@@ -176,6 +177,9 @@ mod tests {
         let err = load("[snowplow]\nenable = true\n").unwrap_err();
         assert!(err.contains("enable"), "{err}");
         let err = load("[snowplow]\nunknown_contexts = \"drop\"\n").unwrap_err();
-        assert!(err.contains("unknown_contexts") || err.contains("snowplow"), "{err}");
+        assert!(
+            err.contains("unknown_contexts") || err.contains("snowplow"),
+            "{err}"
+        );
     }
 }

@@ -28,9 +28,9 @@ use super::AppState;
 
 /// A transparent 1x1 GIF (the one Snowplow's collector answers).
 pub const GIF: &[u8] = &[
-    0x47, 0x49, 0x46, 0x38, 0x39, 0x61, 0x01, 0x00, 0x01, 0x00, 0x80, 0x00, 0x00, 0x00, 0x00,
-    0x00, 0xff, 0xff, 0xff, 0x21, 0xf9, 0x04, 0x01, 0x00, 0x00, 0x00, 0x00, 0x2c, 0x00, 0x00,
-    0x00, 0x00, 0x01, 0x00, 0x01, 0x00, 0x00, 0x02, 0x02, 0x44, 0x01, 0x00, 0x3b,
+    0x47, 0x49, 0x46, 0x38, 0x39, 0x61, 0x01, 0x00, 0x01, 0x00, 0x80, 0x00, 0x00, 0x00, 0x00, 0x00,
+    0xff, 0xff, 0xff, 0x21, 0xf9, 0x04, 0x01, 0x00, 0x00, 0x00, 0x00, 0x2c, 0x00, 0x00, 0x00, 0x00,
+    0x01, 0x00, 0x01, 0x00, 0x00, 0x02, 0x02, 0x44, 0x01, 0x00, 0x3b,
 ];
 
 /// Where a GIF answer's refusal reason goes.
@@ -68,7 +68,10 @@ pub fn gif_for_outcome(outcome: &Outcome) -> Response {
     } else {
         gif(
             StatusCode::INTERNAL_SERVER_ERROR,
-            Some(("dead_letter_refused", "the event could not be stored; retry later")),
+            Some((
+                "dead_letter_refused",
+                "the event could not be stored; retry later",
+            )),
         )
     }
 }
@@ -136,8 +139,12 @@ pub async fn pixel(State(gw): State<AppState>, req: Request) -> Response {
     if len > limit {
         metrics::counter!(crate::metrics::REQUESTS_REFUSED, "reason" => "query_too_large")
             .increment(1);
-        let message = format!("the query is {len} bytes; the limit is {limit} (pixel.max_query_bytes)");
-        return gif(StatusCode::URI_TOO_LONG, Some(("query_too_large", &message)));
+        let message =
+            format!("the query is {len} bytes; the limit is {limit} (pixel.max_query_bytes)");
+        return gif(
+            StatusCode::URI_TOO_LONG,
+            Some(("query_too_large", &message)),
+        );
     }
     match ingest::run(&gw, query_as_body(req), Some(Arc::new(PixelEvent))).await {
         Ok(outcome) => gif_for_outcome(&outcome),
@@ -151,14 +158,16 @@ struct PixelEvent;
 impl Translate for PixelEvent {
     fn translate(&self, body: &[u8]) -> Result<Vec<u8>, ApiError> {
         let undecodable = |m: &str| ApiError::Undecodable(m.to_owned());
-        let pairs = query_pairs(body).ok_or_else(|| undecodable("the query string is not readable"))?;
+        let pairs =
+            query_pairs(body).ok_or_else(|| undecodable("the query string is not readable"))?;
         let e = pairs
             .iter()
             .find(|(k, _)| k == "e")
             .map(|(_, v)| v)
             .ok_or_else(|| undecodable("missing `e`: the event as base64url JSON"))?;
-        let json = crate::protocol::snowplow::payload::decode_base64(e)
-            .ok_or_else(|| undecodable("`e` is not base64 (URL-safe or standard, padding optional)"))?;
+        let json = crate::protocol::snowplow::payload::decode_base64(e).ok_or_else(|| {
+            undecodable("`e` is not base64 (URL-safe or standard, padding optional)")
+        })?;
         let event: Value = serde_json::from_slice(&json)
             .map_err(|err| ApiError::Undecodable(format!("`e` is not JSON: {err}")))?;
         // The event stays as sent (a non-object is rejected alone, dead-lettered, like in a bundle).
@@ -196,7 +205,10 @@ mod tests {
             base64::engine::general_purpose::URL_SAFE_NO_PAD,
             base64::engine::general_purpose::STANDARD,
         ] {
-            let q = format!("e={}", engine.encode(event).replace('+', "%2B").replace('=', "%3D"));
+            let q = format!(
+                "e={}",
+                engine.encode(event).replace('+', "%2B").replace('=', "%3D")
+            );
             let out = PixelEvent.translate(q.as_bytes()).unwrap();
             let v: Value = serde_json::from_slice(&out).unwrap();
             assert_eq!(v["events"][0]["data"]["element"], "a??>");

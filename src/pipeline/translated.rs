@@ -92,7 +92,10 @@ mod tests {
         assert_eq!(r.index, 3);
         assert_eq!(r.reason, RejectReason::SchemaViolation);
         assert_eq!(r.path, "/context/contexts/0/data");
-        assert_eq!(r.event_id.as_deref(), Some("0f8fad5b-d9cb-469f-a165-70867728950e"));
+        assert_eq!(
+            r.event_id.as_deref(),
+            Some("0f8fad5b-d9cb-469f-a165-70867728950e")
+        );
         assert!(rejection(0, r#"{"schema": "a/1", "data": {"rejected": 1}}"#).is_none());
         assert!(rejection(0, r#"{"rejected": 7}"#).is_none());
     }

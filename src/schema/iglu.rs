@@ -68,9 +68,11 @@ impl IgluKey {
         }
         let mut v = version.split('-').map(|n| {
             // Iglu versions are plain decimal numbers without leading zeros or signs.
-            (!n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) && (n == "0" || !n.starts_with('0')))
-                .then(|| n.parse::<u32>().ok())
-                .flatten()
+            (!n.is_empty()
+                && n.bytes().all(|b| b.is_ascii_digit())
+                && (n == "0" || !n.starts_with('0')))
+            .then(|| n.parse::<u32>().ok())
+            .flatten()
         });
         let (model, revision, addition) = (v.next()??, v.next()??, v.next()??);
         if v.next().is_some() || model == 0 {
@@ -217,7 +219,10 @@ pub fn compile_value(path: &Path, key: &IgluKey, mut doc: Value) -> Result<Schem
         field("format"),
         field("version"),
     );
-    if vendor != key.vendor || name != key.name || format != "jsonschema" || version != key.version()
+    if vendor != key.vendor
+        || name != key.name
+        || format != "jsonschema"
+        || version != key.version()
     {
         return Err(invalid(format!(
             "`self` ({{vendor: {vendor:?}, name: {name:?}, format: {format:?}, version: {version:?}}}) \
@@ -328,7 +333,10 @@ mod tests {
         // The native form names the model's highest revision (1-0-10 > 1-0-2 numerically).
         let latest = r.get("com.acme.checkout/1").unwrap();
         assert_eq!(&*latest.id, "iglu:com.acme/checkout/jsonschema/1-0-10");
-        assert_eq!(&*r.get("com.acme.checkout/2").unwrap().id, "iglu:com.acme/checkout/jsonschema/2-0-0");
+        assert_eq!(
+            &*r.get("com.acme.checkout/2").unwrap().id,
+            "iglu:com.acme/checkout/jsonschema/2-0-0"
+        );
         let names: Vec<String> = r.names().iter().map(|n| n.to_string()).collect();
         assert_eq!(names, ["com.acme.checkout", "page_view"]);
         // `schemas check` passes Iglu schemas without examples.
@@ -339,7 +347,10 @@ mod tests {
             json!({"self": {"vendor": "com.acme", "name": "checkout", "format": "jsonschema", "version": "2-0-1"}}).to_string(),
         )
         .unwrap();
-        let err = super::super::Registry::load(root).err().unwrap().to_string();
+        let err = super::super::Registry::load(root)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("com.acme/checkout/jsonschema/2-0-0"), "{err}");
     }
 }

@@ -172,7 +172,8 @@ impl Registry {
             let Some(key) = iglu::IgluKey::parse_uri(&schema.id) else {
                 continue;
             };
-            let newer = |old: &iglu::IgluKey| (key.revision, key.addition) > (old.revision, old.addition);
+            let newer =
+                |old: &iglu::IgluKey| (key.revision, key.addition) > (old.revision, old.addition);
             match latest.get(&key.model_id()) {
                 Some((old, _)) if !newer(old) => {}
                 _ => {

@@ -175,7 +175,9 @@ fn text_for_error(err: &ApiError) -> Response {
     let gif = pixel::gif_for_error(err);
     let mut response = text(gif.status(), format!("{}: {}", err.code(), err));
     if let Some(v) = gif.headers().get(header::RETRY_AFTER) {
-        response.headers_mut().insert(header::RETRY_AFTER, v.clone());
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, v.clone());
     }
     if matches!(err, ApiError::Unauthorized(_)) {
         response.headers_mut().insert(
@@ -229,7 +231,10 @@ impl Translate for Tracker {
                 let pairs = pixel::query_pairs(body).ok_or_else(|| {
                     ApiError::Undecodable("the query string is not readable".into())
                 })?;
-                vec![pairs.into_iter().map(|(k, v)| (k, Value::String(v))).collect()]
+                vec![pairs
+                    .into_iter()
+                    .map(|(k, v)| (k, Value::String(v)))
+                    .collect()]
             }
         };
         let mapping = payload::Mapping {

@@ -37,7 +37,13 @@ pub const STRUCTURED: &str = "snowplow_structured/1";
 pub const TRANSACTION: &str = "snowplow_transaction/1";
 pub const TRANSACTION_ITEM: &str = "snowplow_transaction_item/1";
 /// Every schema the mapping needs in the registry.
-pub const SHIPPED: [&str; 5] = [PAGE_VIEW, PAGE_PING, STRUCTURED, TRANSACTION, TRANSACTION_ITEM];
+pub const SHIPPED: [&str; 5] = [
+    PAGE_VIEW,
+    PAGE_PING,
+    STRUCTURED,
+    TRANSACTION,
+    TRANSACTION_ITEM,
+];
 
 const UNSTRUCT_PREFIX: &str = "iglu:com.snowplowanalytics.snowplow/unstruct_event/jsonschema/1-";
 const CONTEXTS_PREFIX: &str = "iglu:com.snowplowanalytics.snowplow/contexts/jsonschema/1-";
@@ -109,7 +115,11 @@ fn translate(params: &Map<String, Value>, mapping: &Mapping<'_>) -> Result<Value
     let (schema, data) = match e.as_str() {
         "pv" => (
             PAGE_VIEW.to_owned(),
-            object([("url", s("url").map(Value::String)), ("title", s("page").map(Value::String)), ("referrer", s("refr").map(Value::String))]),
+            object([
+                ("url", s("url").map(Value::String)),
+                ("title", s("page").map(Value::String)),
+                ("referrer", s("refr").map(Value::String)),
+            ]),
         ),
         "pp" => (
             PAGE_PING.to_owned(),
@@ -174,13 +184,20 @@ fn translate(params: &Map<String, Value>, mapping: &Mapping<'_>) -> Result<Value
         None => Value::Null,
         Some(ms) => Value::String(rfc3339_ms(&ms).ok_or_else(|| {
             bad(
-                if text.contains_key("ttm") { "/ttm" } else { "/dtm" },
+                if text.contains_key("ttm") {
+                    "/ttm"
+                } else {
+                    "/dtm"
+                },
                 "timestamps are milliseconds since the Unix epoch",
             )
         })?),
     };
     let mut context = Map::new();
-    if let Some(visitor) = s("uid").filter(|v| !v.is_empty()).or_else(|| s("duid").filter(|v| !v.is_empty())) {
+    if let Some(visitor) = s("uid")
+        .filter(|v| !v.is_empty())
+        .or_else(|| s("duid").filter(|v| !v.is_empty()))
+    {
         context.insert("visitor_id".into(), Value::String(visitor));
     }
     if let Some(session) = s("sid").filter(|v| !v.is_empty()) {
@@ -214,11 +231,15 @@ fn self_describing_event(
     px: Option<String>,
     mapping: &Mapping<'_>,
 ) -> Result<(String, Value), Bad> {
-    let (wrapper, field) = json_param(pr, px, "ue_pr", "ue_px")?
-        .ok_or_else(|| bad("/ue_pr", "a self-describing event (e=ue) needs ue_pr or ue_px"))?;
+    let (wrapper, field) = json_param(pr, px, "ue_pr", "ue_px")?.ok_or_else(|| {
+        bad(
+            "/ue_pr",
+            "a self-describing event (e=ue) needs ue_pr or ue_px",
+        )
+    })?;
     let path = format!("/{field}");
     let inner = self_describing(&wrapper, UNSTRUCT_PREFIX)
-        .and_then(|d| d.get("data"))
+        .filter(|d| d.is_object())
         .ok_or_else(|| {
             bad(
                 &path,
@@ -230,7 +251,10 @@ fn self_describing_event(
     let key = IgluKey::parse_uri(uri).ok_or_else(|| {
         bad(
             &format!("{path}/data/schema"),
-            format!("{:?} is not an Iglu URI like iglu:com.acme/checkout/jsonschema/1-0-0", cut(uri)),
+            format!(
+                "{:?} is not an Iglu URI like iglu:com.acme/checkout/jsonschema/1-0-0",
+                cut(uri)
+            ),
         )
     })?;
     if mapping.registry.get(uri).is_none() {
@@ -331,12 +355,8 @@ fn json_param(
         }
         (None, None) => return Ok(None),
     };
-    let value = serde_json::from_slice(&text).map_err(|e| {
-        bad(
-            &format!("/{name}"),
-            format!("{name} is not JSON: {e}"),
-        )
-    })?;
+    let value = serde_json::from_slice(&text)
+        .map_err(|e| bad(&format!("/{name}"), format!("{name} is not JSON: {e}")))?;
     Ok(Some((value, name)))
 }
 
