@@ -21,6 +21,8 @@ use serde_json::{json, Value};
 
 const CHECKOUT: &str = "iglu:com.acme/checkout/jsonschema/1-0-0";
 const USER: &str = "iglu:com.acme/user/jsonschema/1-0-0";
+/// The trackers send this in a self-describing event: its base64 holds `+`/`/` (`-`/`_`).
+const NOTE: &str = "~~~???~~>>>??~";
 
 struct Setup {
     broker: Broker,
@@ -263,7 +265,10 @@ async fn python_tracker_posts_and_gets_through_eventpipe() {
     );
     assert_eq!(by["se/get"]["value"]["data"]["value"], 1);
     let ue = &by["ue_valid/post"]["value"];
-    assert_eq!(ue["data"], json!({"total": 59.9, "currency": "EUR"}));
+    assert_eq!(
+        ue["data"],
+        json!({"total": 59.9, "currency": "EUR", "note": NOTE})
+    );
     assert_eq!(
         ue["context"]["contexts"][0],
         json!({"schema": USER, "data": {"tier": "pro"}})
@@ -298,7 +303,10 @@ async fn node_tracker_posts_and_gets_through_eventpipe() {
         by["ue_valid/post"]["value"]["data"],
         json!({"total": 12.5, "currency": "USD"})
     );
-    assert_eq!(by["ue_valid/get"]["value"]["data"], json!({"total": 7}));
+    assert_eq!(
+        by["ue_valid/get"]["value"]["data"],
+        json!({"total": 7, "note": NOTE})
+    );
     assert_eq!(
         by["ue_valid/get"]["value"]["context"]["contexts"][0]["data"],
         json!({"tier": "free"})
@@ -361,7 +369,10 @@ async fn browser_tracker_in_chromium_and_the_native_pixel() {
         by["ue_valid/post"]["value"]["data"],
         json!({"total": 99, "currency": "GBP"})
     );
-    assert_eq!(by["ue_valid/get"]["value"]["data"], json!({"total": 5}));
+    assert_eq!(
+        by["ue_valid/get"]["value"]["data"],
+        json!({"total": 5, "note": NOTE})
+    );
     // The pixel's events: one in its topic, one dead-lettered with its reason.
     let got = common::consume_until(
         &s.broker.brokers(),

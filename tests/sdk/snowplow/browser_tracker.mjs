@@ -43,6 +43,8 @@ const page = `<!doctype html><html><head><title>Shop</title>
   snowplowBrowserTracking.newTracker('webget', ${JSON.stringify(gateway)}, { ...common, eventMethod: 'get' });
   snowplowBrowserTracking.setUserId('web-user-1');
   const CHECKOUT = 'iglu:com.acme/checkout/jsonschema/1-0-0';
+  // Text whose base64 holds the characters the URL-safe and standard alphabets differ in.
+  const NOTE = '~~~???~~>>>??~';
   const user = [{ schema: 'iglu:com.acme/user/jsonschema/1-0-0', data: { tier: 'pro' } }];
   const as = (kind, method, f) => { window.label = [kind, method]; f(); };
   as('pv', 'post', () => snowplowBrowserTracking.trackPageView({ context: user }, ['web']));
@@ -50,7 +52,7 @@ const page = `<!doctype html><html><head><title>Shop</title>
   as('ue_valid', 'post', () => snowplowBrowserTracking.trackSelfDescribingEvent({ event: { schema: CHECKOUT, data: { total: 99, currency: 'GBP' } }, context: user }, ['web']));
   as('ue_invalid', 'post', () => snowplowBrowserTracking.trackSelfDescribingEvent({ event: { schema: CHECKOUT, data: { total: 1, coupon: 'X' } } }, ['web']));
   as('pv', 'get', () => snowplowBrowserTracking.trackPageView({}, ['webget']));
-  as('ue_valid', 'get', () => snowplowBrowserTracking.trackSelfDescribingEvent({ event: { schema: CHECKOUT, data: { total: 5 } }, context: user }, ['webget']));
+  as('ue_valid', 'get', () => snowplowBrowserTracking.trackSelfDescribingEvent({ event: { schema: CHECKOUT, data: { total: 5, note: NOTE } }, context: user }, ['webget']));
 </script></body></html>`;
 
 const server = createServer((req, res) => {

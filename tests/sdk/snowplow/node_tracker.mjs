@@ -22,6 +22,8 @@ const [host, portText] = process.argv[2].split(':');
 const port = Number(portText);
 const CHECKOUT = 'iglu:com.acme/checkout/jsonschema/1-0-0';
 const USER = 'iglu:com.acme/user/jsonschema/1-0-0';
+// Text whose base64 holds the characters the URL-safe and standard alphabets differ in.
+const NOTE = '~~~???~~>>>??~';
 const failures = [];
 
 const delivered = {};
@@ -72,7 +74,7 @@ await settled(post, 'nd', 4);
 
 const get = tracker('ndget', 'get', true);
 emit('pv', 'get', get.track(buildPageView({ pageUrl: 'https://node.example/get?x=1&y=é' })));
-emit('ue_valid', 'get', get.track(buildSelfDescribingEvent({ event: { schema: CHECKOUT, data: { total: 7 } } }), context));
+emit('ue_valid', 'get', get.track(buildSelfDescribingEvent({ event: { schema: CHECKOUT, data: { total: 7, note: NOTE } } }), context));
 await settled(get, 'ndget', 2);
 
 // The request reaches the gateway; its answer is lost once (a dropped connection).

@@ -24,6 +24,8 @@ host, port = sys.argv[1].rsplit(":", 1)
 port = int(port)
 CHECKOUT = "iglu:com.acme/checkout/jsonschema/1-0-0"
 USER = "iglu:com.acme/user/jsonschema/1-0-0"
+# Text whose base64 holds the characters the URL-safe and standard alphabets differ in.
+NOTE = "~~~???~~>>>??~"
 failures = []
 
 
@@ -53,7 +55,7 @@ emit("pv", "post", post.track(PageView(page_url="https://py.example/home", page_
 emit("se", "post", post.track(StructuredEvent(category="shop", action="add", label="red shoes",
                                               property_="sku-42", value=2.5)))
 emit("ue_valid", "post", post.track(SelfDescribing(
-    SelfDescribingJson(CHECKOUT, {"total": 59.9, "currency": "EUR"}), context=context)))
+    SelfDescribingJson(CHECKOUT, {"total": 59.9, "currency": "EUR", "note": NOTE}), context=context)))
 emit("ue_invalid", "post", post.track(SelfDescribing(
     SelfDescribingJson(CHECKOUT, {"total": "a lot"}))))
 post.flush()
