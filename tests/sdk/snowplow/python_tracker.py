@@ -4,7 +4,8 @@ Emitter options (endpoint, protocol, port, method), driven by tests/snowplow.rs.
 
 Prints one JSON line per tracked event: {"sdk", "kind", "method", "eid"}, then {"done": ...}.
 Events: over POST a page view, a structured event, a valid and an invalid self-describing event
-(com.acme/checkout/jsonschema/1-0-0, with a com.acme/user context); over GET a page view and a
+(com.acme/checkout/jsonschema/1-0-0, with a com.acme/user context), a page view with
+an invalid context; over GET a page view and a
 structured event; and one POST whose first answer is lost (the request reached the gateway, the
 tracker saw a connection error) so the tracker retries the same eid.
 """
@@ -58,6 +59,8 @@ emit("ue_valid", "post", post.track(SelfDescribing(
     SelfDescribingJson(CHECKOUT, {"total": 59.9, "currency": "EUR", "note": NOTE}), context=context)))
 emit("ue_invalid", "post", post.track(SelfDescribing(
     SelfDescribingJson(CHECKOUT, {"total": "a lot"}))))
+emit("ctx_invalid", "post", post.track(PageView(
+    page_url="https://py.example/ctx", context=[SelfDescribingJson(USER, {"tier": "gold"})])))
 post.flush()
 
 get = Tracker("pyget", emitter("get"), subject=subject, app_id="py-app")
