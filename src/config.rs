@@ -41,7 +41,8 @@ pub struct Config {
     /// Admin listener for `/metrics`, `/healthz`, `/readyz`. Never exposed on the public port.
     #[serde(default = "default_admin_listen")]
     pub admin_listen: SocketAddr,
-    /// Directory of JSON Schemas: `<dir>/<name>/<major>.json`.
+    /// Directory of JSON Schemas: `<dir>/<name>/<major>.json`, and Iglu-layout ones
+    /// (`<dir>/<vendor>/<name>/jsonschema/<M-R-A>`, see `schema::iglu`).
     #[serde(default = "default_schemas")]
     pub schemas: PathBuf,
     /// Identity written into every event; defaults to the host name.

@@ -84,7 +84,7 @@ pub enum SchemaError {
     },
     #[error("{path}: {message}")]
     Invalid { path: PathBuf, message: String },
-    #[error("no schemas found under {0} (expected <dir>/<name>/<major>.json)")]
+    #[error("no schemas found under {0} (expected <dir>/<name>/<major>.json or <dir>/<vendor>/<name>/jsonschema/<M-R-A>)")]
     Empty(PathBuf),
 }
 
