@@ -152,7 +152,10 @@ fn sent(lines: &[Value]) -> Vec<Sent> {
 fn landed(s: &Setup, sent: &[Sent]) -> Vec<Value> {
     let topics: Vec<String> = [
         "snowplow_page_view",
+        "snowplow_page_ping",
         "snowplow_structured",
+        "snowplow_transaction",
+        "snowplow_transaction_item",
         "com.acme.checkout",
     ]
     .iter()
@@ -214,6 +217,18 @@ fn check_common(s: &Setup, sent: &[Sent], records: &[Value]) -> HashMap<String, 
                 assert_eq!(v["reason"], "schema_violation", "{what}");
                 assert!(v["path"].as_str().unwrap().starts_with("/data"), "{what}");
                 assert_eq!(r["headers"]["reason"], "schema_violation", "{what}");
+            }
+            "pp" => {
+                assert_eq!(topic, s.topics.topic("snowplow_page_ping"), "{what}");
+                assert!(v["data"]["max_y"].is_i64(), "{what}");
+            }
+            "tr" => {
+                assert_eq!(topic, s.topics.topic("snowplow_transaction"), "{what}");
+                assert!(v["data"]["total"].is_number(), "{what}");
+            }
+            "ti" => {
+                assert_eq!(topic, s.topics.topic("snowplow_transaction_item"), "{what}");
+                assert!(v["data"]["quantity"].is_i64(), "{what}");
             }
             "ctx_invalid" => {
                 assert_eq!(topic, s.topics.dead_letter, "{what}");
@@ -287,7 +302,7 @@ async fn node_tracker_posts_and_gets_through_eventpipe() {
     let s = setup().await;
     let lines = run("node", "node_tracker.mjs", vec![s.gw.addr.to_string()]).await;
     let sent = sent(&lines);
-    assert_eq!(sent.len(), 7, "{lines:?}");
+    assert_eq!(sent.len(), 10, "{lines:?}");
     let done = lines.last().unwrap();
     assert_eq!(done["attempts"], 2, "the lost answer was retried: {done}");
     assert_eq!(done["failures"].as_array().unwrap().len(), 1, "{done}");
@@ -317,6 +332,18 @@ async fn node_tracker_posts_and_gets_through_eventpipe() {
         json!({"tier": "free"})
     );
     assert_eq!(by["ue_invalid/post"]["value"]["path"], "/data/total");
+    assert_eq!(
+        by["pp/post"]["value"]["data"],
+        json!({"url": "https://node.example/a", "min_x": 1, "max_x": 10, "min_y": 5, "max_y": 900})
+    );
+    assert_eq!(
+        by["tr/post"]["value"]["data"],
+        json!({"order_id": "o-1", "total": 59.9, "tax": 9.98, "city": "Lyon", "currency": "EUR"})
+    );
+    assert_eq!(
+        by["ti/post"]["value"]["data"],
+        json!({"order_id": "o-1", "sku": "sku-42", "name": "Red shoes", "price": 29.95, "quantity": 2})
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,7 +3,7 @@
 //
 // Prints one JSON line per tracked event: {"sdk", "kind", "method", "eid"}, then {"done": ...}.
 // POST with encodeBase64 false (ue_pr/co as plain JSON): a page view, a structured event, a valid
-// and an invalid self-describing event with a context; GET (base64): a page view and a
+// and an invalid self-describing event with a context, a page ping, a transaction and its item; GET (base64): a page view and a
 // self-describing event; and one POST whose first answer is lost, so the tracker retries the
 // same eid.
 import { createRequire } from 'node:module';
@@ -16,7 +16,10 @@ try {
   console.error(`MISSING-SDK: ${e.message}; install with: cd tests/sdk/snowplow && npm ci`);
   process.exit(3);
 }
-const { newTracker, buildPageView, buildStructEvent, buildSelfDescribingEvent } = sp;
+const {
+  newTracker, buildPageView, buildPagePing, buildStructEvent, buildSelfDescribingEvent,
+  buildEcommerceTransaction, buildEcommerceTransactionItem,
+} = sp;
 
 const [host, portText] = process.argv[2].split(':');
 const port = Number(portText);
@@ -70,7 +73,10 @@ emit('pv', 'post', post.track(buildPageView({ pageUrl: 'https://node.example/a',
 emit('se', 'post', post.track(buildStructEvent({ category: 'shop', action: 'add', label: 'l', property: 'p', value: 3 })));
 emit('ue_valid', 'post', post.track(buildSelfDescribingEvent({ event: { schema: CHECKOUT, data: { total: 12.5, currency: 'USD' } } }), context));
 emit('ue_invalid', 'post', post.track(buildSelfDescribingEvent({ event: { schema: CHECKOUT, data: { total: -1 } } }), context));
-await settled(post, 'nd', 4);
+emit('pp', 'post', post.track(buildPagePing({ pageUrl: 'https://node.example/a', minXOffset: 1, maxXOffset: 10, minYOffset: 5, maxYOffset: 900 })));
+emit('tr', 'post', post.track(buildEcommerceTransaction({ orderId: 'o-1', total: 59.9, tax: 9.98, currency: 'EUR', city: 'Lyon' })));
+emit('ti', 'post', post.track(buildEcommerceTransactionItem({ orderId: 'o-1', sku: 'sku-42', name: 'Red shoes', price: 29.95, quantity: 2 })));
+await settled(post, 'nd', 7);
 
 const get = tracker('ndget', 'get', true);
 emit('pv', 'get', get.track(buildPageView({ pageUrl: 'https://node.example/get?x=1&y=é' })));
