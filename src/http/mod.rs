@@ -1,4 +1,5 @@
-//! The public HTTP surface: `POST /v1/events` with CORS and a whole-request timeout.
+//! The public HTTP surface: `POST /v1/events` and `GET /v1/pixel.gif` (`pixel`) with CORS and a
+//! whole-request timeout; other trackers' protocols (`crate::protocol`) with their own CORS.
 //!
 //! Layers, innermost first: the whole-request timeout (408 in the usual error shape), CORS (so
 //! every answer, 408s included, carries its headers), lingering close (`linger`), and the

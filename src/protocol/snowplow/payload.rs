@@ -84,9 +84,10 @@ pub fn event(params: &Map<String, Value>, mapping: &Mapping<'_>) -> Value {
     }
 }
 
-/// Parameters consumed into `data` (or the envelope) rather than copied into `context.snowplow`.
+/// Parameters consumed into `data` (or the envelope) rather than copied into `context.snowplow`;
+/// `key` is a write key (`snowplow.require_write_key`) and never stored.
 fn consumed(key: &str) -> bool {
-    matches!(key, "e" | "eid" | "ue_pr" | "ue_px" | "co" | "cx")
+    matches!(key, "e" | "eid" | "ue_pr" | "ue_px" | "co" | "cx" | "key")
         || ["se_", "pp_", "tr_", "ti_"]
             .iter()
             .any(|p| key.starts_with(p))

@@ -338,7 +338,7 @@ async fn get_i_answers_the_gif_and_reads_base64_in_any_alphabet() {
                 .replace('=', "%3D")
         };
         let uri = format!(
-            "/i?e=ue&eid={eid}&ue_px={}&duid=d-9&url=https%3A%2F%2Fa.example%2F",
+            "/i?e=ue&eid={eid}&ue_px={}&duid=d-9&url=https%3A%2F%2Fa.example%2F&key=wk_secret_never_stored",
             enc(&px)
         );
         let (status, headers, body) =
@@ -364,6 +364,12 @@ async fn get_i_answers_the_gif_and_reads_base64_in_any_alphabet() {
         assert_eq!(
             from_thrift(&e.context).unwrap()["snowplow"]["url"],
             "https://a.example/"
+        );
+        assert!(
+            from_thrift(&e.context).unwrap()["snowplow"]
+                .get("key")
+                .is_none(),
+            "a write key is never stored"
         );
     }
 }
