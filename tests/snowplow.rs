@@ -440,7 +440,11 @@ async fn native_pixel_answers_and_limits_over_http() {
         );
         assert_eq!(&r.bytes().await.unwrap()[..6], b"GIF89a");
     }
-    let r = client.get(url("e=not*base64")).send().await.unwrap();
+    let r = client
+        .get(url("key=wk_not_a_real_key&e=not*base64"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
     assert!(r.headers()["x-eventpipe-error"]
         .to_str()
@@ -470,7 +474,10 @@ async fn native_pixel_answers_and_limits_over_http() {
         .iter()
         .find(|r| r["value"]["reason"] == "undecodable_body")
         .unwrap_or_else(|| panic!("{got:#?}"));
-    assert_eq!(letter["value"]["original"], "e=not*base64");
+    assert_eq!(
+        letter["value"]["original"], "e=not*base64",
+        "the key= parameter is never stored"
+    );
     assert_eq!(letter["value"]["http_status"], 400);
 }
 

@@ -110,10 +110,18 @@ pub fn gif_for_error(err: &ApiError) -> Response {
 }
 
 /// The request with its query string as its body (for `ingest::run` and a translator), without
-/// any body headers the client sent.
+/// any body headers the client sent, and without a `key` parameter: a write key is read from the
+/// URI by `auth` and must not reach events or the dead letters of refused requests.
 pub fn query_as_body(req: Request) -> Request {
     let (mut parts, _body) = req.into_parts();
-    let query = parts.uri.query().unwrap_or("").to_owned();
+    let query = parts
+        .uri
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty() && *p != "key" && !p.starts_with("key="))
+        .collect::<Vec<_>>()
+        .join("&");
     parts.headers.remove(header::CONTENT_ENCODING);
     parts.headers.remove(header::CONTENT_TYPE);
     parts.headers.remove(header::TRANSFER_ENCODING);
