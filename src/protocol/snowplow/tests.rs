@@ -477,3 +477,23 @@ async fn disabled_means_no_routes_and_write_keys_apply_when_required() {
     ]);
     assert_eq!(send(&closed, tp2(pv)).await.0, StatusCode::UNAUTHORIZED);
 }
+
+/// Only translators can pre-reject: a native client sending the marker shape gets the usual
+/// unknown-field rejection, not a reason of its choosing.
+#[tokio::test]
+async fn native_bundles_cannot_use_the_translator_rejection() {
+    let h = harness();
+    let marked = json!({"events": [{"rejected": {"reason": "too_deep", "path": "/x", "message": "chosen"}, "event_id": EID}]});
+    let req = Request::post("/v1/events")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(marked.to_string()))
+        .unwrap();
+    let (status, _, body) = send(&h, req).await;
+    assert_eq!(status, StatusCode::OK);
+    let body: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(body["rejected"][0]["reason"], "invalid_envelope", "{body}");
+    assert!(body["rejected"][0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("unknown field"));
+}
