@@ -497,3 +497,48 @@ async fn native_bundles_cannot_use_the_translator_rejection() {
         .unwrap()
         .contains("unknown field"));
 }
+
+/// Spooled is durable: answered 200 like Kafka (trackers count only 2xx, some only 200); when
+/// nothing can be stored, 503 with Retry-After so the tracker retries the same eids.
+#[tokio::test]
+async fn spooled_is_ok_and_unavailable_is_retryable() {
+    let h = harness();
+    let pv = json!([{"e": "pv", "eid": EID, "url": "https://a.example/"}]);
+    h.sink.spool_all(true);
+    let (status, _, body) = send(&h, tp2(pv.clone())).await;
+    assert_eq!((status, body.as_slice()), (StatusCode::OK, &b"ok"[..]));
+    h.sink.spool_all(false);
+    h.sink.fail_with(Some(crate::sink::SinkError::Closed));
+    let pv2 = json!([{"e": "pv", "eid": EID2, "url": "https://a.example/"}]);
+    let (status, headers, body) = send(&h, tp2(pv2)).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(headers.contains_key(header::RETRY_AFTER));
+    assert!(String::from_utf8_lossy(&body).starts_with("unavailable: "));
+    let get = Request::get(format!("/i?e=pv&eid={EID2}&url=x"))
+        .body(Body::empty())
+        .unwrap();
+    let (status, headers, body) = send(&h, get).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(headers.contains_key(header::RETRY_AFTER));
+    assert_eq!(body, crate::http::pixel::GIF);
+}
+
+#[tokio::test]
+async fn start_up_names_missing_shipped_schemas() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("page_view")).unwrap();
+    std::fs::write(dir.path().join("page_view/1.json"), "{}").unwrap();
+    let config: Config = config::load(
+        None,
+        vec![("EVENTPIPE_SNOWPLOW__ENABLED".into(), "true".into())],
+        vec![],
+    )
+    .unwrap();
+    let gw = crate::server::gateway(
+        &config,
+        Registry::load(dir.path()).unwrap(),
+        Arc::new(MemorySink::new()),
+    );
+    let err = super::check_schemas(&gw).unwrap_err();
+    assert!(err.contains("snowplow_page_view/1"), "{err}");
+}
