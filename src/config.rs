@@ -27,9 +27,11 @@ mod auth;
 mod librdkafka;
 mod segment;
 mod service_links;
+mod snowplow;
 pub use audit::AuditConfig;
 pub use auth::{check_rate, AuthConfig, RateLimitConfig};
 pub use segment::{CallSchemas, NamingRule, SegmentConfig};
+pub use snowplow::{PixelConfig, SnowplowConfig, UnknownContexts};
 
 /// The whole configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -41,7 +43,8 @@ pub struct Config {
     /// Admin listener for `/metrics`, `/healthz`, `/readyz`. Never exposed on the public port.
     #[serde(default = "default_admin_listen")]
     pub admin_listen: SocketAddr,
-    /// Directory of JSON Schemas: `<dir>/<name>/<major>.json`.
+    /// Directory of JSON Schemas: `<dir>/<name>/<major>.json`, and Iglu-layout ones
+    /// (`<dir>/<vendor>/<name>/jsonschema/<M-R-A>`, see `schema::iglu`).
     #[serde(default = "default_schemas")]
     pub schemas: PathBuf,
     /// Identity written into every event; defaults to the host name.
@@ -87,6 +90,12 @@ pub struct Config {
     /// Segment's HTTP Tracking API (off by default).
     #[serde(default)]
     pub segment: SegmentConfig,
+    /// Snowplow's tracker protocol (off by default).
+    #[serde(default)]
+    pub snowplow: SnowplowConfig,
+    /// The native `GET /v1/pixel.gif` (on by default).
+    #[serde(default)]
+    pub pixel: PixelConfig,
 }
 
 /// The local spool (write-ahead log) used when Kafka cannot acknowledge in time.
@@ -597,6 +606,7 @@ impl Config {
         self.validate_auth()?;
         self.validate_audit()?;
         self.validate_segment()?;
+        self.validate_snowplow()?;
         self.kafka.validate_librdkafka()?;
         // The size limits (message.max.bytes, context, output ratio) are checked where enforced.
         crate::pipeline::bounds::validate(self)

@@ -156,6 +156,8 @@ fn gateway_with_audit(
         admission: http::admission::Admission::new(&config.limits),
         audit,
         segment,
+        pixel: config.pixel.clone(),
+        snowplow: config.snowplow.clone(),
     })
 }
 
@@ -248,6 +250,7 @@ async fn serve_inner(
         None
     };
     gw.access.start().map_err(anyhow::Error::msg)?;
+    crate::protocol::snowplow::check_schemas(&gw).map_err(anyhow::Error::msg)?;
     let router = http::app(gw.clone(), &config.cors, config.limits.request_timeout());
 
     let (admin_stop_tx, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();

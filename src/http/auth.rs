@@ -226,3 +226,36 @@ pub(super) fn add_headers(err: &ApiError, response: &mut Response) {
         _ => {}
     }
 }
+
+impl Access {
+    /// The per-client-IP bucket alone: for public routes that take no write key (Snowplow's,
+    /// unless `snowplow.require_write_key`).
+    fn admit_ip(&self, client: Option<std::net::IpAddr>) -> Result<(), ApiError> {
+        let (Some(limiter), Some(ip)) = (&self.ip, client) else {
+            return Ok(());
+        };
+        limiter.check(ip).map_err(|wait| {
+            metrics::counter!(m::RATE_LIMITED, "limit" => "client_ip").increment(1);
+            ApiError::RateLimited {
+                scope: "client",
+                retry_after_secs: retry_after_secs(wait),
+            }
+        })
+    }
+}
+
+/// Middleware for public routes without write keys: only the per-IP rate limit.
+pub async fn rate_limit_ip(State(gw): State<AppState>, req: Request, next: Next) -> Response {
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
+    match gw.access.admit_ip(gw.client_ip(peer, req.headers())) {
+        Ok(()) => next.run(req).await,
+        Err(err) => {
+            metrics::counter!(m::REQUESTS_REFUSED, "reason" => err.code()).increment(1);
+            gw.audit.refused(err.code());
+            err.into_response()
+        }
+    }
+}

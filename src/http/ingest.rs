@@ -364,6 +364,7 @@ fn decode_and_process(
     drop(wire);
     // Another wire format: the native bundle replaces the body (a refusal keeps the original
     // body for its dead letter). Its size is charged like a decompressed body's.
+    let translated = translate.is_some();
     let decoded = match translate {
         None => decoded,
         Some(t) => {
@@ -377,13 +378,14 @@ fn decode_and_process(
     // charge one multiple up front, the rest is checked as records are built.
     charge.grow(decoded.len()).map_err(|e| (e, Bytes::new()))?;
 
-    let bundle = Bundle::parse(&decoded, limits.max_depth).map_err(|e| {
+    let mut bundle = Bundle::parse(&decoded, limits.max_depth).map_err(|e| {
         let err = match e {
             pipeline::BundleError::NotABundle(msg) => ApiError::NotABundle(msg),
             other => ApiError::Undecodable(other.to_string()),
         };
         (err, decoded.clone())
     })?;
+    bundle.translated = translated;
     if bundle.events.len() > limits.max_events {
         let err = ApiError::TooManyEvents {
             count: bundle.events.len(),

@@ -1,4 +1,5 @@
-//! The public HTTP surface: `POST /v1/events` with CORS and a whole-request timeout.
+//! The public HTTP surface: `POST /v1/events` and `GET /v1/pixel.gif` (`pixel`) with CORS and a
+//! whole-request timeout; other trackers' protocols (`crate::protocol`) with their own CORS.
 //!
 //! Layers, innermost first: the whole-request timeout (408 in the usual error shape), CORS (so
 //! every answer, 408s included, carries its headers), lingering close (`linger`), and the
@@ -13,6 +14,7 @@ pub mod error;
 pub mod ingest;
 pub mod keys;
 pub mod linger;
+pub mod pixel;
 pub mod rate_limit;
 pub mod refused;
 pub mod request_id;
@@ -61,6 +63,10 @@ pub struct Gateway {
     pub audit: Arc<crate::audit::Books>,
     /// Segment's HTTP Tracking API, when `segment.enabled` (`segment`).
     pub segment: Option<Arc<crate::protocol::segment::Segment>>,
+    /// `GET /v1/pixel.gif` (`pixel`).
+    pub pixel: crate::config::PixelConfig,
+    /// Snowplow's tracker protocol (`crate::protocol::snowplow`).
+    pub snowplow: crate::config::SnowplowConfig,
 }
 
 pub type AppState = Arc<Gateway>;
@@ -76,8 +82,11 @@ pub fn app(state: AppState, cors: &CorsConfig, request_timeout: Duration) -> Rou
         max_bytes: state.pipeline.limits.max_body_bytes.saturating_mul(2),
         max_time: linger::LINGER_MAX_TIME,
     };
-    Router::new()
-        .route("/v1/events", ingest)
+    let mut native = Router::new().route("/v1/events", ingest);
+    if state.pixel.enabled {
+        native = native.route("/v1/pixel.gif", axum::routing::get(pixel::pixel));
+    }
+    native
         // Inside CORS and lingering close: its refusals carry CORS headers and reach clients
         // that write their whole body first; preflights never reach it.
         .route_layer(middleware::from_fn_with_state(
@@ -91,6 +100,8 @@ pub fn app(state: AppState, cors: &CorsConfig, request_timeout: Duration) -> Rou
             whole_request_timeout,
         ))
         .layer(cors_layer(cors))
+        // Their own CORS (with credentials): outside the native one.
+        .merge(crate::protocol::snowplow::routes(&state, request_timeout))
         .layer(middleware::from_fn_with_state(lingering, linger::linger))
         .layer(middleware::from_fn(count_status))
         .layer(middleware::from_fn(request_id::layer))
@@ -98,7 +109,7 @@ pub fn app(state: AppState, cors: &CorsConfig, request_timeout: Duration) -> Rou
 }
 
 /// 408 when a request (body and Kafka wait included) takes longer than `limit`.
-async fn whole_request_timeout(
+pub(crate) async fn whole_request_timeout(
     State((limit, audit)): State<(Duration, Arc<crate::audit::Books>)>,
     req: Request,
     next: Next,

@@ -29,6 +29,10 @@ pub struct Bundle<'a> {
     /// toward each event's size limit and has its own (`limits.max_context_bytes`).
     #[serde(skip)]
     pub context_bytes: usize,
+    /// Produced by a protocol translator: its events may carry the translator's own rejection
+    /// (`super::translated`). Never set for a client's native bundle.
+    #[serde(skip)]
+    pub translated: bool,
 }
 
 /// Nesting serde_json parses at most (its recursion limit, which keeps parsing off the stack's

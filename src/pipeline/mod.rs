@@ -15,6 +15,7 @@
 pub mod bounds;
 mod encode;
 mod envelope;
+pub mod translated;
 
 pub use bounds::OutputTooLarge;
 pub use encode::{dead_letter_for_refused, dead_letter_for_request, fit_dead_letter, Collector};
@@ -226,7 +227,15 @@ pub fn process_allowed(
     );
     for (index, raw_json) in bundle.events.iter().enumerate() {
         let text = raw_json.get();
-        let result = envelope::parse_event(index, text, bundle.context_bytes, &cfg.limits)
+        let pre_rejected = bundle
+            .translated
+            .then(|| translated::rejection(index, text))
+            .flatten();
+        let parsed = match pre_rejected {
+            Some(rejection) => Err(rejection),
+            None => envelope::parse_event(index, text, bundle.context_bytes, &cfg.limits),
+        };
+        let result = parsed
             .and_then(|raw| validate(raw, registry, allowed))
             .and_then(|valid| {
                 let name = valid.schema.name.clone();

@@ -3,3 +3,4 @@
 //! letters, Kafka and the spool. Each protocol shapes its own answer from the `Outcome`.
 
 pub mod segment;
+pub mod snowplow;

@@ -4,6 +4,11 @@
 //! breaking changes add a new major, so old clients keep validating against what they were built
 //! for. Each schema may list valid payloads in the standard `examples` keyword; `schemas check`
 //! validates them, so a schema edit that breaks its own examples fails in CI.
+//!
+//! The same directory may also hold schemas in the Iglu static-repository layout
+//! (`<vendor>/<name>/jsonschema/<M-R-A>`, Snowplow's): see `iglu` for how they map to ids and topics.
+
+pub mod iglu;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -19,6 +24,8 @@ pub struct Schema {
     pub id: Arc<str>,
     validator: jsonschema::Validator,
     examples: Vec<Value>,
+    /// Read from an Iglu layout (`iglu`): `id` is its Iglu URI, `examples` are optional.
+    pub iglu: bool,
 }
 
 /// The first violation found in an event's payload.
@@ -77,7 +84,7 @@ pub enum SchemaError {
     },
     #[error("{path}: {message}")]
     Invalid { path: PathBuf, message: String },
-    #[error("no schemas found under {0} (expected <dir>/<name>/<major>.json)")]
+    #[error("no schemas found under {0} (expected <dir>/<name>/<major>.json or <dir>/<vendor>/<name>/jsonschema/<M-R-A>)")]
     Empty(PathBuf),
 }
 
@@ -85,6 +92,8 @@ pub enum SchemaError {
 #[derive(Default)]
 pub struct Registry {
     by_id: HashMap<String, Arc<Schema>>,
+    /// Iglu `vendor.name/model` -> the model's highest revision (also in `by_id` by its URI).
+    iglu_models: HashMap<String, Arc<Schema>>,
 }
 
 impl Registry {
@@ -106,6 +115,12 @@ impl Registry {
                 continue;
             }
             let name = entry.file_name().to_string_lossy().into_owned();
+            if iglu::is_vendor_dir(&name_dir)? {
+                for schema in iglu::load_vendor(&name_dir)? {
+                    by_id.insert(schema.id.to_string(), Arc::new(schema));
+                }
+                continue;
+            }
             if !valid_name(&name) {
                 return Err(SchemaError::Invalid {
                     path: name_dir,
@@ -136,7 +151,7 @@ impl Registry {
         if by_id.is_empty() {
             return Err(SchemaError::Empty(dir.to_owned()));
         }
-        Ok(Registry { by_id })
+        Ok(Registry::with_iglu_models(by_id))
     }
 
     /// Builds a registry from in-memory schemas (tests, embedded defaults).
@@ -147,11 +162,33 @@ impl Registry {
             let schema = compile_value(&path, name, major, doc)?;
             by_id.insert(schema.id.to_string(), Arc::new(schema));
         }
-        Ok(Registry { by_id })
+        Ok(Registry::with_iglu_models(by_id))
     }
 
+    /// Indexes each Iglu model's highest revision under `vendor.name/model`.
+    fn with_iglu_models(by_id: HashMap<String, Arc<Schema>>) -> Registry {
+        let mut latest: HashMap<String, (iglu::IgluKey, Arc<Schema>)> = HashMap::new();
+        for schema in by_id.values().filter(|s| s.iglu) {
+            let Some(key) = iglu::IgluKey::parse_uri(&schema.id) else {
+                continue;
+            };
+            let newer =
+                |old: &iglu::IgluKey| (key.revision, key.addition) > (old.revision, old.addition);
+            match latest.get(&key.model_id()) {
+                Some((old, _)) if !newer(old) => {}
+                _ => {
+                    latest.insert(key.model_id(), (key, schema.clone()));
+                }
+            }
+        }
+        let iglu_models = latest.into_iter().map(|(id, (_, s))| (id, s)).collect();
+        Registry { by_id, iglu_models }
+    }
+
+    /// A schema by `name/major`, or by Iglu URI (`iglu:vendor/name/jsonschema/M-R-A`, that exact
+    /// revision); `vendor.name/model` gives an Iglu model's highest revision.
     pub fn get(&self, id: &str) -> Option<&Arc<Schema>> {
-        self.by_id.get(id)
+        self.by_id.get(id).or_else(|| self.iglu_models.get(id))
     }
 
     /// Distinct schema names, sorted (one topic each).
@@ -216,6 +253,7 @@ fn compile_value(path: &Path, name: &str, major: u32, doc: Value) -> Result<Sche
         id: format!("{name}/{major}").into(),
         validator,
         examples,
+        iglu: false,
     })
 }
 
@@ -225,7 +263,8 @@ pub fn check(dir: &Path) -> Result<(usize, usize), Vec<String>> {
     let mut problems = Vec::new();
     let mut examples = 0;
     for schema in registry.schemas() {
-        if schema.examples().is_empty() {
+        // Iglu repositories carry no examples: they are checked when present.
+        if schema.examples().is_empty() && !schema.iglu {
             problems.push(format!(
                 "{}: no `examples`; add at least one valid payload",
                 schema.id

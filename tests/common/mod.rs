@@ -292,6 +292,20 @@ impl Topics {
     }
 }
 
+impl Topics {
+    /// Creates every topic the schemas under `schemas` need (e.g. a test's copy with Iglu
+    /// schemas added), the dead-letter topic and the audit topic.
+    pub async fn create_for(&self, brokers: &str, schemas: &Path) {
+        let registry = eventpipe::schema::Registry::load(schemas).unwrap();
+        let mut names =
+            eventpipe::ops::topics::needed_topics(&registry, &self.prefix, &self.dead_letter);
+        names.push("events.audit".into());
+        eventpipe::ops::topics::create(brokers, &names, 2, 1)
+            .await
+            .expect("creating topics");
+    }
+}
+
 /// An in-process gateway on port 0; shut down (gracefully) on drop.
 pub struct Gateway {
     pub addr: SocketAddr,
