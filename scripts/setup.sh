@@ -4,7 +4,11 @@
 #     fleet tests' load balancer), buildah (container image), systemd (systemd-analyze verify),
 #     prometheus (promtool: alert rule tests); iptables, curl, iproute2, openssl (fleet test and
 #     scripts/check-deploy.sh)
-#   - PyPI: confluent-kafka + thriftpy2 (independent consumer/decoder in tests)
+#   - Debian chromium (headless: the browser tracker's and Snowplow's browser tracker's tests)
+#   - PyPI: confluent-kafka + thriftpy2 (independent consumer/decoder in tests), Segment's and
+#     Snowplow's Python SDKs (protocol tests)
+#   - npm (`npm ci` from committed lock files): the browser tracker's build and test tools
+#     (clients/js), Segment's and Snowplow's Node/browser SDKs (tests/sdk/*)
 #   - crates.io: the Tansu broker (~10 minutes to build the first time), cargo-fuzz (scripts/fuzz.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,6 +26,8 @@ command -v iptables >/dev/null || need_apt+=(iptables)   # the fleet test cuts o
 command -v curl >/dev/null || need_apt+=(curl)
 command -v ip >/dev/null || need_apt+=(iproute2)
 command -v openssl >/dev/null || need_apt+=(openssl)
+command -v chromium >/dev/null || need_apt+=(chromium)
+command -v npm >/dev/null || need_apt+=(nodejs npm)
 if ((${#need_apt[@]})); then
   echo "setup: apt-get install ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -29,10 +35,17 @@ if ((${#need_apt[@]})); then
   apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 
-if ! python3 -c 'import confluent_kafka, thriftpy2, kubernetes_validate' 2>/dev/null; then
+if ! python3 -c 'import confluent_kafka, thriftpy2, kubernetes_validate, segment.analytics, snowplow_tracker' 2>/dev/null; then
   echo "setup: pip install -r tests/py/requirements.txt"
   python3 -m pip install -q -r tests/py/requirements.txt
 fi
+
+for dir in clients/js tests/sdk/segment tests/sdk/snowplow; do
+  if [[ -f "$dir/package-lock.json" ]] && ! (cd "$dir" && npm ls --all >/dev/null 2>&1); then
+    echo "setup: npm ci in $dir"
+    (cd "$dir" && npm ci --no-audit --no-fund >/dev/null)
+  fi
+done
 
 TANSU_VERSION=0.6.0
 tansu_ok() {
