@@ -484,22 +484,22 @@ async function flush() {
 function pump() {
   if (!leader) return Promise.resolve();
   if (pumping) return pumping;
-  pumping = (async () => {
-    try {
-      while (Date.now() >= retryAt) {
-        const now = Date.now();
-        const recs = await store.list(now - cfg.beaconGraceMs, cfg.maxBatchEvents * 4);
-        for (const r of recs) known.set(r.id, known.get(r.id) || r);
-        const batch = take(recs.filter((r) => !inFlight(known.get(r.id) || r, now)));
-        if (!batch.length) break;
-        if (!await sendBatch(batch)) break;
-      }
-    } finally {
-      pumping = null;
-      await refreshCount();
-      if (counters.queued > 0) schedule(Date.now() >= retryAt ? cfg.flushIntervalMs : 0);
+  const run = (async () => {
+    while (Date.now() >= retryAt) {
+      const now = Date.now();
+      const recs = await store.list(now - cfg.beaconGraceMs, cfg.maxBatchEvents * 4);
+      for (const r of recs) known.set(r.id, known.get(r.id) || r);
+      const batch = take(recs.filter((r) => !inFlight(known.get(r.id) || r, now)));
+      if (!batch.length) break;
+      if (!await sendBatch(batch)) break;
     }
   })();
+  pumping = run.catch(() => {
+  }).then(async () => {
+    pumping = null;
+    await refreshCount();
+    if (counters.queued > 0) schedule(Date.now() >= retryAt ? cfg.flushIntervalMs : 0);
+  });
   return pumping;
 }
 function inFlight(r, now) {

@@ -119,7 +119,7 @@ function trackIn(p, n, extra) {
     ({ n, extra }) => {
       const ids = [];
       for (let i = 0; i < n; i++) {
-        ids.push(eventpipe.track("page_view", { url: `https://shop.example/p/${i}`, ...extra }));
+        ids.push(eventpipe.track("page_view/1", { url: `https://shop.example/p/${i}`, ...extra }));
       }
       return ids;
     },
@@ -136,7 +136,7 @@ const scenarios = {
   async basic() {
     const p = await open({ flushIntervalMs: 200, maxBatchEvents: 20 }, args.trackerSrc);
     const ids = await trackIn(p, args.n);
-    const invalid = await p.evaluate(() => eventpipe.track("page_view", { title: "no url" }));
+    const invalid = await p.evaluate(() => eventpipe.track("page_view/1", { title: "no url" }));
     await p.evaluate(() => eventpipe.flush());
     await drained(p, args.n + 1);
     return { ids, invalid, ...(await state(p)) };
@@ -148,7 +148,7 @@ const scenarios = {
     const p = await open({ flushIntervalMs: 60000, maxBatchEvents: 1000, storage: args.storage || "indexeddb" });
     const ids = await p.evaluate((n) => {
       const ids = [];
-      for (let i = 0; i < n; i++) ids.push(eventpipe.track("page_view", { url: `https://shop.example/leave/${i}` }));
+      for (let i = 0; i < n; i++) ids.push(eventpipe.track("page_view/1", { url: `https://shop.example/leave/${i}` }));
       location.href = "/blank.html";
       return ids;
     }, args.n);
@@ -232,7 +232,7 @@ const scenarios = {
     const p = await open({ flushIntervalMs: 100, maxBatchEvents: 100 });
     const pad = "x".repeat(args.pad);
     const ids = await trackIn(p, args.n, { title: pad });
-    const huge = await p.evaluate((len) => eventpipe.track("page_view", { url: "https://shop.example/huge", title: "y".repeat(len) }), args.hugePad);
+    const huge = await p.evaluate((len) => eventpipe.track("page_view/1", { url: "https://shop.example/huge", title: "y".repeat(len) }), args.hugePad);
     await p.evaluate(() => eventpipe.flush());
     await drained(p, args.n + 1);
     return { ids, huge, ...(await state(p)) };
