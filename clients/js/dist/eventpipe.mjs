@@ -1,5 +1,6 @@
 // src/store.js
 var DB_VERSION = 1;
+var BEACONS = "beacons";
 var EVENTS = "events";
 var META = "meta";
 var META_KEY = "m";
@@ -28,6 +29,11 @@ var MemoryStore = class {
       remove: (r) => this.recs.delete(r.id),
       put: (r) => this.recs.set(r.id, r)
     });
+  }
+  async addMany(recs) {
+    let dropped = 0;
+    for (const r of recs) dropped += await this.add(r);
+    return dropped;
   }
   async list(beaconBefore, limit) {
     return [...this.recs.values()].filter((r) => !r.beaconAt || r.beaconAt < beaconBefore).sort((a, b) => a.seq - b.seq).slice(0, limit);
@@ -78,6 +84,9 @@ function addTo(meta, rec, maxEvents, maxBytes, ops) {
   meta.bytes += rec.bytes;
   return dropped;
 }
+function commitNow(tx) {
+  if (typeof tx.commit === "function") tx.commit();
+}
 function promisify(req) {
   return new Promise((resolve, reject) => {
     req.onsuccess = () => resolve(req.result);
@@ -99,13 +108,16 @@ var IdbStore = class _IdbStore {
       const events = db2.createObjectStore(EVENTS, { keyPath: "id" });
       events.createIndex("seq", "seq");
       db2.createObjectStore(META);
+      db2.createObjectStore(BEACONS);
     };
     const db = await new Promise((resolve, reject) => {
       req.onsuccess = () => resolve(req.result);
       req.onerror = () => reject(req.error);
       req.onblocked = () => reject(new Error("IndexedDB open blocked"));
     });
-    return new _IdbStore(db, maxEvents, maxBytes);
+    const store2 = new _IdbStore(db, maxEvents, maxBytes);
+    await store2.reconcile();
+    return store2;
   }
   constructor(db, maxEvents, maxBytes) {
     this.kind = "indexeddb";
@@ -113,39 +125,80 @@ var IdbStore = class _IdbStore {
     this.maxEvents = maxEvents;
     this.maxBytes = maxBytes;
   }
-  // One read-write transaction over both stores: tabs never interleave inside it.
-  async _rw(body) {
-    const tx = this.db.transaction([EVENTS, META], "readwrite");
+  // One read-write transaction over the events and the totals (and the page-hide marks when
+  // `beacons`): tabs never interleave inside it. Page-hide marks are not held up by it otherwise.
+  async _rw(body, beacons = false) {
+    const tx = this.db.transaction(beacons ? [EVENTS, META, BEACONS] : [EVENTS, META], "readwrite");
     const events = tx.objectStore(EVENTS);
     const metaStore = tx.objectStore(META);
     const meta = await promisify(metaStore.get(META_KEY)) || emptyMeta();
-    const result = await body(events, meta);
+    const result = await body(events, meta, beacons ? tx.objectStore(BEACONS) : null);
     metaStore.put(meta, META_KEY);
     await done(tx);
     return result;
   }
-  async add(rec) {
+  // The events are written in the caller's task, in one transaction of blind puts (see the
+  // module doc); then accounted. Returns the number dropped.
+  async addMany(recs) {
+    const keep = recs.filter((r) => r.bytes <= this.maxBytes);
+    const tooBig = recs.length - keep.length;
+    const tx = this.db.transaction(EVENTS, "readwrite");
+    const events = tx.objectStore(EVENTS);
+    for (const rec of keep) events.put({ ...rec, acc: false });
+    commitNow(tx);
+    await done(tx);
+    return await this.reconcile(keep.map((r) => r.id), tooBig) + tooBig;
+  }
+  // Counts unaccounted events (of `ids`; all, from scratch, when not given) into the totals,
+  // then drops the oldest until the queue is within its bounds. Returns the number dropped.
+  async reconcile(ids, alreadyDropped = 0) {
     return this._rw(async (events, meta) => {
-      if (await promisify(events.getKey(rec.id))) {
-        events.put(rec);
-        return 0;
+      let fresh;
+      if (ids) {
+        fresh = [];
+        for (const id of ids) {
+          const r = await promisify(events.get(id));
+          if (r && !r.acc) fresh.push(r);
+        }
+      } else {
+        fresh = await promisify(events.getAll());
+        meta.count = 0;
+        meta.bytes = 0;
       }
-      const need = Math.max(0, meta.count + 1 - this.maxEvents);
-      let victims = [];
-      if (rec.bytes <= this.maxBytes && (need > 0 || meta.bytes + rec.bytes > this.maxBytes)) {
-        victims = await oldest(events, meta, rec.bytes, this.maxEvents, this.maxBytes);
+      for (const r of fresh) {
+        meta.count += 1;
+        meta.bytes += r.bytes;
+        if (!r.acc) events.put({ ...r, acc: true });
       }
-      let i = 0;
-      return addTo(meta, rec, this.maxEvents, this.maxBytes, {
-        oldest: () => victims[i++] || null,
-        remove: (r) => events.delete(r.id),
-        put: (r) => events.put(r)
-      });
+      let dropped = 0;
+      if (meta.count > this.maxEvents || meta.bytes > this.maxBytes) {
+        for (const old of await oldest(events, meta, 0, this.maxEvents + 1, this.maxBytes)) {
+          events.delete(old.id);
+          if (old.acc || fresh.some((f) => f.id === old.id)) {
+            meta.count -= 1;
+            meta.bytes -= old.bytes;
+          }
+          dropped += 1;
+        }
+      }
+      meta.dropped += dropped + alreadyDropped;
+      return dropped;
     });
   }
   async list(beaconBefore, limit) {
-    const tx = this.db.transaction(EVENTS, "readonly");
+    const tx = this.db.transaction([EVENTS, BEACONS], "readonly");
     const index = tx.objectStore(EVENTS).index("seq");
+    const beacons = /* @__PURE__ */ new Map();
+    await new Promise((resolve, reject) => {
+      const req = tx.objectStore(BEACONS).openCursor();
+      req.onerror = () => reject(req.error);
+      req.onsuccess = () => {
+        const c = req.result;
+        if (!c) return resolve();
+        beacons.set(c.key, c.value);
+        c.continue();
+      };
+    });
     const out = [];
     await new Promise((resolve, reject) => {
       const req = index.openCursor();
@@ -153,7 +206,7 @@ var IdbStore = class _IdbStore {
       req.onsuccess = () => {
         const cursor = req.result;
         if (!cursor || out.length >= limit) return resolve();
-        const r = cursor.value;
+        const r = { ...cursor.value, beaconAt: beacons.get(cursor.value.id) || 0 };
         if (!r.beaconAt || r.beaconAt < beaconBefore) out.push(r);
         cursor.continue();
       };
@@ -161,26 +214,29 @@ var IdbStore = class _IdbStore {
     return out;
   }
   async remove(ids) {
-    return this._rw(async (events, meta) => {
+    return this._rw(async (events, meta, beacons) => {
       for (const id of ids) {
         const r = await promisify(events.get(id));
+        beacons.delete(id);
         if (r) {
           events.delete(id);
-          meta.count -= 1;
-          meta.bytes -= r.bytes;
+          if (r.acc) {
+            meta.count -= 1;
+            meta.bytes -= r.bytes;
+          }
         }
       }
-    });
+    }, true);
   }
+  // Blind writes, issued in the caller's task (page hide).
   async mark(ids, at) {
-    const tx = this.db.transaction(EVENTS, "readwrite");
-    const events = tx.objectStore(EVENTS);
+    const tx = this.db.transaction(BEACONS, "readwrite");
+    const beacons = tx.objectStore(BEACONS);
     for (const id of ids) {
-      const req = events.get(id);
-      req.onsuccess = () => {
-        if (req.result) events.put({ ...req.result, beaconAt: at });
-      };
+      if (at) beacons.put(at, id);
+      else beacons.delete(id);
     }
+    commitNow(tx);
     await done(tx);
   }
   async dropped() {
@@ -353,6 +409,7 @@ var seq = 0;
 var keepaliveInFlight = 0;
 var known = /* @__PURE__ */ new Map();
 var unstored = /* @__PURE__ */ new Set();
+var toStore = [];
 var flushWaiters = /* @__PURE__ */ new Map();
 var counters = { queued: 0, sent: 0, accepted: 0, spooled: 0, rejected: 0, dropped: 0, retries: 0 };
 function uuid() {
@@ -382,7 +439,7 @@ function init(options) {
     }
     if (!store) store = new MemoryStore(maxEvents, maxBytes);
     const early = [...known.values()].filter((r) => unstored.has(r.id));
-    for (const rec of early) await storeRec(rec);
+    if (early.length) await storeRecs(early);
     await refreshCount();
     await lead();
   })();
@@ -431,23 +488,33 @@ function track(schema, data, options = {}) {
   const rec = { id, seq: Date.now() * 1e3 + seq++ % 1e3, bytes: byteLength(JSON.stringify(event)), event, beaconAt: 0 };
   known.set(id, rec);
   unstored.add(id);
-  if (store) storeRec(rec);
+  if (store) {
+    toStore.push(rec);
+    if (toStore.length === 1) {
+      queueMicrotask(() => {
+        const recs = toStore;
+        toStore = [];
+        storeRecs(recs);
+      });
+    }
+  }
   return id;
 }
-async function storeRec(rec) {
+async function storeRecs(recs) {
   try {
-    const dropped = await store.add(rec);
-    counters.dropped += dropped;
+    counters.dropped += await store.addMany(recs);
   } catch (_) {
     if (store.kind !== "memory") {
       const mem = new MemoryStore(cfg.maxQueueEvents, cfg.maxQueueBytes);
       store = mem;
       leader = true;
-      await mem.add(rec);
+      counters.dropped += await mem.addMany(recs);
     }
   }
-  unstored.delete(rec.id);
-  if (!leader) known.delete(rec.id);
+  for (const rec of recs) {
+    unstored.delete(rec.id);
+    if (!leader) known.delete(rec.id);
+  }
   await refreshCount();
   if (channel) channel.postMessage({ type: "queued" });
   if (leader) schedule(counters.queued >= cfg.maxBatchEvents ? 0 : cfg.flushIntervalMs);

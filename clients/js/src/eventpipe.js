@@ -54,6 +54,8 @@ let keepaliveInFlight = 0;
 // when it leads, the records it last read. Page hide sends from here, synchronously.
 const known = new Map();
 const unstored = new Set();
+// Tracked in this task, written together at its end (one transaction: see store.js).
+let toStore = [];
 const flushWaiters = new Map();
 const counters = { queued: 0, sent: 0, accepted: 0, spooled: 0, rejected: 0, dropped: 0, retries: 0 };
 
@@ -88,7 +90,7 @@ export function init(options) {
     // Tracked before the store was open (taken in the same turn as the assignment above: later
     // tracks store their own).
     const early = [...known.values()].filter((r) => unstored.has(r.id));
-    for (const rec of early) await storeRec(rec);
+    if (early.length) await storeRecs(early);
     await refreshCount();
     await lead();
   })();
@@ -143,25 +145,35 @@ export function track(schema, data, options = {}) {
   const rec = { id, seq: Date.now() * 1000 + (seq++ % 1000), bytes: byteLength(JSON.stringify(event)), event, beaconAt: 0 };
   known.set(id, rec);
   unstored.add(id);
-  if (store) storeRec(rec);
+  if (store) {
+    toStore.push(rec);
+    if (toStore.length === 1) {
+      queueMicrotask(() => {
+        const recs = toStore;
+        toStore = [];
+        storeRecs(recs);
+      });
+    }
+  }
   return id;
 }
 
-async function storeRec(rec) {
+async function storeRecs(recs) {
   try {
-    const dropped = await store.add(rec);
-    counters.dropped += dropped;
+    counters.dropped += await store.addMany(recs);
   } catch (_) {
-    // IndexedDB refused the write (quota, closed): this page keeps the event in memory only.
+    // IndexedDB refused the write (quota, closed): this page keeps the events in memory only.
     if (store.kind !== "memory") {
       const mem = new MemoryStore(cfg.maxQueueEvents, cfg.maxQueueBytes);
       store = mem;
       leader = true;
-      await mem.add(rec);
+      counters.dropped += await mem.addMany(recs);
     }
   }
-  unstored.delete(rec.id);
-  if (!leader) known.delete(rec.id);
+  for (const rec of recs) {
+    unstored.delete(rec.id);
+    if (!leader) known.delete(rec.id);
+  }
   await refreshCount();
   if (channel) channel.postMessage({ type: "queued" });
   if (leader) schedule(counters.queued >= cfg.maxBatchEvents ? 0 : cfg.flushIntervalMs);

@@ -6,12 +6,19 @@
 // of tracking, `bytes` the event's JSON size, `beaconAt` the time it left by keepalive fetch or
 // sendBeacon on page hide (0 when not in flight that way: see `list`).
 //
+// In IndexedDB, writes made while the page goes away are blind single writes (no read, no await
+// before them), because a transaction that needs the page's JavaScript to continue is aborted
+// when the page is gone: `add` puts the event alone, and the queue's totals (`meta`) are brought
+// up to date afterwards (or by the next page: `reconcile`); page-hide marks go to their own
+// store (`beacons`, id -> time).
+//
 // Bounds (drop policy: drop oldest): an add that would take the queue past `maxEvents` events or
 // `maxBytes` bytes first deletes the oldest records until the new one fits; an event larger than
 // `maxBytes` on its own is dropped. Each drop is counted in the queue's meta (`dropped`), shared
 // by the tabs, and reported to the gateway with the next bundle (then subtracted: `takeDropped`).
 
 const DB_VERSION = 1;
+const BEACONS = "beacons";
 const EVENTS = "events";
 const META = "meta";
 const META_KEY = "m";
@@ -44,6 +51,12 @@ export class MemoryStore {
       remove: (r) => this.recs.delete(r.id),
       put: (r) => this.recs.set(r.id, r),
     });
+  }
+
+  async addMany(recs) {
+    let dropped = 0;
+    for (const r of recs) dropped += await this.add(r);
+    return dropped;
   }
 
   async list(beaconBefore, limit) {
@@ -107,6 +120,11 @@ function addTo(meta, rec, maxEvents, maxBytes, ops) {
   return dropped;
 }
 
+// Commit at once (no wait for the end of the task): the page may be going away.
+function commitNow(tx) {
+  if (typeof tx.commit === "function") tx.commit();
+}
+
 function promisify(req) {
   return new Promise((resolve, reject) => {
     req.onsuccess = () => resolve(req.result);
@@ -131,13 +149,16 @@ export class IdbStore {
       const events = db.createObjectStore(EVENTS, { keyPath: "id" });
       events.createIndex("seq", "seq");
       db.createObjectStore(META);
+      db.createObjectStore(BEACONS);
     };
     const db = await new Promise((resolve, reject) => {
       req.onsuccess = () => resolve(req.result);
       req.onerror = () => reject(req.error);
       req.onblocked = () => reject(new Error("IndexedDB open blocked"));
     });
-    return new IdbStore(db, maxEvents, maxBytes);
+    const store = new IdbStore(db, maxEvents, maxBytes);
+    await store.reconcile();
+    return store;
   }
 
   constructor(db, maxEvents, maxBytes) {
@@ -147,42 +168,83 @@ export class IdbStore {
     this.maxBytes = maxBytes;
   }
 
-  // One read-write transaction over both stores: tabs never interleave inside it.
-  async _rw(body) {
-    const tx = this.db.transaction([EVENTS, META], "readwrite");
+  // One read-write transaction over the events and the totals (and the page-hide marks when
+  // `beacons`): tabs never interleave inside it. Page-hide marks are not held up by it otherwise.
+  async _rw(body, beacons = false) {
+    const tx = this.db.transaction(beacons ? [EVENTS, META, BEACONS] : [EVENTS, META], "readwrite");
     const events = tx.objectStore(EVENTS);
     const metaStore = tx.objectStore(META);
     const meta = (await promisify(metaStore.get(META_KEY))) || emptyMeta();
-    const result = await body(events, meta);
+    const result = await body(events, meta, beacons ? tx.objectStore(BEACONS) : null);
     metaStore.put(meta, META_KEY);
     await done(tx);
     return result;
   }
 
-  async add(rec) {
+  // The events are written in the caller's task, in one transaction of blind puts (see the
+  // module doc); then accounted. Returns the number dropped.
+  async addMany(recs) {
+    const keep = recs.filter((r) => r.bytes <= this.maxBytes);
+    const tooBig = recs.length - keep.length;
+    const tx = this.db.transaction(EVENTS, "readwrite");
+    const events = tx.objectStore(EVENTS);
+    for (const rec of keep) events.put({ ...rec, acc: false });
+    commitNow(tx);
+    await done(tx);
+    return (await this.reconcile(keep.map((r) => r.id), tooBig)) + tooBig;
+  }
+
+  // Counts unaccounted events (of `ids`; all, from scratch, when not given) into the totals,
+  // then drops the oldest until the queue is within its bounds. Returns the number dropped.
+  async reconcile(ids, alreadyDropped = 0) {
     return this._rw(async (events, meta) => {
-      if (await promisify(events.getKey(rec.id))) {
-        events.put(rec);
-        return 0;
+      let fresh;
+      if (ids) {
+        fresh = [];
+        for (const id of ids) {
+          const r = await promisify(events.get(id));
+          if (r && !r.acc) fresh.push(r);
+        }
+      } else {
+        fresh = await promisify(events.getAll());
+        meta.count = 0;
+        meta.bytes = 0;
       }
-      // The oldest records that must go, read before the synchronous accounting below.
-      const need = Math.max(0, meta.count + 1 - this.maxEvents);
-      let victims = [];
-      if (rec.bytes <= this.maxBytes && (need > 0 || meta.bytes + rec.bytes > this.maxBytes)) {
-        victims = await oldest(events, meta, rec.bytes, this.maxEvents, this.maxBytes);
+      for (const r of fresh) {
+        meta.count += 1;
+        meta.bytes += r.bytes;
+        if (!r.acc) events.put({ ...r, acc: true });
       }
-      let i = 0;
-      return addTo(meta, rec, this.maxEvents, this.maxBytes, {
-        oldest: () => victims[i++] || null,
-        remove: (r) => events.delete(r.id),
-        put: (r) => events.put(r),
-      });
+      let dropped = 0;
+      if (meta.count > this.maxEvents || meta.bytes > this.maxBytes) {
+        for (const old of await oldest(events, meta, 0, this.maxEvents + 1, this.maxBytes)) {
+          events.delete(old.id);
+          if (old.acc || fresh.some((f) => f.id === old.id)) {
+            meta.count -= 1;
+            meta.bytes -= old.bytes;
+          }
+          dropped += 1;
+        }
+      }
+      meta.dropped += dropped + alreadyDropped;
+      return dropped;
     });
   }
 
   async list(beaconBefore, limit) {
-    const tx = this.db.transaction(EVENTS, "readonly");
+    const tx = this.db.transaction([EVENTS, BEACONS], "readonly");
     const index = tx.objectStore(EVENTS).index("seq");
+    const beacons = new Map();
+    await new Promise((resolve, reject) => {
+      const req = tx.objectStore(BEACONS).openCursor();
+      req.onerror = () => reject(req.error);
+      req.onsuccess = () => {
+        const c = req.result;
+        if (!c) return resolve();
+        beacons.set(c.key, c.value);
+        c.continue();
+      };
+    });
     const out = [];
     await new Promise((resolve, reject) => {
       const req = index.openCursor();
@@ -190,7 +252,7 @@ export class IdbStore {
       req.onsuccess = () => {
         const cursor = req.result;
         if (!cursor || out.length >= limit) return resolve();
-        const r = cursor.value;
+        const r = { ...cursor.value, beaconAt: beacons.get(cursor.value.id) || 0 };
         if (!r.beaconAt || r.beaconAt < beaconBefore) out.push(r);
         cursor.continue();
       };
@@ -199,27 +261,30 @@ export class IdbStore {
   }
 
   async remove(ids) {
-    return this._rw(async (events, meta) => {
+    return this._rw(async (events, meta, beacons) => {
       for (const id of ids) {
         const r = await promisify(events.get(id));
+        beacons.delete(id);
         if (r) {
           events.delete(id);
-          meta.count -= 1;
-          meta.bytes -= r.bytes;
+          if (r.acc) {
+            meta.count -= 1;
+            meta.bytes -= r.bytes;
+          }
         }
       }
-    });
+    }, true);
   }
 
+  // Blind writes, issued in the caller's task (page hide).
   async mark(ids, at) {
-    const tx = this.db.transaction(EVENTS, "readwrite");
-    const events = tx.objectStore(EVENTS);
+    const tx = this.db.transaction(BEACONS, "readwrite");
+    const beacons = tx.objectStore(BEACONS);
     for (const id of ids) {
-      const req = events.get(id);
-      req.onsuccess = () => {
-        if (req.result) events.put({ ...req.result, beaconAt: at });
-      };
+      if (at) beacons.put(at, id);
+      else beacons.delete(id);
     }
+    commitNow(tx);
     await done(tx);
   }
 

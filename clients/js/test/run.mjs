@@ -153,7 +153,19 @@ const scenarios = {
       return ids;
     }, args.n);
     await p.waitForURL(/blank\.html/);
-    return { ids };
+    if (!args.comeBack) return { ids };
+    // Past the keepalive budget, the rest waited in IndexedDB: the next page with the tracker
+    // sends it, and not what left on page hide (marked in flight; a long grace here, so a resend
+    // after it cannot blur the count).
+    await p.goto(pageUrl({ flushIntervalMs: 100, beaconGraceMs: 600000 }));
+    await p.evaluate(() => window.ready);
+    const next = await until(
+      p,
+      (n) => { const s = eventpipe.stats(); return s.accepted > 0 && s.accepted === s.sent && s.queued + s.accepted === n && s; },
+      args.n,
+      "the next page's send",
+    );
+    return { ids, next };
   },
 
   // Gateway down: the events are tried, kept, and still queued after a reload.
