@@ -210,6 +210,31 @@ async fn every_tracked_event_lands_under_its_id() {
     assert_eq!(dead[0]["value"]["reason"], "schema_violation");
 }
 
+/// A queue bounded at 10 events, 15 tracked at once: the 5 oldest are dropped (drop-oldest
+/// policy), counted in `stats().dropped`, and the count reaches the gateway in the next bundle's
+/// `context.tracker.dropped`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_drops_the_oldest_and_reports_the_count() {
+    let s = setup(&[], true).await;
+    let run = Scenario::run(s.args("bounded", json!({"n": 15, "max": 10})), false);
+    let r = run.result.clone();
+    run.finish();
+    assert_eq!(r["stats"]["dropped"], 5, "{r}");
+    assert_eq!(r["stats"]["accepted"], 10, "{r}");
+    let all = ids(&r["ids"]);
+    let (kept, dropped) = (all[5..].to_vec(), &all[..5]);
+    let pv = s.topics.topic("page_view");
+    let got = consume_until(&s.broker.brokers(), &[&pv], "", 10, &kept);
+    let mut counts = HashMap::new();
+    for rec in &got {
+        let id = rec["headers"]["event_id"].as_str().unwrap().to_owned();
+        assert!(!dropped.contains(&id), "a dropped event landed: {id}");
+        assert_eq!(rec["value"]["context"]["tracker"]["dropped"], 5, "{rec}");
+        *counts.entry(id).or_insert(0) += 1;
+    }
+    assert_exactly_once(&counts, &kept);
+}
+
 /// Track, then navigate away in the same task, with the normal sender a minute away: the page-hide
 /// path (keepalive fetch within 64 KiB, sendBeacon beyond) carries every event.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -168,6 +168,17 @@ const scenarios = {
     return { ids, next };
   },
 
+  // A queue bounded at `max` events: tracking more in one go drops the oldest (counted); the
+  // count travels in the next bundle's context.
+  async bounded() {
+    const p = await open({ flushIntervalMs: 60000, maxQueueEvents: args.max });
+    const ids = await trackIn(p, args.n);
+    await until(p, (max) => eventpipe.stats().queued === max, args.max, "the bounded queue");
+    await p.evaluate(() => eventpipe.flush());
+    await drained(p, args.max);
+    return { ids, ...(await state(p)) };
+  },
+
   // Gateway down: the events are tried, kept, and still queued after a reload.
   async down1() {
     const opts = { flushIntervalMs: 100, beaconGraceMs: 1000, baseRetryDelayMs: 100, maxRetryDelayMs: 500 };
