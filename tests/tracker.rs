@@ -335,6 +335,7 @@ async fn retry_after_on_503_and_429_is_a_floor() {
     assert_eq!(num(&a[1]["retryAfterMs"]), 1000.0, "{r}");
     let gap1 = num(&a[1]["started"]) - num(&a[0]["ended"]);
     let gap2 = num(&a[2]["started"]) - num(&a[1]["ended"]);
+    eprintln!("Retry-After 2 s -> retry after {gap1} ms; Retry-After 1 s -> {gap2} ms");
     assert!(gap1 >= 2000.0, "retry after 503 came {gap1} ms later: {r}");
     assert!(gap2 >= 1000.0, "retry after 429 came {gap2} ms later: {r}");
     assert_eq!(r["stats"]["retries"], 2, "{r}");
@@ -360,6 +361,7 @@ async fn oversize_batches_split_and_a_lone_oversize_event_is_rejected() {
         .iter()
         .map(|a| a["status"].as_i64().unwrap())
         .collect();
+    eprintln!("413 split: statuses {statuses:?}");
     assert!(statuses.contains(&413), "no 413 seen: {statuses:?}");
     assert_eq!(r["stats"]["accepted"], 40, "{r}");
     assert_eq!(r["stats"]["rejected"], 1, "{r}");
