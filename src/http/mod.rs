@@ -19,6 +19,7 @@ pub mod rate_limit;
 pub mod refused;
 pub mod request_id;
 pub mod segment;
+pub mod tracker;
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -28,7 +29,7 @@ use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, Method};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use axum::Router;
 use ipnet::IpNet;
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -95,6 +96,8 @@ pub fn app(state: AppState, cors: &CorsConfig, request_timeout: Duration) -> Rou
         ))
         // Segment's routes bring their own key check (a key may come in the body).
         .merge(segment::router(&state))
+        // After the auth layer: the script is public.
+        .route(tracker::PATH, get(tracker::serve))
         .layer(middleware::from_fn_with_state(
             (request_timeout, state.audit.clone()),
             whole_request_timeout,
@@ -176,3 +179,5 @@ mod size_tests;
 mod tests;
 #[cfg(test)]
 mod tests_inflight;
+#[cfg(test)]
+mod tracker_tests;
