@@ -266,7 +266,8 @@ pub fn spool_recover(data: &[u8], dir: &Path) {
         let ack = u64::from(selector >> 3) * 16;
         segment::write_ack(dir, 1, ack).expect("write checkpoint");
     }
-    let first = segment::recover_dir(dir).expect("recovery does not fail on file contents");
+    let first = segment::recover_dir(dir, &crate::sink::spool::METRIC_NAMES)
+        .expect("recovery does not fail on file contents");
     let lens: Vec<u64> = first.segments.iter().map(|s| s.len).collect();
     for s in &first.segments {
         let bytes = std::fs::read(&s.path).expect("a listed segment exists");
@@ -275,7 +276,8 @@ pub fn spool_recover(data: &[u8], dir: &Path) {
     }
     let records = first.records;
     drop(first);
-    let second = segment::recover_dir(dir).expect("second recovery");
+    let second =
+        segment::recover_dir(dir, &crate::sink::spool::METRIC_NAMES).expect("second recovery");
     assert_eq!(second.records, records);
     assert_eq!(
         second.segments.iter().map(|s| s.len).collect::<Vec<_>>(),
