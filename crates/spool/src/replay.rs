@@ -80,6 +80,20 @@ pub struct ReplayOptions {
     pub doubtful_refusal_grace: Duration,
 }
 
+impl Default for ReplayOptions {
+    /// 500 records or 4 MiB per batch, 35 s per batch, backoff up to 5 s, 30 s of grace for a
+    /// doubtful refusal.
+    fn default() -> Self {
+        ReplayOptions {
+            batch_records: 500,
+            batch_bytes: 4 << 20,
+            ack_timeout: Duration::from_secs(35),
+            max_backoff: Duration::from_secs(5),
+            doubtful_refusal_grace: Duration::from_secs(30),
+        }
+    }
+}
+
 /// Refusals that can be a broker's passing view of its metadata rather than a fact.
 fn doubtful(reason: &str) -> bool {
     reason.contains("unknown_topic") || reason.contains("unknown_partition")
