@@ -39,6 +39,8 @@ pub enum Input {
     Bad(LineRef, String),
     /// Reading failed (the rest of that input is not read).
     ReadError(Arc<str>, String),
+    /// Every input was read to its end.
+    End,
 }
 
 /// The fields an input line may have.
@@ -196,6 +198,7 @@ pub fn spawn_reader(sources: Vec<Source>, max_line_bytes: usize, tx: mpsc::Sende
                 }
             }
         }
+        let _ = tx.blocking_send(Input::End);
     });
 }
 

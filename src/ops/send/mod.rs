@@ -146,14 +146,30 @@ pub async fn run(
     });
 
     let mut last: Option<LineRef> = None;
+    let mut eof = false;
     loop {
         let item = tokio::select! {
-            item = rx.recv() => item,
+            biased;
             _ = stop_rx.wait_for(Option::is_some) => {
-                let at = last.as_ref().map_or("its start".to_string(), LineRef::to_string);
-                lock(&tally).stopped_after = Some(at);
+                // Given up: what the reader already handed over is counted (not sent), the
+                // rest of the input is not read.
+                while let Ok(item) = rx.try_recv() {
+                    match item {
+                        Input::Event(at, event) => {
+                            lock(&tally).undelivered(&at, event.event_id(), "not_sent".into());
+                            last = Some(at);
+                        }
+                        Input::Bad(at, why) => {
+                            bad_line(&tally, &at, why);
+                            last = Some(at);
+                        }
+                        Input::ReadError(name, why) => read_error(&tally, &name, why),
+                        Input::End => eof = true,
+                    }
+                }
                 break;
             }
+            item = rx.recv() => item,
         };
         let Some(item) = item else { break };
         match item {
@@ -176,20 +192,21 @@ pub async fn run(
             }
             Input::Bad(at, why) => {
                 lines_read.fetch_add(1, Ordering::Relaxed);
-                let mut t = lock(&tally);
-                if t.bad_lines < BAD_LINES_SHOWN {
-                    eprintln!("{at}: bad input, not sent: {why}");
-                } else if t.bad_lines == BAD_LINES_SHOWN {
-                    eprintln!("(more bad lines: see the summary)");
-                }
-                t.bad(&at, why);
+                bad_line(&tally, &at, why);
                 last = Some(at);
             }
-            Input::ReadError(name, why) => {
-                eprintln!("{name}: read error, the rest of it is not read: {why}");
-                lock(&tally).read_errors.push(format!("{name}: {why}"));
+            Input::ReadError(name, why) => read_error(&tally, &name, why),
+            Input::End => {
+                eof = true;
+                break;
             }
         }
+    }
+    if !eof {
+        let at = last
+            .as_ref()
+            .map_or("its start".to_string(), LineRef::to_string);
+        lock(&tally).stopped_after = Some(at);
     }
     // The reader thread is not joined: it may be blocked reading a stdin that never ends; it
     // stops at its next line now that the channel is closed.
@@ -214,6 +231,22 @@ pub async fn run(
         gave_up.map(|g| g == GiveUp::Interrupted),
         opts.timeout,
     ))
+}
+
+/// Reports a bad line on stderr (the first few) and counts it.
+fn bad_line(tally: &Mutex<Tally>, at: &LineRef, why: String) {
+    let mut t = lock(tally);
+    if t.bad_lines < BAD_LINES_SHOWN {
+        eprintln!("{at}: bad input, not sent: {why}");
+    } else if t.bad_lines == BAD_LINES_SHOWN {
+        eprintln!("(more bad lines: see the summary)");
+    }
+    t.bad(at, why);
+}
+
+fn read_error(tally: &Mutex<Tally>, name: &str, why: String) {
+    eprintln!("{name}: read error, the rest of it is not read: {why}");
+    lock(tally).read_errors.push(format!("{name}: {why}"));
 }
 
 fn lock(t: &Mutex<Tally>) -> std::sync::MutexGuard<'_, Tally> {
