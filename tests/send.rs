@@ -280,14 +280,21 @@ async fn a_gateway_that_never_comes_back_exits_1_and_counts_the_undelivered() {
     let url = gw.url();
     gw.kill9();
     let file = work.path().join("events.jsonl");
-    let lines: Vec<String> = ids(500)
+    let sent = ids(500);
+    let lines: Vec<String> = sent
         .iter()
         .enumerate()
         .map(|(i, id)| click(id, i))
         .collect();
     write_lines(&file, &lines);
 
-    let out = run_send(&url, &file, &["--timeout", "3s"]);
+    let rerun = work.path().join("undelivered.jsonl");
+    let rerun_arg = rerun.display().to_string();
+    let out = run_send(
+        &url,
+        &file,
+        &["--timeout", "3s", "--undelivered", &rerun_arg],
+    );
     let s = summary(&out);
     assert_eq!(out.status.code(), Some(1), "{s}");
     assert_eq!(s["outcome"], "not_delivered", "{s}");
@@ -301,6 +308,22 @@ async fn a_gateway_that_never_comes_back_exits_1_and_counts_the_undelivered() {
         0,
         "{s}"
     );
+    // The undelivered events are written out with their ids, ready for a rerun.
+    let written: Vec<Value> = std::fs::read_to_string(&rerun)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let mut written_ids: Vec<String> = written
+        .iter()
+        .map(|e| e["event_id"].as_str().unwrap().to_string())
+        .collect();
+    written_ids.sort();
+    let mut want = sent.clone();
+    want.sort();
+    assert_eq!(written_ids, want);
+    assert_eq!(written[0]["schema"], "click/1");
+    assert!(written[0]["data"]["element"].is_string(), "{}", written[0]);
 
     // The text summary says it in words.
     let out = eventpipe_cli()

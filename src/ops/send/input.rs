@@ -35,7 +35,8 @@ impl std::fmt::Display for LineRef {
 /// One item of the input stream.
 #[derive(Debug)]
 pub enum Input {
-    Event(LineRef, Event),
+    /// An event and the length of its line (what it may hold in memory until answered).
+    Event(LineRef, Event, usize),
     Bad(LineRef, String),
     /// Reading failed (the rest of that input is not read).
     ReadError(Arc<str>, String),
@@ -183,7 +184,7 @@ pub fn spawn_reader(sources: Vec<Source>, max_line_bytes: usize, tx: mpsc::Sende
                         } else {
                             match parse(&buf) {
                                 Ok(None) => continue,
-                                Ok(Some(event)) => Input::Event(at, event),
+                                Ok(Some(event)) => Input::Event(at, event, buf.len()),
                                 Err(why) => Input::Bad(at, why),
                             }
                         }

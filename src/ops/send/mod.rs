@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use eventpipe_client::{Client, Error, Pending, QueueConfig, QueuePolicy, RetryConfig};
+use eventpipe_client::{Client, Error, Event, Pending, QueueConfig, QueuePolicy, RetryConfig};
 use tokio::sync::mpsc;
 
 pub use input::{parse, read_line, LineRef};
@@ -63,6 +63,9 @@ pub struct SendOptions {
     pub max_line_bytes: usize,
     /// Progress lines on stderr (the command sets it when stderr is a terminal).
     pub progress: bool,
+    /// Write every event not delivered here, as a JSON line with its event id: the input for a
+    /// rerun (the same ids, so what did land after all is deduplicated downstream).
+    pub undelivered: Option<PathBuf>,
 }
 
 impl SendOptions {
@@ -80,12 +83,15 @@ impl SendOptions {
             max_backoff: Duration::from_secs(10),
             max_line_bytes: 1 << 20,
             progress: false,
+            undelivered: None,
         }
     }
 }
 
-/// Events awaiting their answer, at most (bounds the memory held for answers to come).
+/// Events awaiting their answer, at most, and the bytes of their lines (bounds the memory held
+/// for answers to come, and for `--undelivered` the events kept until then).
 const WINDOW: usize = 20_000;
+const WINDOW_BYTES: usize = 64 << 20;
 /// Bad lines reported on stderr as they are met (all are counted; the summary keeps some).
 const BAD_LINES_SHOWN: u64 = 20;
 
@@ -103,6 +109,13 @@ pub async fn run(
     interrupt: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<Summary> {
     let sources = input::open(&opts.inputs)?;
+    let resend = Arc::new(match &opts.undelivered {
+        Some(path) => Some(Mutex::new(std::io::BufWriter::new(
+            std::fs::File::create(path)
+                .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?,
+        ))),
+        None => None,
+    });
     let mut retry = RetryConfig::default();
     retry.request_timeout = opts.request_timeout;
     retry.max_attempts = opts.max_attempts;
@@ -126,12 +139,16 @@ pub async fn run(
         .map_err(|e| anyhow::anyhow!("client settings: {e}"))?;
 
     let started = Instant::now();
-    let tally = Arc::new(Mutex::new(Tally::default()));
+    let tally = Arc::new(Mutex::new(Tally {
+        undelivered_file: opts.undelivered.as_ref().map(|p| p.display().to_string()),
+        ..Tally::default()
+    }));
     let lines_read = Arc::new(AtomicU64::new(0));
     let (tx, mut rx) = mpsc::channel::<Input>(1024);
     input::spawn_reader(sources, opts.max_line_bytes, tx);
-    let (pending_tx, pending_rx) = mpsc::channel::<(LineRef, Pending)>(WINDOW);
-    let collector = tokio::spawn(collect(pending_rx, tally.clone()));
+    let (pending_tx, pending_rx) = mpsc::channel::<Waiting>(WINDOW);
+    let collector = tokio::spawn(collect(pending_rx, tally.clone(), resend.clone()));
+    let window_bytes = Arc::new(tokio::sync::Semaphore::new(WINDOW_BYTES));
 
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(None::<GiveUp>);
     let watchdog = tokio::spawn(watch(client.clone(), opts.timeout, interrupt, stop_tx));
@@ -155,8 +172,9 @@ pub async fn run(
                 // rest of the input is not read.
                 while let Ok(item) = rx.try_recv() {
                     match item {
-                        Input::Event(at, event) => {
+                        Input::Event(at, event, _) => {
                             lock(&tally).undelivered(&at, event.event_id(), "not_sent".into());
+                            keep(&resend, &tally, &event);
                             last = Some(at);
                         }
                         Input::Bad(at, why) => {
@@ -173,20 +191,36 @@ pub async fn run(
         };
         let Some(item) = item else { break };
         match item {
-            Input::Event(at, event) => {
+            Input::Event(at, event, bytes) => {
                 lines_read.fetch_add(1, Ordering::Relaxed);
                 let id = event.event_id();
+                let kept = resend.is_some().then(|| event.clone());
+                let need = bytes.clamp(1, WINDOW_BYTES) as u32;
                 let submitted = tokio::select! {
-                    s = client.submit(event) => s,
-                    _ = stop_rx.wait_for(Option::is_some) => Err(Error::Closed),
+                    s = async {
+                        let permit = window_bytes.clone().acquire_many_owned(need).await;
+                        (client.submit(event).await, permit.ok())
+                    } => s,
+                    _ = stop_rx.wait_for(Option::is_some) => (Err(Error::Closed), None),
                 };
                 match submitted {
-                    Ok(p) => {
-                        if pending_tx.send((at.clone(), p)).await.is_err() {
+                    (Ok(pending), permit) => {
+                        let waiting = Waiting {
+                            at: at.clone(),
+                            pending,
+                            event: kept,
+                            _permit: permit,
+                        };
+                        if pending_tx.send(waiting).await.is_err() {
                             break; // the collector ended: cannot happen while we hold the sender
                         }
                     }
-                    Err(e) => lock(&tally).outcome(&at, id, Err(e)),
+                    (Err(e), _) => {
+                        lock(&tally).outcome(&at, id, Err(e));
+                        if let Some(event) = &kept {
+                            keep(&resend, &tally, event);
+                        }
+                    }
                 }
                 last = Some(at);
             }
@@ -253,12 +287,45 @@ fn lock(t: &Mutex<Tally>) -> std::sync::MutexGuard<'_, Tally> {
     t.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// An event handed to the client, until its answer comes.
+struct Waiting {
+    at: LineRef,
+    pending: Pending,
+    /// The event itself, kept for `--undelivered`.
+    event: Option<Event>,
+    /// Its line's bytes in the window.
+    _permit: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+type Resend = Option<Mutex<std::io::BufWriter<std::fs::File>>>;
+
 /// Awaits each event's answer, in input order, and counts it.
-async fn collect(mut rx: mpsc::Receiver<(LineRef, Pending)>, tally: Arc<Mutex<Tally>>) {
-    while let Some((at, pending)) = rx.recv().await {
-        let id = pending.id();
-        let result = pending.await;
-        lock(&tally).outcome(&at, id, result);
+async fn collect(mut rx: mpsc::Receiver<Waiting>, tally: Arc<Mutex<Tally>>, resend: Arc<Resend>) {
+    while let Some(w) = rx.recv().await {
+        let id = w.pending.id();
+        let result = w.pending.await;
+        let delivered = result.is_ok();
+        lock(&tally).outcome(&w.at, id, result);
+        if let (false, Some(event)) = (delivered, &w.event) {
+            keep(&resend, &tally, event);
+        }
+    }
+    if let Some(out) = resend.as_ref() {
+        if let Err(e) = out.lock().unwrap_or_else(|p| p.into_inner()).flush() {
+            lock(&tally).undelivered_file_error = Some(e.to_string());
+        }
+    }
+}
+
+/// Writes an event that was not delivered to the `--undelivered` file, if there is one.
+fn keep(resend: &Resend, tally: &Mutex<Tally>, event: &Event) {
+    let Some(out) = resend else { return };
+    let mut out = out.lock().unwrap_or_else(|p| p.into_inner());
+    let written = serde_json::to_writer(&mut *out, event)
+        .map_err(std::io::Error::from)
+        .and_then(|_| out.write_all(b"\n"));
+    if let Err(e) = written {
+        lock(tally).undelivered_file_error = Some(e.to_string());
     }
 }
 
@@ -366,6 +433,10 @@ pub struct Args {
     /// Longer lines are bad input (reported, not sent).
     #[arg(long, default_value_t = 1 << 20)]
     pub max_line_bytes: usize,
+    /// Write every event that was not delivered to this file, one JSON line each with its event
+    /// id: rerun `send` on it (same ids, so what did land after all is deduplicated).
+    #[arg(long)]
+    pub undelivered: Option<PathBuf>,
     /// Print the final summary as one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -388,6 +459,7 @@ pub fn main(args: Args) -> u8 {
         max_backoff: args.max_backoff,
         max_line_bytes: args.max_line_bytes,
         progress: !args.no_progress && stderr_is_terminal(),
+        undelivered: args.undelivered,
     };
     let reads_stdin = opts.inputs.is_empty() || opts.inputs.iter().any(|p| p.as_os_str() == "-");
     if reads_stdin && std::io::stdin().is_terminal() {

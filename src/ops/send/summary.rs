@@ -62,6 +62,10 @@ pub struct Tally {
     /// Where reading stopped early (the command gave up), if it did.
     pub stopped_after: Option<String>,
     pub unsent_at_shutdown: u64,
+    /// The `--undelivered` file, if one was asked for.
+    pub undelivered_file: Option<String>,
+    /// Writing it failed.
+    pub undelivered_file_error: Option<String>,
 }
 
 impl Tally {
@@ -92,7 +96,8 @@ impl Tally {
                     // The command closed the client when it gave up.
                     Error::Dropped(DropReason::Shutdown) | Error::Closed => "gave_up".to_string(),
                     Error::Dropped(r) => r.as_str().to_string(),
-                    other => format!("error: {other}"),
+                    Error::Encode(_) => "encode_error".to_string(),
+                    _ => "client_error".to_string(),
                 };
                 self.undelivered(at, id, reason);
             }
@@ -149,6 +154,12 @@ pub struct Summary {
     pub bad_lines: u64,
     pub bad_line_examples: Vec<BadLine>,
     pub read_errors: Vec<String>,
+    /// Where the events not delivered were written (`--undelivered`), as JSON lines to rerun.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub undelivered_file: Option<String>,
+    /// Writing that file failed (the counts are still right).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub undelivered_file_error: Option<String>,
     /// Whether every input was read to its end.
     pub input_complete: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -194,6 +205,8 @@ impl Summary {
             bad_lines: t.bad_lines,
             bad_line_examples: t.bad,
             read_errors: t.read_errors,
+            undelivered_file: t.undelivered_file,
+            undelivered_file_error: t.undelivered_file_error,
             input_complete,
             stopped_after: t.stopped_after,
             retries,
@@ -250,10 +263,20 @@ impl Summary {
             if self.outcome == "not_delivered" {
                 if let Some(t) = self.timeout {
                     out += &format!(
-                        "\n  gave up: nothing was accepted or rejected for {}s (--timeout); send \
-                         again what was not delivered (same event ids: duplicates are safe)",
+                        "\n  gave up: nothing was accepted or rejected for {}s (--timeout)",
                         t.as_secs()
                     );
+                }
+            }
+            match &self.undelivered_file {
+                Some(f) => {
+                    out += &format!(
+                        "\n  written to {f} with their event ids: run `eventpipe send` on it \
+                         again (same ids: what did land is deduplicated downstream)"
+                    )
+                }
+                None => {
+                    out += "\n  (--undelivered FILE writes them out, with their ids, for a rerun)"
                 }
             }
             for u in self.not_delivered_examples.iter().take(10) {
@@ -268,6 +291,9 @@ impl Summary {
         }
         for e in &self.read_errors {
             out += &format!("\nread error: {e}");
+        }
+        if let Some(e) = &self.undelivered_file_error {
+            out += &format!("\ncould not write the --undelivered file: {e}");
         }
         out
     }
