@@ -169,7 +169,8 @@ pub async fn run(
             biased;
             _ = stop_rx.wait_for(Option::is_some) => {
                 // Given up: what the reader already handed over is counted (not sent), the
-                // rest of the input is not read.
+                // rest of the input is not read (closing the channel stops the reader).
+                rx.close();
                 while let Ok(item) = rx.try_recv() {
                     match item {
                         Input::Event(at, event, _) => {
