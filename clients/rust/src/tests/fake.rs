@@ -64,8 +64,6 @@ type Handler = Arc<dyn Fn(&Seen, usize) -> Reply + Send + Sync>;
 pub struct Fake {
     pub addr: SocketAddr,
     pub seen: Arc<Mutex<Vec<Seen>>>,
-    /// Notified on every request received.
-    pub arrived: Arc<Notify>,
 }
 
 impl Fake {
@@ -95,11 +93,7 @@ impl Fake {
                 });
             }
         });
-        Fake {
-            addr,
-            seen,
-            arrived,
-        }
+        Fake { addr, seen }
     }
 
     pub fn url(&self) -> String {
