@@ -326,7 +326,11 @@ impl Client {
             notified.as_mut().enable();
             match self.place(item.clone(), waiter.take(), wait) {
                 Ok(()) => return Ok(()),
-                Err((Some(w), Error::Dropped(DropReason::QueueFull))) if wait => waiter = Some(w),
+                Err((Some(w), Error::Dropped(DropReason::QueueFull)))
+                    if wait && shared.cfg.queue.policy == QueuePolicy::Block =>
+                {
+                    waiter = Some(w)
+                }
                 Err((_, e)) => return Err(e),
             }
             notified.await;

@@ -57,6 +57,9 @@ mod response;
 mod retry;
 mod worker;
 
+#[cfg(test)]
+mod tests;
+
 pub use client::{Attempt, Client, Pending};
 pub use config::{Builder, QueueConfig, QueuePolicy, RetryConfig, SpillConfig};
 pub use error::{DropReason, Error, Receipt, ShutdownReport, Stats};
