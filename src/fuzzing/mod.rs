@@ -26,9 +26,13 @@ use crate::config::Limits;
 use crate::http::body::{decompress, Encoding};
 use crate::pipeline::{self, Bundle, PipelineConfig};
 use crate::schema::Registry;
-use crate::sink::spool::{decode_record, encode_record, segment, Format, FrameKind, Item};
+// The shared spool crate's own record decoder: the reader's frame check uses it, so "every
+// frame the reader accepts as a record decodes" is a property of the crate. (The gateway's
+// `sink::spool::decode_record` is stricter: only header names the gateway writes.)
+use crate::sink::spool::{encode_record, segment, Format, FrameKind, Item};
 use crate::sink::RecordKind;
 use crate::thrift::{self, DeadLetter, Enrichment, Event, Json};
+use eventpipe_spool::decode_record;
 
 /// The Content-Encodings, in the order the body target's first byte selects them (mod 5).
 pub const ENCODINGS: [Encoding; 5] = [
