@@ -387,3 +387,43 @@ async fn a_bad_json_line_is_named_with_its_line_number_and_exits_3() {
     let found = consume_until(&broker.brokers(), &[&topics.topic("click")], "", 4, &good);
     assert_eq!(found.len(), 4, "only the 4 events were sent: {found:?}");
 }
+
+/// SIGINT while requests hang (a "gateway" that accepts connections and never answers): `send`
+/// stops at once with its summary, exits 130, and counts and writes out every event it read as
+/// not delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_send_exits_130_and_writes_out_what_it_did_not_deliver() {
+    let work = tempfile::tempdir().unwrap();
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", silent.local_addr().unwrap());
+    let file = work.path().join("events.jsonl");
+    let lines: Vec<String> = ids(300)
+        .iter()
+        .enumerate()
+        .map(|(i, id)| click(id, i))
+        .collect();
+    write_lines(&file, &lines);
+    let rerun = work.path().join("undelivered.jsonl");
+    let child = send_cmd(&url)
+        .args(["--timeout", "0", "--undelivered"])
+        .arg(&rerun)
+        .arg(&file)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A request arrives: events were read and are in flight. Keep the connection open, unanswered.
+    let (_conn, _) = silent.accept().unwrap();
+    common::fault::signal(child.id(), "INT");
+    let out = tokio::task::spawn_blocking(move || finish(child, Duration::from_secs(60)))
+        .await
+        .unwrap();
+    let s = summary(&out);
+    assert_eq!(out.status.code(), Some(130), "{s}");
+    assert_eq!(s["outcome"], "interrupted", "{s}");
+    let events = s["events"].as_u64().unwrap();
+    assert!(events >= 1, "{s}");
+    assert_eq!(s["not_delivered"].as_u64(), Some(events), "{s}");
+    let written = std::fs::read_to_string(&rerun).unwrap().lines().count() as u64;
+    assert_eq!(written, events, "{s}");
+}

@@ -10,13 +10,14 @@
 //!
 //! Every event read ends in exactly one outcome: accepted (200: in Kafka; 202: durable in the
 //! gateway's spool or Kafka), rejected by the gateway (with its reason: not to be resent), or not
-//! delivered (the command gave up: nothing was accepted or rejected for `timeout`, or SIGINT; or
-//! `max_attempts` ran out). A bad input line is never sent, and always reported with its place.
+//! delivered (the command gave up: nothing was accepted or rejected for `timeout`, or SIGINT /
+//! SIGTERM; or `max_attempts` ran out). A bad input line is never sent, and always reported with its place.
 //!
 //! Exit codes: 0 every event was made durable or rejected and no line was bad; 1 some events were
 //! not delivered (the summary counts them; takes precedence); 2 the command could not run (bad
 //! arguments, an unreadable input, a bad URL); 3 some lines were bad input (every event was
-//! delivered or rejected); 130 interrupted.
+//! delivered or rejected); 130 interrupted (SIGINT or SIGTERM: what was not delivered is
+//! counted, and written to `--undelivered`).
 
 mod input;
 mod summary;
@@ -477,9 +478,25 @@ pub fn main(args: Args) -> u8 {
             return EXIT_ERROR;
         }
     };
-    let interrupt = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
+    // Registered now, before any input is opened: from then on SIGINT/SIGTERM end the run
+    // with a summary (exit 130) instead of killing the process.
+    let signals = {
+        use tokio::signal::unix::{signal, SignalKind};
+        let _guard = runtime.enter();
+        (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        )
+    };
+    let interrupt = async move {
+        match signals {
+            (Ok(mut int), Ok(mut term)) => {
+                tokio::select! {
+                    _ = int.recv() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            _ => std::future::pending::<()>().await,
         }
     };
     let summary = match runtime.block_on(run(opts, interrupt)) {

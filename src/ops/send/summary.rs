@@ -16,7 +16,7 @@ pub const EXIT_UNDELIVERED: u8 = 1;
 pub const EXIT_ERROR: u8 = 2;
 /// Some lines were bad input (never sent); every event was delivered or rejected.
 pub const EXIT_BAD_INPUT: u8 = 3;
-/// SIGINT.
+/// SIGINT or SIGTERM.
 pub const EXIT_INTERRUPTED: u8 = 130;
 
 /// Examples kept per list (the counts are complete).
