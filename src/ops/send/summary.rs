@@ -19,6 +19,10 @@ pub const EXIT_BAD_INPUT: u8 = 3;
 /// SIGINT or SIGTERM.
 pub const EXIT_INTERRUPTED: u8 = 130;
 
+/// Whole-request refusals that say nothing about the event (a wrong or unauthorised write key):
+/// its events are not delivered, not rejected.
+const NOT_A_VERDICT: [&str; 2] = ["unauthorized", "forbidden_origin"];
+
 /// Examples kept per list (the counts are complete).
 const EXAMPLES: usize = 100;
 
@@ -72,6 +76,11 @@ impl Tally {
     /// Counts one event's final answer.
     pub fn outcome(&mut self, at: &LineRef, id: EventId, result: Result<Receipt, Error>) {
         match result {
+            // The whole request was refused for the write key: nothing about the event was
+            // judged or recorded (no dead letter). Fix the key and send it again.
+            Ok(Receipt::Rejected { reason, .. }) if NOT_A_VERDICT.contains(&reason.as_str()) => {
+                self.undelivered(at, id, reason)
+            }
             Ok(Receipt::Kafka) => self.kafka += 1,
             Ok(Receipt::Spooled) => self.spooled += 1,
             Ok(Receipt::Rejected {
@@ -296,5 +305,45 @@ impl Summary {
             out += &format!("\ncould not write the --undelivered file: {e}");
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(line: u64) -> LineRef {
+        LineRef {
+            input: "f".into(),
+            line,
+        }
+    }
+
+    #[test]
+    fn a_refused_write_key_is_not_delivered_and_a_verdict_is_rejected() {
+        let mut t = Tally::default();
+        let rejected = |reason: &str| {
+            Ok(Receipt::Rejected {
+                reason: reason.into(),
+                path: None,
+                message: String::new(),
+            })
+        };
+        t.outcome(&at(1), EventId::nil(), rejected("unauthorized"));
+        t.outcome(&at(2), EventId::nil(), rejected("schema_violation"));
+        t.outcome(&at(3), EventId::nil(), Ok(Receipt::Kafka));
+        t.outcome(
+            &at(4),
+            EventId::nil(),
+            Err(Error::Dropped(DropReason::Shutdown)),
+        );
+        let s = Summary::new(t, 0, Duration::ZERO, None, None);
+        assert_eq!(
+            (s.events, s.kafka, s.rejected, s.not_delivered),
+            (4, 1, 1, 2)
+        );
+        assert_eq!(s.not_delivered_by_reason["unauthorized"], 1);
+        assert_eq!(s.not_delivered_by_reason["gave_up"], 1);
+        assert_eq!(s.exit_code, EXIT_UNDELIVERED);
     }
 }
