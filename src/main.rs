@@ -46,6 +46,10 @@ enum Command {
     Audit(AuditArgs),
     /// Restart the fleet one host at a time, checking its health between hosts.
     Rollout(ops::rollout::Args),
+    /// Send JSON lines (one event per line; files or stdin) to a gateway with the client
+    /// library's retries (exit 0 all durable or rejected, 1 some not delivered, 2 error, 3 bad
+    /// input lines).
+    Send(ops::send::Args),
     /// Inspect the local spool.
     Spool {
         #[command(subcommand)]
@@ -345,6 +349,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Audit(args) => std::process::exit(i32::from(audit(args))),
+        Command::Send(args) => std::process::exit(i32::from(ops::send::main(args))),
         Command::Rollout(args) => {
             runtime()?.block_on(ops::rollout::run(&args, &mut std::io::stderr()))
         }

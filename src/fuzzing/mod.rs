@@ -26,9 +26,13 @@ use crate::config::Limits;
 use crate::http::body::{decompress, Encoding};
 use crate::pipeline::{self, Bundle, PipelineConfig};
 use crate::schema::Registry;
-use crate::sink::spool::{decode_record, encode_record, segment, Format, FrameKind, Item};
+// The shared spool crate's own record decoder: the reader's frame check uses it, so "every
+// frame the reader accepts as a record decodes" is a property of the crate. (The gateway's
+// `sink::spool::decode_record` is stricter: only header names the gateway writes.)
+use crate::sink::spool::{encode_record, segment, Format, FrameKind, Item};
 use crate::sink::RecordKind;
 use crate::thrift::{self, DeadLetter, Enrichment, Event, Json};
+use eventpipe_spool::decode_record;
 
 /// The Content-Encodings, in the order the body target's first byte selects them (mod 5).
 pub const ENCODINGS: [Encoding; 5] = [
@@ -266,7 +270,8 @@ pub fn spool_recover(data: &[u8], dir: &Path) {
         let ack = u64::from(selector >> 3) * 16;
         segment::write_ack(dir, 1, ack).expect("write checkpoint");
     }
-    let first = segment::recover_dir(dir).expect("recovery does not fail on file contents");
+    let first = segment::recover_dir(dir, &crate::sink::spool::METRIC_NAMES)
+        .expect("recovery does not fail on file contents");
     let lens: Vec<u64> = first.segments.iter().map(|s| s.len).collect();
     for s in &first.segments {
         let bytes = std::fs::read(&s.path).expect("a listed segment exists");
@@ -275,7 +280,8 @@ pub fn spool_recover(data: &[u8], dir: &Path) {
     }
     let records = first.records;
     drop(first);
-    let second = segment::recover_dir(dir).expect("second recovery");
+    let second =
+        segment::recover_dir(dir, &crate::sink::spool::METRIC_NAMES).expect("second recovery");
     assert_eq!(second.records, records);
     assert_eq!(
         second.segments.iter().map(|s| s.len).collect::<Vec<_>>(),

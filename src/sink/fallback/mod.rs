@@ -24,7 +24,6 @@ use tokio::time::Instant;
 use super::kafka::{KafkaSink, PartialOutcome};
 use super::spool::{now_ms, spawn_replayer, ReplayOptions, ReplayResult, ReplayTarget, Spool};
 use super::{BoxFuture, Delivered, Record, RecordKind, Sink, SinkError};
-use crate::metrics as m;
 
 /// How long a probing request waits for a Kafka that was down before spooling its records.
 pub const PROBE_WAIT: Duration = Duration::from_millis(500);
@@ -333,13 +332,9 @@ impl Sink for FallbackSink {
 #[cfg(test)]
 mod tests;
 
-/// The spool's gauges from its current stats.
+/// The spool's gauges (`eventpipe_spool_*`) from its current stats.
 fn spool_gauges(spool: &Spool) {
-    let s = spool.stats();
-    metrics::gauge!(m::SPOOL_BYTES).set(s.bytes as f64);
-    metrics::gauge!(m::SPOOL_RECORDS).set(s.records as f64);
-    metrics::gauge!(m::SPOOL_OLDEST_AGE).set(s.oldest_age.as_secs_f64());
-    metrics::gauge!(m::SPOOL_DRAIN_RATE).set(s.drain_bytes_per_sec);
+    spool.publish_gauges();
 }
 
 /// Points the replayer's target at `books` and counts, as pending, what an earlier process

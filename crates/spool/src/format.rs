@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use crate::sink::{static_header_key, Record, RecordKind};
+use crate::record::{AsRecord, Record};
 
 /// The largest frame body the writer accepts and the reader believes (16 MiB). One limit for
 /// both: a record the reader would call corrupt is never written.
@@ -67,7 +67,8 @@ impl Format {
         }
     }
 
-    #[cfg(test)]
+    /// The legacy format (segments written before `EPSPOOL2`), for tests of the legacy reader.
+    #[doc(hidden)]
     pub fn legacy() -> Format {
         Format { nonce: None }
     }
@@ -279,19 +280,19 @@ impl<'a> Iterator for Items<'a> {
 
 /// Bytes of a record's frame body, or why it can never be written (a field too long for its
 /// length prefix, or the whole body over [`MAX_RECORD`]).
-pub fn record_body_len(r: &Record) -> Result<usize, String> {
-    if r.topic.len() > u16::MAX as usize {
-        return Err(format!("topic of {} bytes", r.topic.len()));
+pub fn record_body_len(r: &impl AsRecord) -> Result<usize, String> {
+    if r.topic().len() > u16::MAX as usize {
+        return Err(format!("topic of {} bytes", r.topic().len()));
     }
-    if r.headers.len() > u8::MAX as usize {
-        return Err(format!("{} headers", r.headers.len()));
+    if r.header_count() > u8::MAX as usize {
+        return Err(format!("{} headers", r.header_count()));
     }
-    let key = r.key.as_ref().map_or(0, |k| k.len());
+    let key = r.key().map_or(0, |k| k.len());
     if key > i32::MAX as usize {
         return Err(format!("key of {key} bytes"));
     }
-    let mut len = 8 + 2 + r.topic.len() + 4 + key + 1 + 4 + r.payload.len();
-    for (k, v) in &r.headers {
+    let mut len = 8 + 2 + r.topic().len() + 4 + key + 1 + 4 + r.payload().len();
+    for (k, v) in r.headers() {
         if k.len() > u8::MAX as usize {
             return Err(format!("header name of {} bytes", k.len()));
         }
@@ -306,31 +307,31 @@ pub fn record_body_len(r: &Record) -> Result<usize, String> {
 }
 
 /// Appends a record body (no frame header). The caller checked [`record_body_len`].
-pub fn encode_body(r: &Record, appended_ms: i64, out: &mut Vec<u8>) {
+pub fn encode_body(r: &impl AsRecord, appended_ms: i64, out: &mut Vec<u8>) {
     out.extend_from_slice(&appended_ms.to_le_bytes());
-    let topic = r.topic.as_bytes();
+    let topic = r.topic().as_bytes();
     out.extend_from_slice(&(topic.len() as u16).to_le_bytes());
     out.extend_from_slice(topic);
-    match &r.key {
+    match r.key() {
         Some(k) => {
             out.extend_from_slice(&(k.len() as i32).to_le_bytes());
             out.extend_from_slice(k);
         }
         None => out.extend_from_slice(&(-1i32).to_le_bytes()),
     }
-    out.push(r.headers.len() as u8);
-    for (k, v) in &r.headers {
+    out.push(r.header_count() as u8);
+    for (k, v) in r.headers() {
         out.push(k.len() as u8);
         out.extend_from_slice(k.as_bytes());
         out.extend_from_slice(&(v.len() as u32).to_le_bytes());
         out.extend_from_slice(v.as_bytes());
     }
-    out.extend_from_slice(&(r.payload.len() as u32).to_le_bytes());
-    out.extend_from_slice(&r.payload);
+    out.extend_from_slice(&(r.payload().len() as u32).to_le_bytes());
+    out.extend_from_slice(r.payload());
 }
 
 /// Appends one framed record to `out`. The caller checked [`record_body_len`].
-pub fn encode_record(format: &Format, r: &Record, appended_ms: i64, out: &mut Vec<u8>) {
+pub fn encode_record(format: &Format, r: &impl AsRecord, appended_ms: i64, out: &mut Vec<u8>) {
     format.push_frame(FrameKind::Record, out, |o| encode_body(r, appended_ms, o));
 }
 
@@ -386,25 +387,18 @@ pub fn decode_record(body: &[u8]) -> Option<(Record, i64)> {
         let k = std::str::from_utf8(c.take(k_len)?).ok()?;
         let v_len = c.u32()? as usize;
         let v = std::str::from_utf8(c.take(v_len)?).ok()?;
-        // Only keys the gateway writes can be here; anything else means a bug, not data.
-        headers.push((static_header_key(k)?, v.to_owned()));
+        headers.push((k.to_owned(), v.to_owned()));
     }
     let payload_len = c.u32()? as usize;
     let payload = c.take(payload_len)?.to_vec();
     if !c.0.is_empty() {
         return None;
     }
-    let kind = if headers.iter().any(|(k, _)| *k == "reason") {
-        RecordKind::DeadLetter
-    } else {
-        RecordKind::Event { client_id: None }
-    };
     let record = Record {
         topic: Arc::from(topic),
         key,
         payload,
         headers,
-        kind,
     };
     Some((record, appended_ms))
 }

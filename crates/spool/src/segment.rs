@@ -67,7 +67,8 @@ pub fn scan(bytes: &[u8], start: usize) -> ScanResult {
 /// Moves a file nothing can be read from into the quarantine directory, whole, as
 /// `<name>.unreadable` (never listed or replayed, never deleted): an operator decides. A crash
 /// during a segment's very first write leaves such a file too (then nothing in it was
-/// acknowledged); a damaged header leaves one holding acknowledged records.
+/// acknowledged); a damaged header leaves one holding acknowledged records. The caller counts
+/// the `len` bytes as corrupt.
 pub fn set_aside(path: &Path, len: usize, qdir: &Path) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(qdir)?;
@@ -79,7 +80,6 @@ pub fn set_aside(path: &Path, len: usize, qdir: &Path) -> std::io::Result<()> {
     std::fs::rename(path, &target)?;
     fsync_dir(qdir)?;
     fsync_dir(dir)?;
-    metrics::counter!(crate::metrics::SPOOL_CORRUPT_BYTES).increment(len as u64);
     tracing::error!(
         file = %path.display(),
         moved_to = %target.display(),
@@ -127,8 +127,9 @@ pub struct Recovered {
 }
 
 /// Locks the directory, cuts torn tails, drops empty or fully acknowledged segments, and lists
-/// the rest oldest first.
-pub fn recover_dir(dir: &Path) -> std::io::Result<Recovered> {
+/// the rest oldest first. [`crate::Spool::open`] starts with this; it is public for tools and
+/// fuzzing.
+pub fn recover_dir(dir: &Path, names: &crate::MetricNames) -> std::io::Result<Recovered> {
     let lock = OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -185,6 +186,7 @@ pub fn recover_dir(dir: &Path) -> std::io::Result<Recovered> {
             // bad, and cutting would delete acknowledged records. Keep the file whole, aside.
             drop(file);
             set_aside(&path, bytes.len(), &super::quarantine::quarantine_dir(dir))?;
+            metrics::counter!(names.corrupt_bytes).increment(bytes.len() as u64);
             let _ = std::fs::remove_file(ack_path(dir, seq));
             continue;
         }

@@ -1,13 +1,12 @@
 //! What the spool held when this process opened it: records a predecessor spooled and did not
-//! replay. The audit counts them as pending in their (old) windows before the replayer starts
-//! delivering them, so a restarted gateway reports its predecessor's open books.
+//! replay. The gateway's audit counts them as pending in their (old) windows before the
+//! replayer starts delivering them, so a restarted gateway reports its predecessor's open books.
 
 use std::path::PathBuf;
 
 use super::format::{decode_record, Format, FrameKind, Item};
 use super::segment::read_ack;
-use super::{Sealed, Spool};
-use crate::sink::Record;
+use super::{Record, Sealed, Spool};
 
 /// The sealed segments at one instant (at start-up: everything inherited).
 pub struct Inventory {
@@ -37,7 +36,7 @@ impl Spool {
 impl Inventory {
     /// Calls `f` with every record not yet replayed (after each segment's checkpoint). Blocking
     /// file reads, one segment in memory at a time; an unreadable segment is skipped.
-    pub fn for_each_record(&self, mut f: impl FnMut(&Record)) {
+    pub fn for_each_record(&self, mut f: impl FnMut(Record)) {
         for seg in &self.segments {
             let Ok(bytes) = std::fs::read(&seg.path) else {
                 continue;
@@ -49,7 +48,7 @@ impl Inventory {
                 if let Item::Frame(frame) = item {
                     if frame.kind == FrameKind::Record {
                         if let Some((record, _)) = decode_record(frame.body) {
-                            f(&record);
+                            f(record);
                         }
                     }
                 }

@@ -1,6 +1,13 @@
 //! The spool: a local write-ahead log that makes "2xx means durable" true while Kafka is slow,
 //! down, or refusing writes.
 //!
+//! This crate (`eventpipe-spool`) is shared by the gateway (which spools what Kafka could not
+//! take in time, and replays it to Kafka) and the client library `eventpipe-client` (which
+//! spills what its in-memory queue cannot hold, and replays it to the gateway). Below, "Kafka"
+//! stands for whatever the user's [`ReplayTarget`] delivers to. The crate knows nothing of
+//! either: records are opaque (topic, key, headers, payload), errors are [`SpoolError`], metric
+//! names are given by the user ([`MetricNames`]).
+//!
 //! # Promise
 //! A record handed to [`Spool::append`] is reported written only after its bytes and every byte
 //! before them in the segment are on disk (`fdatasync` returned). The replayer deletes a segment
@@ -41,7 +48,7 @@
 //! decodes completely (a commit marker must name its own offset). **One record-size limit**
 //! ([`MAX_RECORD`], 16 MiB of body) is enforced by both sides: [`Spool::append`] refuses a batch
 //! holding a record over it (or with a field too long for its length prefix) with
-//! `SinkError::Permanent` and writes nothing, so the reader never meets a record it would call
+//! [`SpoolError::Refused`] and writes nothing, so the reader never meets a record it would call
 //! corrupt. Quarantine frames may exceed it by a small fixed overhead.
 //!
 //! The nonce is random per spool instance (every segment it creates carries it). It makes frames
@@ -73,7 +80,7 @@
 //!   around the damage is kept, an error is logged naming the file and offset, and the replayer
 //!   copies the damaged bytes to the quarantine (reason `corrupt`, metrics
 //!   `eventpipe_spool_corrupt_bytes_total` and `eventpipe_spool_quarantined_records_total`) before
-//!   moving its checkpoint past them. The same holds for damage the replayer meets in a segment
+//!   moving its checkpoint past them. (Metric names are the gateway's; see [`MetricNames`].) The same holds for damage the replayer meets in a segment
 //!   sealed during this run: everything up to a sealed segment's length was committed.
 //!   A damaged final commit marker loses nothing: the records before it are a valid prefix.
 //!   Damage to the last record *and* its marker together cuts that record (two independent
@@ -118,9 +125,11 @@
 
 mod format;
 mod inventory;
+mod names;
 pub mod quarantine;
+mod record;
 mod replay;
-pub(crate) mod segment;
+pub mod segment;
 mod writer;
 
 use std::path::PathBuf;
@@ -133,10 +142,48 @@ pub use format::{
     Format, Frame, FrameKind, Item, Quarantined, MAX_RECORD,
 };
 pub use inventory::Inventory;
+pub use names::MetricNames;
+pub use record::{AsRecord, Record};
 pub use replay::{spawn_replayer, ReplayOptions, ReplayResult, ReplayTarget};
 pub use segment::{scan, ScanResult};
 
-use crate::sink::{Record, SinkError};
+/// A boxed future, so [`ReplayTarget`] stays object-safe.
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// Why an append (or seal) was refused. Every variant means "nothing of the batch may be
+/// reported durable".
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpoolError {
+    /// A record of the batch can never be spooled (over [`MAX_RECORD`], or a field too long for
+    /// its length prefix); nothing was written.
+    #[error("{0}")]
+    Refused(String),
+    /// The spool is closed (shutting down).
+    #[error("spool closed")]
+    Closed,
+    /// The spool is at its byte limit.
+    #[error("spool full")]
+    Full,
+    /// The spool's oldest record is older than its age limit.
+    #[error("spool too old")]
+    TooOld,
+    /// The disk failed (ENOSPC, EIO, ...), now or within `io_error_backoff`.
+    #[error("spool disk error: {0}")]
+    Io(String),
+}
+
+impl SpoolError {
+    /// Bounded label for metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            SpoolError::Refused(_) => "refused",
+            SpoolError::Closed => "closed",
+            SpoolError::Full => "spool_full",
+            SpoolError::TooOld => "spool_too_old",
+            SpoolError::Io(_) => "spool_io",
+        }
+    }
+}
 
 /// Spool limits and timings.
 #[derive(Debug, Clone)]
@@ -152,11 +199,29 @@ pub struct SpoolOptions {
     pub seal_after: Duration,
     /// After a disk error, refuse appends this long before trying the disk again.
     pub io_error_backoff: Duration,
+    /// The names the spool's metrics are reported under.
+    pub metrics: MetricNames,
 }
 
-/// A sealed segment waiting for the replayer.
+impl SpoolOptions {
+    /// Options for `dir` with moderate defaults: 1 GiB, 24 h, 16 MiB segments sealed after 1 s,
+    /// 1 s of refusal after a disk error; metric names from `metrics`.
+    pub fn new(dir: impl Into<PathBuf>, metrics: MetricNames) -> SpoolOptions {
+        SpoolOptions {
+            dir: dir.into(),
+            max_bytes: 1 << 30,
+            max_age: Duration::from_secs(24 * 3600),
+            segment_bytes: 16 << 20,
+            seal_after: Duration::from_secs(1),
+            io_error_backoff: Duration::from_secs(1),
+            metrics,
+        }
+    }
+}
+
+/// A sealed segment waiting for the replayer (as [`segment::recover_dir`] lists them).
 #[derive(Debug, Clone)]
-pub(crate) struct Sealed {
+pub struct Sealed {
     pub seq: u64,
     pub path: PathBuf,
     pub len: u64,
@@ -213,7 +278,13 @@ impl Shared {
     }
 }
 
-pub use crate::now_ms;
+/// Wall-clock milliseconds since the Unix epoch (record append times, ages).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
 
 /// A point-in-time view of the spool, for metrics and readiness.
 #[derive(Debug, Clone, Copy)]
@@ -237,7 +308,7 @@ impl Spool {
     /// existing segment for replay, and starts the writer thread.
     pub fn open(opts: SpoolOptions) -> Result<Spool, std::io::Error> {
         std::fs::create_dir_all(&opts.dir)?;
-        let recovered = segment::recover_dir(&opts.dir)?;
+        let recovered = segment::recover_dir(&opts.dir, &opts.metrics)?;
         let bytes: u64 = recovered.segments.iter().map(|s| s.len).sum();
         let records: u64 = recovered.records;
         let next_seq = recovered.segments.last().map(|s| s.seq + 1).unwrap_or(1);
@@ -263,7 +334,7 @@ impl Spool {
 
     /// Appends records durably: resolves once they are fsynced, or with the reason they were
     /// refused (full, too old, disk error) — then nothing of the batch may be reported durable.
-    pub async fn append(&self, records: &[Record]) -> Result<(), SinkError> {
+    pub async fn append<R: AsRecord>(&self, records: &[R]) -> Result<(), SpoolError> {
         if records.is_empty() {
             return Ok(());
         }
@@ -271,7 +342,7 @@ impl Spool {
         let mut size = 0;
         for r in records {
             size += record_body_len(r).map_err(|why| {
-                SinkError::Permanent(format!("cannot spool a record to {}: {why}", r.topic))
+                SpoolError::Refused(format!("cannot spool a record to {}: {why}", r.topic()))
             })? + 16;
         }
         self.check_accepting()?;
@@ -284,24 +355,24 @@ impl Spool {
     }
 
     /// Why appends are refused right now, if they are.
-    pub fn check_accepting(&self) -> Result<(), SinkError> {
+    pub fn check_accepting(&self) -> Result<(), SpoolError> {
         let s = &self.shared;
         if s.closed.load(Ordering::Relaxed) {
-            return Err(SinkError::Closed);
+            return Err(SpoolError::Closed);
         }
         let last_err = s.last_io_error_ms.load(Ordering::Relaxed);
         if last_err != 0 && now_ms() - last_err < s.opts.io_error_backoff.as_millis() as i64 {
-            return Err(SinkError::SpoolIo("recent disk error".into()));
+            return Err(SpoolError::Io("recent disk error".into()));
         }
         // Full means: at the limit, or an append was refused for room within the last second
         // (the next one would likely be too, and `/readyz` should say so).
         let refused_recently = now_ms() - s.last_full_ms.load(Ordering::Relaxed) < 1000;
         if s.bytes.load(Ordering::Relaxed) >= s.opts.max_bytes || refused_recently {
-            return Err(SinkError::SpoolFull);
+            return Err(SpoolError::Full);
         }
         if let Some(oldest) = s.oldest_ms() {
             if now_ms() - oldest > s.opts.max_age.as_millis() as i64 {
-                return Err(SinkError::SpoolTooOld);
+                return Err(SpoolError::TooOld);
             }
         }
         Ok(())
@@ -362,7 +433,7 @@ impl Spool {
     }
 
     /// Seals the active segment now (shutdown, tests), making it replayable.
-    pub async fn seal(&self) -> Result<(), SinkError> {
+    pub async fn seal(&self) -> Result<(), SpoolError> {
         self.writer.seal().await
     }
 
@@ -375,13 +446,31 @@ impl Spool {
         self.shared.sealed_notify.notify_waiters();
     }
 
-    /// Stops like a crash would: no seal, nothing flushed beyond what was already fsynced.
-    #[cfg(test)]
-    pub(crate) async fn crash(&self) {
+    /// Stops like a crash would: no seal, nothing flushed beyond what was already fsynced (for
+    /// tests of crash recovery, here and in the crates that use this one).
+    #[doc(hidden)]
+    pub async fn crash(&self) {
         self.shared.closed.store(true, Ordering::Relaxed);
         self.shared.closed_notify.notify_waiters();
         let _ = self.writer.stop(false).await;
         self.shared.sealed_notify.notify_waiters();
+    }
+
+    /// Sets the spool's gauges (bytes, records, oldest record age, drain rate) from
+    /// [`Spool::stats`], under the names in [`SpoolOptions::metrics`]. Call it periodically
+    /// (the gateway does once a second).
+    pub fn publish_gauges(&self) {
+        let s = self.stats();
+        let m = &self.shared.opts.metrics;
+        metrics::gauge!(m.bytes).set(s.bytes as f64);
+        metrics::gauge!(m.records).set(s.records as f64);
+        metrics::gauge!(m.oldest_age).set(s.oldest_age.as_secs_f64());
+        metrics::gauge!(m.drain_rate).set(s.drain_bytes_per_sec);
+    }
+
+    /// The directory this spool owns.
+    pub fn dir(&self) -> &std::path::Path {
+        &self.shared.opts.dir
     }
 
     /// Group commits so far (each is one fsync shared by every append in it).

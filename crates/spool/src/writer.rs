@@ -11,9 +11,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use super::segment::{fsync_dir, segment_path};
-use super::{now_ms, Sealed, Shared};
-use crate::metrics as m;
-use crate::sink::SinkError;
+use super::{now_ms, Sealed, Shared, SpoolError};
 
 /// Appends per group commit, at most (bounds one fsync's latency).
 const MAX_GROUP: usize = 1024;
@@ -23,20 +21,20 @@ enum Cmd {
         bytes: Vec<u8>,
         records: u64,
         now_ms: i64,
-        reply: oneshot::Sender<Result<(), SinkError>>,
+        reply: oneshot::Sender<Result<(), SpoolError>>,
     },
     Seal {
-        reply: oneshot::Sender<Result<(), SinkError>>,
+        reply: oneshot::Sender<Result<(), SpoolError>>,
     },
     /// Ends the thread (releasing the directory lock); `seal: false` imitates a crash.
     Stop {
         seal: bool,
-        reply: oneshot::Sender<Result<(), SinkError>>,
+        reply: oneshot::Sender<Result<(), SpoolError>>,
     },
 }
 
 /// (bytes, records, append time, reply) of one admitted append.
-type Admitted = (Vec<u8>, u64, i64, oneshot::Sender<Result<(), SinkError>>);
+type Admitted = (Vec<u8>, u64, i64, oneshot::Sender<Result<(), SpoolError>>);
 
 #[derive(Clone)]
 pub(crate) struct Handle {
@@ -44,7 +42,12 @@ pub(crate) struct Handle {
 }
 
 impl Handle {
-    pub async fn append(&self, bytes: Vec<u8>, records: u64, now_ms: i64) -> Result<(), SinkError> {
+    pub async fn append(
+        &self,
+        bytes: Vec<u8>,
+        records: u64,
+        now_ms: i64,
+    ) -> Result<(), SpoolError> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Cmd::Append {
@@ -53,25 +56,25 @@ impl Handle {
                 now_ms,
                 reply,
             })
-            .map_err(|_| SinkError::Closed)?;
-        rx.await.map_err(|_| SinkError::Closed)?
+            .map_err(|_| SpoolError::Closed)?;
+        rx.await.map_err(|_| SpoolError::Closed)?
     }
 
-    pub async fn seal(&self) -> Result<(), SinkError> {
+    pub async fn seal(&self) -> Result<(), SpoolError> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Cmd::Seal { reply })
-            .map_err(|_| SinkError::Closed)?;
-        rx.await.map_err(|_| SinkError::Closed)?
+            .map_err(|_| SpoolError::Closed)?;
+        rx.await.map_err(|_| SpoolError::Closed)?
     }
 
     /// Stops the writer thread once it has answered everything queued before this.
-    pub async fn stop(&self, seal: bool) -> Result<(), SinkError> {
+    pub async fn stop(&self, seal: bool) -> Result<(), SpoolError> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Cmd::Stop { seal, reply })
-            .map_err(|_| SinkError::Closed)?;
-        rx.await.map_err(|_| SinkError::Closed)?
+            .map_err(|_| SpoolError::Closed)?;
+        rx.await.map_err(|_| SpoolError::Closed)?
     }
 }
 
@@ -186,7 +189,7 @@ impl Writer {
                     // requests cannot overshoot it together.
                     if admitted_bytes + bytes.len() as u64 > self.shared.opts.max_bytes {
                         self.shared.last_full_ms.store(now_ms, Ordering::Relaxed);
-                        let _ = reply.send(Err(SinkError::SpoolFull));
+                        let _ = reply.send(Err(SpoolError::Full));
                         continue;
                     }
                     admitted_bytes += bytes.len() as u64;
@@ -197,7 +200,8 @@ impl Writer {
         if !appends.is_empty() {
             let result = self.write_group(&appends);
             if result.is_ok() {
-                metrics::histogram!(m::SPOOL_GROUP_SIZE).record(appends.len() as f64);
+                metrics::histogram!(self.shared.opts.metrics.group_size)
+                    .record(appends.len() as f64);
             }
             for (_, _, _, reply) in appends {
                 let _ = reply.send(result.clone());
@@ -215,8 +219,9 @@ impl Writer {
         }
     }
 
-    fn write_group(&mut self, appends: &[Admitted]) -> Result<(), SinkError> {
+    fn write_group(&mut self, appends: &[Admitted]) -> Result<(), SpoolError> {
         let format = self.shared.format;
+        let fsync_latency = self.shared.opts.metrics.fsync_latency;
         let active = match self.active_segment() {
             Ok(a) => a,
             Err(e) => return Err(self.disk_error(e)),
@@ -238,7 +243,7 @@ impl Writer {
         format.push_commit(end, &mut marker);
         let written = written.and_then(|_| active.file.write_all(&marker));
         let synced = written.and_then(|_| active.file.sync_data());
-        metrics::histogram!(m::SPOOL_FSYNC_LATENCY).record(started.elapsed().as_secs_f64());
+        metrics::histogram!(fsync_latency).record(started.elapsed().as_secs_f64());
         if let Err(e) = synced {
             // Cut the unacknowledged batch back off; if the disk won't even do that, seal the
             // segment as it is and let the next start-up scan keep its valid prefix.
@@ -279,16 +284,16 @@ impl Writer {
         Ok(())
     }
 
-    fn disk_error(&self, e: std::io::Error) -> SinkError {
+    fn disk_error(&self, e: std::io::Error) -> SpoolError {
         static LAST: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
-        if m::log_allowed(&LAST) {
+        if crate::names::log_allowed(&LAST) {
             tracing::error!(error = %e, dir = %self.shared.opts.dir.display(), "spool write failed (logged at most once a second)");
         }
-        metrics::counter!(m::SPOOL_IO_ERRORS).increment(1);
+        metrics::counter!(self.shared.opts.metrics.io_errors).increment(1);
         self.shared
             .last_io_error_ms
             .store(now_ms().max(1), Ordering::Relaxed);
-        SinkError::SpoolIo(e.kind().to_string())
+        SpoolError::Io(e.kind().to_string())
     }
 
     /// The active segment, created (and its directory entry made durable) on first use.
@@ -323,7 +328,7 @@ impl Writer {
     }
 
     /// Hands the active segment to the replayer. Its bytes are already fsynced.
-    fn seal(&mut self) -> Result<(), SinkError> {
+    fn seal(&mut self) -> Result<(), SpoolError> {
         let Some(active) = self.active.take() else {
             return Ok(());
         };

@@ -1,10 +1,11 @@
-//! The replayer: drains sealed segments to Kafka, oldest first, one bounded batch in flight at a
-//! time so live traffic keeps most of the producer. A batch waits for a definite answer for every
-//! record (acknowledged, or failed after librdkafka's own `message.timeout.ms`), so a record is
-//! never queued in the producer twice by the replayer; records that failed retryably are retried
-//! with exponential backoff until Kafka takes them; records Kafka refused for good, and damaged
-//! bytes, are moved to the quarantine (fsynced) first. Then the checkpoint moves past the batch.
-//! A segment is deleted once its last batch is done.
+//! The replayer: drains sealed segments to a [`ReplayTarget`] (the gateway's: Kafka; the
+//! client's: the gateway), oldest first, one bounded batch in flight at a time so live traffic
+//! keeps most of the producer. A batch waits for a definite answer for every record
+//! (acknowledged, or failed after the target's own timeout), so a record is never in flight
+//! twice from the replayer; records that failed retryably are retried with exponential backoff
+//! until the target takes them; records it refused for good (or could not even decode), and
+//! damaged bytes, are moved to the quarantine (fsynced) first. Then the checkpoint moves past
+//! the batch. A segment is deleted once its last batch is done.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -13,19 +14,21 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::format::{decode_record, Content, Format, FrameKind, Item, Quarantined, MAX_RECORD};
+use super::names::log_allowed;
 use super::segment::{ack_path, read_ack, write_ack};
-use super::{now_ms, quarantine, Sealed, Shared, Spool};
-use crate::metrics as m;
-use crate::sink::{BoxFuture, Record};
+use super::{now_ms, quarantine, BoxFuture, Record, Sealed, Shared, Spool};
 
 /// What became of one replay batch. Indices are into the batch; a record in neither list was
-/// acknowledged by Kafka.
+/// acknowledged (done: the replayer moves past it).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ReplayResult {
     /// Not acknowledged for a reason that may pass (timeout, broker down, queue full): try again.
     pub retry: Vec<usize>,
-    /// Refused for good by Kafka, with a bounded reason such as
-    /// `kafka_rejected:msg_size_too_large`: trying again cannot help.
+    /// Refused for good, with a bounded reason such as `kafka_rejected:msg_size_too_large`
+    /// (the quarantine's metric label; lowercase ASCII, digits and `_:.-`, at most 64 bytes, or
+    /// it is counted as `other`): trying again cannot help, the record goes to the quarantine.
+    /// A reason containing `unknown_topic` or `unknown_partition` is doubtful (see
+    /// [`ReplayOptions::doubtful_refusal_grace`]).
     pub refused: Vec<(usize, String)>,
 }
 
@@ -36,28 +39,39 @@ impl ReplayResult {
     }
 }
 
-/// Where replayed records go (the Kafka sink, through the fallback's health tracking).
+/// Where replayed records go (the gateway: the Kafka sink, through the fallback's health
+/// tracking; the client library: the gateway's HTTP API).
 pub trait ReplayTarget: Send + Sync + 'static {
-    /// Produces `records`; resolves to what was not acknowledged by `deadline`, and why.
+    /// What a spooled record is turned into before delivery: [`Record`] itself, or the user's
+    /// own type (decoded once per record, not per attempt).
+    type Item: Send + Sync + 'static;
+    /// Turns a record read from a segment into an item. `Err(reason)` (bounded, like a refusal
+    /// reason): the record can never be delivered and goes to the quarantine at once.
+    fn decode(&self, record: Record) -> Result<Self::Item, String>;
+    /// Delivers `items`; resolves to what was not acknowledged by `deadline`, and why. Every
+    /// index in neither list of the result counts as acknowledged.
     fn produce<'a>(
         &'a self,
-        records: &'a [Record],
+        items: &'a [Self::Item],
         deadline: Instant,
     ) -> BoxFuture<'a, ReplayResult>;
-    /// Kafka acknowledged `record` (audit counts; nothing by default).
-    fn acknowledged(&self, _record: &Record) {}
-    /// `record` was moved to the quarantine (audit counts; nothing by default).
-    fn quarantined(&self, _record: &Record) {}
+    /// The target acknowledged `item` (audit counts; nothing by default).
+    fn acknowledged(&self, _item: &Self::Item) {}
+    /// `item` was moved to the quarantine (audit counts; nothing by default).
+    fn quarantined(&self, _item: &Self::Item) {}
 }
 
 /// Replay batch bounds and timings.
 #[derive(Debug, Clone)]
 pub struct ReplayOptions {
+    /// At most this many records per delivery batch.
     pub batch_records: usize,
+    /// A batch is closed once its frames reach this many bytes.
     pub batch_bytes: usize,
-    /// How long to wait for a batch: longer than the producer's `message.timeout.ms`, so each
-    /// record's fate is known before it is sent again.
+    /// How long to wait for a batch (the `deadline` given to [`ReplayTarget::produce`]): longer
+    /// than the target's own timeout, so each record's fate is known before it is sent again.
     pub ack_timeout: Duration,
+    /// Retries of a batch back off exponentially from 50 ms up to this.
     pub max_backoff: Duration,
     /// How long a refusal that can also be a passing metadata state (unknown topic or partition:
     /// librdkafka reports those for existing topics during broker restarts and leader changes)
@@ -66,22 +80,36 @@ pub struct ReplayOptions {
     pub doubtful_refusal_grace: Duration,
 }
 
+impl Default for ReplayOptions {
+    /// 500 records or 4 MiB per batch, 35 s per batch, backoff up to 5 s, 30 s of grace for a
+    /// doubtful refusal.
+    fn default() -> Self {
+        ReplayOptions {
+            batch_records: 500,
+            batch_bytes: 4 << 20,
+            ack_timeout: Duration::from_secs(35),
+            max_backoff: Duration::from_secs(5),
+            doubtful_refusal_grace: Duration::from_secs(30),
+        }
+    }
+}
+
 /// Refusals that can be a broker's passing view of its metadata rather than a fact.
 fn doubtful(reason: &str) -> bool {
     reason.contains("unknown_topic") || reason.contains("unknown_partition")
 }
 
-/// Starts the replayer task; it ends when the spool is closed.
-pub fn spawn_replayer(
+/// Starts the replayer task (on the current Tokio runtime); it ends when the spool is closed.
+pub fn spawn_replayer<T: ReplayTarget + ?Sized>(
     spool: &Spool,
-    target: Arc<dyn ReplayTarget>,
+    target: Arc<T>,
     opts: ReplayOptions,
 ) -> tokio::task::JoinHandle<()> {
     let shared = spool.shared().clone();
     tokio::spawn(async move { run(shared, target, opts).await })
 }
 
-async fn run(shared: Arc<Shared>, target: Arc<dyn ReplayTarget>, opts: ReplayOptions) {
+async fn run<T: ReplayTarget + ?Sized>(shared: Arc<Shared>, target: Arc<T>, opts: ReplayOptions) {
     loop {
         if shared.closed.load(Ordering::Relaxed) {
             return;
@@ -162,24 +190,27 @@ async fn quarantine(shared: &Shared, segment: &Sealed, entries: Vec<Quarantined>
     let labels: Vec<String> = entries.iter().map(|q| reason_label(&q.reason)).collect();
     let first = entries.first().map(|q| (q.source_offset, q.reason.clone()));
     let n = entries.len();
-    let written =
-        tokio::task::spawn_blocking(move || quarantine::append(&dir, seq, &entries)).await;
+    let corrupt = Some(shared.opts.metrics.corrupt_bytes);
+    let written = tokio::task::spawn_blocking(move || {
+        quarantine::append_counted(&dir, seq, &entries, corrupt)
+    })
+    .await;
     match written {
         Ok(Ok(_)) => {
             for label in labels {
-                metrics::counter!(m::SPOOL_QUARANTINED, "reason" => label).increment(1);
+                metrics::counter!(shared.opts.metrics.quarantined, "reason" => label).increment(1);
             }
             if let Some((offset, reason)) = first {
                 tracing::error!(segment = %segment.path.display(), offset, %reason, records = n,
                     quarantine = %quarantine::quarantine_path(&shared.opts.dir, seq).display(),
                     "spool: moved records replay cannot deliver to the quarantine \
-                     (list them with `eventpipe spool quarantine`)");
+                     (the gateway lists them with `eventpipe spool quarantine`)");
             }
             true
         }
         other => {
             static LAST: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
-            if m::log_allowed(&LAST) {
+            if log_allowed(&LAST) {
                 tracing::error!(segment = %segment.path.display(), ?other,
                     "spool: cannot write the quarantine; keeping the records and retrying");
             }
@@ -200,7 +231,7 @@ async fn read_segment(shared: &Shared, segment: &Sealed) -> Option<Vec<u8>> {
             Ok(Ok(b)) => return Some(b),
             other => {
                 static LAST: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
-                if m::log_allowed(&LAST) {
+                if log_allowed(&LAST) {
                     tracing::error!(segment = %segment.path.display(), ?other,
                         "spool: cannot read segment; retrying");
                 }
@@ -213,18 +244,19 @@ async fn read_segment(shared: &Shared, segment: &Sealed) -> Option<Vec<u8>> {
     }
 }
 
-/// Where a record of the batch being replayed is in its segment, and its body.
+/// Where a record of the batch being replayed is in its segment, its body and topic.
 struct Pending<'a> {
     offset: usize,
     len: usize,
     body: &'a [u8],
+    topic: Arc<str>,
 }
 
 /// Replays one segment from its checkpoint. Returns false if the spool was closed first.
-async fn replay_segment(
+async fn replay_segment<T: ReplayTarget + ?Sized>(
     shared: &Shared,
     segment: &Sealed,
-    target: &dyn ReplayTarget,
+    target: &T,
     opts: &ReplayOptions,
 ) -> bool {
     let Some(bytes) = read_segment(shared, segment).await else {
@@ -260,11 +292,14 @@ async fn replay_segment(
                         continue;
                     }
                     if let Some((record, _)) = decode_record(f.body) {
-                        batch.push(record);
+                        let topic = record.topic.clone();
+                        let item = target.decode(record);
+                        batch.push(item);
                         meta.push(Pending {
                             offset: f.start,
                             len: f.end - f.start,
                             body: f.body,
+                            topic,
                         });
                         batch_bytes += f.end - f.start;
                     }
@@ -276,7 +311,7 @@ async fn replay_segment(
             // quarantine and go on with the records after them.
             tracing::error!(segment = %segment.path.display(), offset = start, bytes = stop - start,
                 "spool: corrupt bytes in a segment; quarantining them and replaying the rest");
-            metrics::counter!(m::SPOOL_CORRUPT_BYTES).increment((stop - start) as u64);
+            metrics::counter!(shared.opts.metrics.corrupt_bytes).increment((stop - start) as u64);
             let entry = Quarantined {
                 quarantined_ms: now_ms(),
                 source_seq: segment.seq,
@@ -342,13 +377,63 @@ async fn replay_segment(
     true
 }
 
-/// Produces a batch until every record is acknowledged or quarantined. False if closed first.
-async fn deliver(
+/// Records the target could not decode go to the quarantine first (with the reason it gave);
+/// then the rest is delivered. False if the spool was closed first.
+#[allow(clippy::too_many_arguments)]
+async fn deliver<T: ReplayTarget + ?Sized>(
     shared: &Shared,
     segment: &Sealed,
-    target: &dyn ReplayTarget,
+    target: &T,
     opts: &ReplayOptions,
-    mut pending: Vec<Record>,
+    decoded: Vec<Result<T::Item, String>>,
+    meta: Vec<Pending<'_>>,
+    backoff: &mut Duration,
+) -> bool {
+    let mut pending = Vec::with_capacity(decoded.len());
+    let mut kept_meta = Vec::with_capacity(meta.len());
+    let mut undecodable = Vec::new();
+    for (item, m) in decoded.into_iter().zip(meta) {
+        match item {
+            Ok(item) => {
+                pending.push(item);
+                kept_meta.push(m);
+            }
+            Err(reason) => undecodable.push(Quarantined {
+                quarantined_ms: now_ms(),
+                source_seq: segment.seq,
+                source_offset: m.offset as u64,
+                source_len: m.len as u64,
+                reason,
+                content: Content::Record(m.body.to_vec()),
+            }),
+        }
+    }
+    if !undecodable.is_empty() {
+        let n = undecodable.len() as u64;
+        while !quarantine(shared, segment, undecodable.clone()).await {
+            if !pause(shared, Duration::from_secs(1)).await {
+                return false;
+            }
+        }
+        let _ = shared
+            .records
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |r| {
+                Some(r.saturating_sub(n))
+            });
+    }
+    if pending.is_empty() {
+        return true;
+    }
+    deliver_items(shared, segment, target, opts, pending, kept_meta, backoff).await
+}
+
+/// Produces a batch until every record is acknowledged or quarantined. False if closed first.
+async fn deliver_items<T: ReplayTarget + ?Sized>(
+    shared: &Shared,
+    segment: &Sealed,
+    target: &T,
+    opts: &ReplayOptions,
+    mut pending: Vec<T::Item>,
     mut meta: Vec<Pending<'_>>,
     backoff: &mut Duration,
 ) -> bool {
@@ -370,10 +455,10 @@ async fn deliver(
             // A doubtful refusal is a fact once its topic has been refused that way for the
             // grace (per topic, across batches and segments); until then it is retried.
             let mut doubts = shared.doubts.lock().unwrap_or_else(|p| p.into_inner());
-            for (i, r) in pending.iter().enumerate() {
+            for (i, m) in meta.iter().enumerate() {
                 let refused_here = refused.iter().any(|(j, _)| *j == i);
                 if !keep[i] && !refused_here {
-                    doubts.remove(&r.topic); // acknowledged: the topic is there
+                    doubts.remove(&m.topic); // acknowledged: the topic is there
                 }
             }
             let now = Instant::now();
@@ -381,7 +466,7 @@ async fn deliver(
                 if !doubtful(reason) {
                     return true;
                 }
-                let since = *doubts.entry(pending[*i].topic.clone()).or_insert(now);
+                let since = *doubts.entry(meta[*i].topic.clone()).or_insert(now);
                 let settled = now.duration_since(since) >= opts.doubtful_refusal_grace;
                 if !settled {
                     keep[*i] = true;
@@ -424,7 +509,7 @@ async fn deliver(
                 target.acknowledged(r);
             }
         }
-        metrics::counter!(m::SPOOL_REPLAYED).increment(delivered as u64);
+        metrics::counter!(shared.opts.metrics.replayed).increment(delivered as u64);
         let _ = shared
             .records
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |r| {

@@ -20,6 +20,16 @@ pub fn quarantine_path(spool_dir: &Path, seq: u64) -> PathBuf {
 /// Appends entries taken from segment `seq` to its quarantine file and fsyncs them (with a
 /// commit marker, in one write). Returns the bytes added to the disk.
 pub fn append(spool_dir: &Path, seq: u64, entries: &[Quarantined]) -> std::io::Result<u64> {
+    append_counted(spool_dir, seq, entries, None)
+}
+
+/// [`append`], counting the bytes of a damaged quarantine file it sets aside under `corrupt`.
+pub(crate) fn append_counted(
+    spool_dir: &Path,
+    seq: u64,
+    entries: &[Quarantined],
+    corrupt: Option<&'static str>,
+) -> std::io::Result<u64> {
     let qdir = quarantine_dir(spool_dir);
     if !qdir.exists() {
         std::fs::create_dir_all(&qdir)?;
@@ -40,6 +50,9 @@ pub fn append(spool_dir: &Path, seq: u64, entries: &[Quarantined]) -> std::io::R
         // holds. Set it aside whole and start a new file.
         drop(file);
         super::segment::set_aside(&path, existing.len(), &qdir)?;
+        if let Some(name) = corrupt {
+            metrics::counter!(name).increment(existing.len() as u64);
+        }
         existing.clear();
         file = OpenOptions::new()
             .read(true)
