@@ -385,3 +385,49 @@ async fn dropping_the_last_handle_does_not_block_and_still_delivers() {
         .await
     );
 }
+
+#[tokio::test]
+async fn spill_keeps_what_does_not_fit_on_disk_across_a_restart() {
+    let dir = std::env::temp_dir().join(format!("eventpipe-client-spill-{}", uuid::Uuid::new_v4()));
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let spill = || {
+        QueueConfig::new(
+            2,
+            1 << 20,
+            QueuePolicy::Spill(crate::SpillConfig::new(&dir)),
+        )
+    };
+    // Gateway down: everything ends on disk at shutdown (memory included), nothing unsent.
+    let client = Client::builder(format!("http://127.0.0.1:{port}"))
+        .retry(fast_retry())
+        .queue(spill())
+        .build()
+        .unwrap();
+    let mut ids = HashSet::new();
+    for n in 0..30 {
+        ids.insert(client.track("page_view/1", json!({"n": n})));
+    }
+    let report = client.shutdown(Duration::from_millis(1500)).await;
+    assert_eq!((report.spilled, report.unsent), (30, 0), "{report:?}");
+    drop(client);
+    // A second client on the same directory sends them.
+    let fake = Fake::start(|seen, _| Reply::ok(seen.ids.len())).await;
+    let client = Client::builder(fake.url()).queue(spill()).build().unwrap();
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            let got: HashSet<String> = fake.seen().into_iter().flat_map(|s| s.ids).collect();
+            ids.iter().all(|id| got.contains(&id.to_string()))
+        })
+        .await,
+        "{:?}",
+        client.stats()
+    );
+    let report = client.shutdown(Duration::from_secs(10)).await;
+    assert!(report.is_complete(), "{report:?}");
+    assert_eq!(report.delivered, 30);
+    let _ = std::fs::remove_dir_all(&dir);
+}
