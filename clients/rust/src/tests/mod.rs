@@ -310,8 +310,14 @@ async fn block_waits_for_room_and_loses_nothing() {
 async fn flush_waits_for_in_flight_batches_and_their_retries() {
     let gate = Arc::new(Semaphore::new(0));
     let g = gate.clone();
+    // First answer: event 0 rejected, the others failed (to retry); the retry is held.
     let fake = Fake::start(move |seen, n| match n {
-        0 => Reply::new(503, json!({"error": "overloaded", "message": "m"})).retry_after("1"),
+        0 => Reply::new(
+            500,
+            json!({"error": "dead_letter_refused", "message": "m", "accepted": 0, "spooled": 0,
+                "rejected": [{"index": 0, "reason": "schema_violation", "message": "m"}],
+                "failed": (1..seen.ids.len()).map(|i| json!({"index": i})).collect::<Vec<_>>()}),
+        ),
         _ => Reply::ok(seen.ids.len()).hold(g.clone()),
     })
     .await;
@@ -329,9 +335,10 @@ async fn flush_waits_for_in_flight_batches_and_their_retries() {
     assert!(eventually(Duration::from_secs(10), || fake.seen().len() == 2).await);
     gate.add_permits(1);
     flush.await.unwrap();
+    let stats = client.stats();
     assert_eq!(
-        client.stats().accepted_kafka,
-        10,
+        (stats.accepted_kafka, stats.rejected),
+        (9, 1),
         "flush returned before its events settled"
     );
 }
