@@ -393,3 +393,94 @@ async fn a_429_retry_waits_for_retry_after_and_every_event_lands() {
     let landed: HashSet<String> = ids_in(&got).into_iter().collect();
     assert!(ids.iter().all(|id| landed.contains(id)));
 }
+
+/// Builds and locates `clients/rust/examples/spill_child.rs` (a service using `Spill`).
+fn spill_child() -> std::path::PathBuf {
+    let status = std::process::Command::new(env!("CARGO"))
+        .args([
+            "build",
+            "-p",
+            "eventpipe-client",
+            "--example",
+            "spill_child",
+        ])
+        .current_dir(common::root())
+        .status()
+        .expect("cargo build --example spill_child");
+    assert!(status.success(), "building the spill_child example failed");
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| common::root().join("target"));
+    target.join("debug/examples/spill_child")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spilled_events_survive_a_kill9_of_the_service_and_land_on_the_next_start() {
+    use std::io::BufRead;
+    let child_bin = spill_child();
+    let broker = Broker::memory();
+    let topics = Topics::unique();
+    topics.create(&broker.brokers()).await;
+    let spill = tempfile::tempdir().unwrap();
+    let dir = spill.path().display().to_string();
+    // The gateway is down (nothing listens on its port) while the service runs.
+    let gw_spool = tempfile::tempdir().unwrap();
+    let mut gw = GatewayProc::configure(
+        &broker.brokers(),
+        &topics,
+        gw_spool.path().to_path_buf(),
+        &[],
+    );
+    let url = format!("http://127.0.0.1:{}", gw.port);
+    let n = 200;
+    let mut child = std::process::Command::new(&child_bin)
+        .args([&url, &dir, "send", &n.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ids = Vec::new();
+    let mut ready = false;
+    for line in std::io::BufReader::new(child.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        if let Some(id) = line.strip_prefix("id ") {
+            ids.push(id.to_string());
+        } else if line == "ready" {
+            ready = true;
+            break;
+        }
+    }
+    assert!(ready, "the service did not report its events spilled");
+    assert_eq!(ids.len(), n);
+    common::fault::signal(child.id(), "KILL");
+    let _ = child.wait();
+
+    // The gateway comes up; the service starts again on the same directory and replays.
+    gw.start();
+    let out = std::process::Command::new(&child_bin)
+        .args([&url, &dir, "drain", &(n - 2).to_string()])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "drain run: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The first two were only in memory (one in flight, one queued) when it was killed; every
+    // spilled one lands.
+    let spilled = &ids[2..];
+    let got = consume_until(
+        &broker.brokers(),
+        &[&topics.topic("click")],
+        "",
+        spilled.len(),
+        spilled,
+    );
+    let landed: HashSet<String> = ids_in(&got).into_iter().collect();
+    for id in spilled {
+        assert!(
+            landed.contains(id),
+            "{id} was spilled but never landed ({stdout})"
+        );
+    }
+}

@@ -93,6 +93,8 @@ pub(crate) struct Counters {
     pub rejected: AtomicU64,
     pub dropped: AtomicU64,
     pub retries: AtomicU64,
+    /// Events known to be on disk and not yet settled.
+    pub on_disk: AtomicU64,
 }
 
 pub(crate) struct State {
@@ -101,6 +103,10 @@ pub(crate) struct State {
     /// Every event not yet settled (queued, in flight, spilled): seq -> id.
     pub outstanding: BTreeMap<u64, EventId>,
     pub waiters: HashMap<u64, oneshot::Sender<Result<Receipt, Error>>>,
+    /// Spilled events not yet read back: id -> seq.
+    pub spilled_ids: HashMap<EventId, u64>,
+    /// The replayer's waits: seq -> whether the event is done (may leave the disk).
+    pub replay_waiters: HashMap<u64, oneshot::Sender<bool>>,
     pub closed: bool,
     /// Closed by dropping the last handle (the drop grace applies) rather than `shutdown`.
     pub dropped: bool,
@@ -129,6 +135,9 @@ pub(crate) struct Shared {
     pub counters: Counters,
     pub observer: Option<Observer>,
     pub worker: Mutex<Option<JoinHandle<()>>>,
+    pub runtime: tokio::runtime::Handle,
+    pub spill: Option<eventpipe_spool::Spool>,
+    pub replayer: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Shared {
@@ -175,6 +184,17 @@ impl Shared {
             }
             Err(_) => {}
         }
+        if let Some(w) = s.replay_waiters.remove(&seq) {
+            // Off the disk once the gateway settled it or the retry limit gave up on it.
+            let done = matches!(
+                result,
+                Ok(_) | Err(Error::Dropped(DropReason::RetriesExhausted))
+            );
+            if done {
+                c.on_disk.fetch_sub(1, Ordering::Relaxed);
+            }
+            let _ = w.send(done);
+        }
         if let Some(w) = s.waiters.remove(&seq) {
             let _ = w.send(result);
         }
@@ -200,7 +220,7 @@ impl Shared {
             queued_events: s.queue.len() as u64,
             queued_bytes: s.queue.bytes() as u64,
             in_flight: s.in_flight as u64,
-            spilled: 0,
+            spilled: c.on_disk.load(Ordering::Relaxed),
         }
     }
 }
@@ -214,11 +234,10 @@ impl Client {
 
     pub(crate) fn start(cfg: Builder) -> Result<Client, Error> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
-        if matches!(cfg.queue.policy, QueuePolicy::Spill(_)) {
-            return Err(Error::Config(
-                "queue.policy: Spill is not available in this build yet".into(),
-            ));
-        }
+        let spill = match &cfg.queue.policy {
+            QueuePolicy::Spill(sc) => Some(crate::spill::open(sc)?),
+            _ => None,
+        };
         let mut http = reqwest::Client::builder()
             .timeout(cfg.retry.request_timeout)
             .redirect(reqwest::redirect::Policy::none())
@@ -239,6 +258,8 @@ impl Client {
                 next_seq: 0,
                 outstanding: BTreeMap::new(),
                 waiters: HashMap::new(),
+                spilled_ids: HashMap::new(),
+                replay_waiters: HashMap::new(),
                 closed: false,
                 dropped: false,
                 urgent: 0,
@@ -254,8 +275,15 @@ impl Client {
             counters: Counters::default(),
             observer: cfg.observer.clone(),
             worker: Mutex::new(None),
+            runtime: runtime.clone(),
+            spill,
+            replayer: Mutex::new(None),
             cfg,
         });
+        if let Some(spool) = &shared.spill {
+            let replayer = crate::spill::start_replay(&shared, spool);
+            *shared.replayer.lock().unwrap_or_else(|p| p.into_inner()) = Some(replayer);
+        }
         let task = runtime.spawn(crate::worker::run(shared.clone()));
         *shared.worker.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
         Ok(Client {
@@ -297,7 +325,14 @@ impl Client {
         let id = event.event_id();
         let item = self.item(&event)?;
         match self.place(item, None, false) {
-            Ok(()) => Ok(id),
+            Ok(None) => Ok(id),
+            Ok(Some(to_disk)) => {
+                let shared = self.shared().clone();
+                shared
+                    .runtime
+                    .spawn(crate::spill::append(shared.clone(), to_disk));
+                Ok(id)
+            }
             Err((_, e)) => Err(e),
         }
     }
@@ -309,6 +344,7 @@ impl Client {
             id: event.event_id(),
             json: json.into(),
             enqueued_at: Instant::now(),
+            from_disk: false,
         })
     }
 
@@ -325,7 +361,11 @@ impl Client {
             tokio::pin!(notified);
             notified.as_mut().enable();
             match self.place(item.clone(), waiter.take(), wait) {
-                Ok(()) => return Ok(()),
+                Ok(None) => return Ok(()),
+                Ok(Some(to_disk)) => {
+                    crate::spill::append(shared.clone(), to_disk).await;
+                    return Ok(());
+                }
                 Err((Some(w), Error::Dropped(DropReason::QueueFull)))
                     if wait && shared.cfg.queue.policy == QueuePolicy::Block =>
                 {
@@ -338,14 +378,15 @@ impl Client {
     }
 
     /// Puts an item in the queue per the policy. With `wait` under `Block`, a full queue hands
-    /// the waiter back (`QueueFull`) for the caller to wait for room.
+    /// the waiter back (`QueueFull`) for the caller to wait for room. Under `Spill`, an item that
+    /// does not fit is registered and handed back (`Ok(Some)`) for the caller to append to disk.
     #[allow(clippy::type_complexity)]
     fn place(
         &self,
         mut item: Item,
         waiter: Option<oneshot::Sender<Result<Receipt, Error>>>,
         wait: bool,
-    ) -> Result<(), (Option<oneshot::Sender<Result<Receipt, Error>>>, Error)> {
+    ) -> Result<Option<Item>, (Option<oneshot::Sender<Result<Receipt, Error>>>, Error)> {
         let shared = self.shared();
         let mut s = shared.lock();
         if s.closed {
@@ -379,7 +420,19 @@ impl Client {
                 shared.counters.enqueued.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!(m::ENQUEUED).increment(1);
                 shared.work.notify_one();
-                Ok(())
+                Ok(None)
+            }
+            Push::Full(item) if shared.spill.is_some() => {
+                s.next_seq += 1;
+                s.outstanding.insert(seq, id);
+                s.spilled_ids.insert(id, seq);
+                if let Some(w) = waiter {
+                    s.waiters.insert(seq, w);
+                }
+                drop(s);
+                shared.counters.enqueued.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!(m::ENQUEUED).increment(1);
+                Ok(Some(item))
             }
             Push::Full(_) => {
                 drop(s);

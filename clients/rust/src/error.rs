@@ -77,6 +77,10 @@ pub enum Error {
     /// The client gave up on the event; counted in `eventpipe_client_dropped_total{reason}`.
     #[error("event dropped by the client: {}", .0.as_str())]
     Dropped(DropReason),
+    /// Still in the disk queue (`Spill`) when the client stopped; the next client opened on the
+    /// same directory sends it (with the same id).
+    #[error("event left in the client's disk queue")]
+    Spilled,
     /// The event could not be serialized.
     #[error("event could not be encoded: {0}")]
     Encode(String),
@@ -122,6 +126,7 @@ pub struct Stats {
     pub queued_bytes: u64,
     /// Events in batches being sent or waiting to be retried.
     pub in_flight: u64,
-    /// Events in the disk queue.
+    /// Events this client knows are in its disk queue (spilled, or read back from it) and not yet
+    /// settled.
     pub spilled: u64,
 }

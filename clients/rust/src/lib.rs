@@ -55,6 +55,7 @@ pub mod metrics;
 mod queue;
 mod response;
 mod retry;
+mod spill;
 mod worker;
 
 #[cfg(test)]

@@ -15,6 +15,8 @@ pub struct Item {
     pub id: EventId,
     pub json: Arc<[u8]>,
     pub enqueued_at: Instant,
+    /// Read back from the disk queue (still on disk until settled).
+    pub from_disk: bool,
 }
 
 impl Item {
@@ -37,7 +39,6 @@ pub enum Push {
     /// Queued; these older items were evicted to make room.
     Queued(Vec<Item>),
     /// Did not fit: the item back.
-    #[allow(dead_code)]
     Full(Item),
 }
 
@@ -106,6 +107,12 @@ impl Queue {
         Push::Queued(evicted)
     }
 
+    /// Appends regardless of the bounds (events replayed from disk: at most one replay batch).
+    pub fn force_push(&mut self, item: Item) {
+        self.bytes += item.size();
+        self.items.push_back(item);
+    }
+
     /// Takes the oldest items up to `max_events` and `max_bytes` (always at least one).
     pub fn pop_batch(&mut self, max_events: usize, max_bytes: usize) -> Vec<Item> {
         let mut batch = Vec::new();
@@ -145,6 +152,7 @@ mod tests {
             id: uuid::Uuid::new_v4(),
             json: vec![b'x'; size].into(),
             enqueued_at: Instant::now(),
+            from_disk: false,
         }
     }
 

@@ -35,8 +35,12 @@ pub(crate) async fn run(shared: Arc<Shared>) {
     let mut abort = shared.abort.subscribe();
     let mut drop_deadline: Option<Instant> = None;
     let cfg = &shared.cfg;
+    // What aborted batches hand back (not settled): finalize spills or reports it.
+    let mut leftover = Vec::new();
     loop {
-        while tasks.try_join_next().is_some() {}
+        while let Some(r) = tasks.try_join_next() {
+            leftover.extend(r.unwrap_or_default());
+        }
         if *abort.borrow_and_update() {
             break;
         }
@@ -50,7 +54,8 @@ pub(crate) async fn run(shared: Arc<Shared>) {
                 drop_deadline = Some(Instant::now() + cfg.drop_grace);
             }
             match s.queue.front().map(|i| i.enqueued_at) {
-                None if s.closed && tasks.is_empty() => Next::Done,
+                // Done when nothing is left: with Spill, that includes what waits on disk.
+                None if s.closed && tasks.is_empty() && s.outstanding.is_empty() => Next::Done,
                 None => Next::Wait(None),
                 Some(_) if tasks.len() >= cfg.concurrency => Next::Wait(None),
                 Some(first) => {
@@ -80,7 +85,9 @@ pub(crate) async fn run(shared: Arc<Shared>) {
                 let until = until.unwrap_or(far).min(drop_deadline.unwrap_or(far));
                 tokio::select! {
                     _ = shared.work.notified() => {}
-                    Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+                    Some(r) = tasks.join_next(), if !tasks.is_empty() => {
+                        leftover.extend(r.unwrap_or_default());
+                    }
                     _ = tokio::time::sleep_until(until) => {}
                     _ = abort.changed() => {}
                 }
@@ -88,24 +95,78 @@ pub(crate) async fn run(shared: Arc<Shared>) {
         }
     }
     // Aborted batches hand back what they did not settle; finalize settles everything left.
-    let mut leftover = Vec::new();
     while let Some(r) = tasks.join_next().await {
         if let Ok(items) = r {
             leftover.extend(items);
         }
     }
-    finalize(&shared, leftover);
+    finalize(&shared, leftover).await;
 }
 
-/// Settles whatever is still outstanding as `Dropped(Shutdown)` and writes the report.
-fn finalize(shared: &Shared, _leftover: Vec<Item>) {
+/// Settles whatever is still outstanding and writes the report: with `Spill`, what is in memory
+/// goes to disk and everything on disk is answered `Spilled`; the rest is `Dropped(Shutdown)`.
+async fn finalize(shared: &Arc<Shared>, leftover: Vec<Item>) {
     let c = &shared.counters;
     let dropped_before = c.dropped.load(Ordering::Relaxed);
+    let mut memory = leftover;
+    memory.extend(shared.lock().queue.drain());
+    let mut spilled_seqs = Vec::new();
+    if let Some(spool) = &shared.spill {
+        // Items read back from disk are still there; the others are appended now.
+        let (on_disk, to_write): (Vec<Item>, Vec<Item>) =
+            memory.into_iter().partition(|i| i.from_disk);
+        spilled_seqs.extend(on_disk.iter().map(|i| i.seq));
+        if !to_write.is_empty() {
+            let records: Vec<eventpipe_spool::Record> =
+                to_write.iter().map(crate::spill::record).collect();
+            match spool.append(&records).await {
+                Ok(()) => {
+                    metrics::counter!(m::SPILLED).increment(to_write.len() as u64);
+                    spilled_seqs.extend(to_write.iter().map(|i| i.seq));
+                }
+                Err(e) => tracing::warn!(
+                    reason = e.reason(),
+                    "eventpipe client could not spill at shutdown"
+                ),
+            }
+        }
+        let waiting: Vec<u64> = shared.lock().spilled_ids.values().copied().collect();
+        spilled_seqs.extend(waiting);
+    }
+    settle_the_rest(shared, spilled_seqs, dropped_before);
+    if let Some(spool) = &shared.spill {
+        spool.close().await;
+        let replayer = shared
+            .replayer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(r) = replayer {
+            let _ = tokio::time::timeout(Duration::from_secs(5), r).await;
+        }
+    }
+    shared.finished.send_replace(true);
+    shared.space.notify_waiters();
+}
+
+/// Answers what is on disk `Spilled` and the rest `Dropped(Shutdown)`; writes the report.
+fn settle_the_rest(shared: &Shared, spilled_seqs: Vec<u64>, dropped_before: u64) {
+    let c = &shared.counters;
     let mut s = shared.lock();
-    s.queue.drain();
+    let mut spilled = 0u64;
+    for seq in spilled_seqs {
+        if s.outstanding.contains_key(&seq) {
+            spilled += 1;
+            shared.settle(&mut s, seq, Err(Error::Spilled));
+        }
+    }
+    s.spilled_ids.clear();
     let unsent: Vec<(u64, crate::EventId)> = s.outstanding.iter().map(|(k, v)| (*k, *v)).collect();
     for (seq, _) in &unsent {
         shared.settle(&mut s, *seq, Err(Error::Dropped(DropReason::Shutdown)));
+    }
+    for (_, w) in s.replay_waiters.drain() {
+        let _ = w.send(false);
     }
     s.in_flight = 0;
     shared.gauges(&s);
@@ -119,7 +180,7 @@ fn finalize(shared: &Shared, _leftover: Vec<Item>) {
             .take(MAX_REPORTED_IDS)
             .map(|(_, id)| *id)
             .collect(),
-        spilled: 0,
+        spilled,
     };
     if report.unsent > 0 {
         tracing::warn!(
@@ -128,9 +189,6 @@ fn finalize(shared: &Shared, _leftover: Vec<Item>) {
         );
     }
     s.report = Some(report);
-    drop(s);
-    shared.finished.send_replace(true);
-    shared.space.notify_waiters();
 }
 
 async fn aborted(rx: &mut watch::Receiver<bool>) {

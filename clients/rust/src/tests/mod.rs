@@ -310,8 +310,14 @@ async fn block_waits_for_room_and_loses_nothing() {
 async fn flush_waits_for_in_flight_batches_and_their_retries() {
     let gate = Arc::new(Semaphore::new(0));
     let g = gate.clone();
+    // First answer: event 0 rejected, the others failed (to retry); the retry is held.
     let fake = Fake::start(move |seen, n| match n {
-        0 => Reply::new(503, json!({"error": "overloaded", "message": "m"})).retry_after("1"),
+        0 => Reply::new(
+            500,
+            json!({"error": "dead_letter_refused", "message": "m", "accepted": 0, "spooled": 0,
+                "rejected": [{"index": 0, "reason": "schema_violation", "message": "m"}],
+                "failed": (1..seen.ids.len()).map(|i| json!({"index": i})).collect::<Vec<_>>()}),
+        ),
         _ => Reply::ok(seen.ids.len()).hold(g.clone()),
     })
     .await;
@@ -329,9 +335,10 @@ async fn flush_waits_for_in_flight_batches_and_their_retries() {
     assert!(eventually(Duration::from_secs(10), || fake.seen().len() == 2).await);
     gate.add_permits(1);
     flush.await.unwrap();
+    let stats = client.stats();
     assert_eq!(
-        client.stats().accepted_kafka,
-        10,
+        (stats.accepted_kafka, stats.rejected),
+        (9, 1),
         "flush returned before its events settled"
     );
 }
@@ -384,4 +391,50 @@ async fn dropping_the_last_handle_does_not_block_and_still_delivers() {
         })
         .await
     );
+}
+
+#[tokio::test]
+async fn spill_keeps_what_does_not_fit_on_disk_across_a_restart() {
+    let dir = std::env::temp_dir().join(format!("eventpipe-client-spill-{}", uuid::Uuid::new_v4()));
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let spill = || {
+        QueueConfig::new(
+            2,
+            1 << 20,
+            QueuePolicy::Spill(crate::SpillConfig::new(&dir)),
+        )
+    };
+    // Gateway down: everything ends on disk at shutdown (memory included), nothing unsent.
+    let client = Client::builder(format!("http://127.0.0.1:{port}"))
+        .retry(fast_retry())
+        .queue(spill())
+        .build()
+        .unwrap();
+    let mut ids = HashSet::new();
+    for n in 0..30 {
+        ids.insert(client.track("page_view/1", json!({"n": n})));
+    }
+    let report = client.shutdown(Duration::from_millis(1500)).await;
+    assert_eq!((report.spilled, report.unsent), (30, 0), "{report:?}");
+    drop(client);
+    // A second client on the same directory sends them.
+    let fake = Fake::start(|seen, _| Reply::ok(seen.ids.len())).await;
+    let client = Client::builder(fake.url()).queue(spill()).build().unwrap();
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            let got: HashSet<String> = fake.seen().into_iter().flat_map(|s| s.ids).collect();
+            ids.iter().all(|id| got.contains(&id.to_string()))
+        })
+        .await,
+        "{:?}",
+        client.stats()
+    );
+    let report = client.shutdown(Duration::from_secs(10)).await;
+    assert!(report.is_complete(), "{report:?}");
+    assert_eq!(report.delivered, 30);
+    let _ = std::fs::remove_dir_all(&dir);
 }
