@@ -466,21 +466,20 @@ async fn spilled_events_survive_a_kill9_of_the_service_and_land_on_the_next_star
         "drain run: {stdout}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // The first two were only in memory (one in flight, one queued) when it was killed; every
-    // spilled one lands.
-    let spilled = &ids[2..];
-    let got = consume_until(
-        &broker.brokers(),
-        &[&topics.topic("click")],
-        "",
-        spilled.len(),
-        spilled,
-    );
+    // Two events were only in memory (one in flight, one queued) when it was killed; which two
+    // depends on where the retries were (a failed attempt goes back to the queue): every one of
+    // the others was spilled and must land.
+    let got = consume_until(&broker.brokers(), &[&topics.topic("click")], "", n - 2, &[]);
     let landed: HashSet<String> = ids_in(&got).into_iter().collect();
-    for id in spilled {
-        assert!(
-            landed.contains(id),
-            "{id} was spilled but never landed ({stdout})"
-        );
-    }
+    let sent: HashSet<&str> = ids.iter().map(String::as_str).collect();
+    assert!(
+        landed.iter().all(|id| sent.contains(id.as_str())),
+        "an id nobody tracked landed"
+    );
+    assert!(
+        landed.len() >= n - 2,
+        "{} of the {} spilled events landed ({stdout})",
+        landed.len(),
+        n - 2
+    );
 }
