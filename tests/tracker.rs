@@ -371,3 +371,84 @@ async fn oversize_batches_split_and_a_lone_oversize_event_is_rejected() {
     let (counts, _) = s.landed(40, &want);
     assert_exactly_once(&counts, &want);
 }
+
+/// The gateway refuses the tracker's write key (401: not in its keys file, as after a rotation or
+/// a keys-file mistake): the events stay queued and are retried at the longest backoff, counted in
+/// `stats().authFailures`, not rejected; once the keys file has the key (re-read on change), every
+/// event lands once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_write_key_keeps_the_events_until_it_works() {
+    const KEY: &str = "wk_test_tracker_0001";
+    let keys_dir = tempfile::tempdir().unwrap();
+    let keys = keys_dir.path().join("keys.toml");
+    std::fs::write(
+        &keys,
+        "[[keys]]\nkey = \"wk_test_other_00001\"\nname = \"other\"\n",
+    )
+    .unwrap();
+    let s = setup(
+        &[
+            ("EVENTPIPE_AUTH__KEYS_FILE", keys.to_str().unwrap()),
+            ("EVENTPIPE_AUTH__RELOAD_INTERVAL_MS", "100"),
+        ],
+        true,
+    )
+    .await;
+    let fixed = format!("[[keys]]\nkey = \"{KEY}\"\nname = \"web\"\n");
+    let run = Scenario::run(
+        s.args(
+            "authRefused",
+            json!({"n": 12, "key": KEY, "keysFile": keys, "keysFixed": fixed}),
+        ),
+        false,
+    );
+    let r = run.result.clone();
+    run.finish();
+    let statuses: Vec<i64> = r["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["status"].as_i64().unwrap())
+        .collect();
+    eprintln!("refused key: statuses {statuses:?}");
+    assert_eq!(&statuses[..3], &[401, 401, 401], "{r}");
+    assert_eq!(r["refused"]["rejected"], 0, "{r}");
+    assert_eq!(r["queuedWhileRefused"], 12, "{r}");
+    assert_eq!(r["stats"]["accepted"], 12, "{r}");
+    assert_eq!(r["stats"]["rejected"], 0, "{r}");
+    let want = ids(&r["ids"]);
+    let (counts, _) = s.landed(12, &want);
+    assert_exactly_once(&counts, &want);
+}
+
+/// The tab is hidden (a tab switch) while its batch is in flight by plain fetch: that fetch goes
+/// on and the batch is not resent by keepalive; no id goes on the wire twice and
+/// `stats().accepted` counts each event once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hiding_the_tab_does_not_resend_the_batch_in_flight() {
+    let s = setup(&[], true).await;
+    let run = Scenario::run(s.args("hideInFlight", json!({"n": 20})), false);
+    let r = run.result.clone();
+    run.finish();
+    assert_eq!(r["wireDuplicates"], json!([]), "{r}");
+    assert_eq!(r["stats"]["sent"], 20, "{r}");
+    assert_eq!(r["stats"]["accepted"], 20, "{r}");
+    let want = ids(&r["ids"]);
+    let (counts, _) = s.landed(20, &want);
+    assert_exactly_once(&counts, &want);
+}
+
+/// A browser without BroadcastChannel, two tabs: `flush()` in the tab that does not send resolves
+/// only once its events have left the shared queue (the sending tab finds them by itself).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flush_without_broadcast_channel_waits_for_the_sending_tab() {
+    let s = setup(&[], true).await;
+    let run = Scenario::run(s.args("flushNoBroadcast", json!({"n": 15})), false);
+    let r = run.result.clone();
+    run.finish();
+    assert_eq!(r["bLeader"], false, "{r}");
+    assert_eq!(r["queuedAfterFlush"], 0, "{r}");
+    let want = ids(&r["ids"]);
+    let (counts, _) = s.landed(15, &want);
+    assert_exactly_once(&counts, &want);
+}

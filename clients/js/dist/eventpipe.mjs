@@ -339,6 +339,9 @@ function classify(status, body, recs, retryAfter) {
   if (status === 0 || status === 408 || status === 429 || status >= 500) {
     return { kind: "retry", remove: [], retry: ids, retryAfter };
   }
+  if (status === 401 || status === 403) {
+    return { kind: "retry", remove: [], retry: ids, retryAfter, auth: true };
+  }
   const reason = body && body.error || `http_${status}`;
   return {
     kind: "done",
@@ -407,11 +410,12 @@ var retryAt = 0;
 var failures = 0;
 var seq = 0;
 var keepaliveInFlight = 0;
+var sending = /* @__PURE__ */ new Set();
 var known = /* @__PURE__ */ new Map();
 var unstored = /* @__PURE__ */ new Set();
 var toStore = [];
 var flushWaiters = /* @__PURE__ */ new Map();
-var counters = { queued: 0, sent: 0, accepted: 0, spooled: 0, rejected: 0, dropped: 0, retries: 0 };
+var counters = { queued: 0, sent: 0, accepted: 0, spooled: 0, rejected: 0, dropped: 0, retries: 0, authFailures: 0 };
 function uuid() {
   const c = globalThis.crypto;
   if (c && typeof c.randomUUID === "function") return c.randomUUID();
@@ -444,9 +448,9 @@ function init(options) {
     await lead();
   })();
   addEventListener("visibilitychange", () => {
-    if (document.visibilityState === "hidden") onHide();
+    if (document.visibilityState === "hidden") onHide(false);
   });
-  addEventListener("pagehide", onHide);
+  addEventListener("pagehide", () => onHide(true));
   return ready;
 }
 async function lead() {
@@ -539,13 +543,25 @@ async function flush() {
   if (!cfg) return;
   await ready;
   if (leader) return pump(true);
-  if (!channel) return;
+  if (!channel) return waitQueued(Date.now() + 3e4);
   const nonce = uuid();
   await new Promise((resolve) => {
     flushWaiters.set(nonce, resolve);
     channel.postMessage({ type: "flush", nonce });
     setTimeout(() => flushWaiters.delete(nonce) && resolve(), 3e4);
   });
+  await refreshCount();
+}
+var sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+async function waitQueued(deadline) {
+  const ids = async () => new Set((await store.list(Infinity, Infinity).catch(() => [])).map((r) => r.id));
+  while (unstored.size && Date.now() < deadline) await sleep(20);
+  const before = await ids();
+  while (before.size && Date.now() < deadline) {
+    await sleep(100);
+    const now = await ids();
+    for (const id of before) if (!now.has(id)) before.delete(id);
+  }
   await refreshCount();
 }
 function pump() {
@@ -565,7 +581,7 @@ function pump() {
   }).then(async () => {
     pumping = null;
     await refreshCount();
-    if (counters.queued > 0) schedule(Date.now() >= retryAt ? cfg.flushIntervalMs : 0);
+    if (counters.queued > 0 || !channel && store.kind !== "memory") schedule(Date.now() >= retryAt ? cfg.flushIntervalMs : 0);
   });
   return pumping;
 }
@@ -586,7 +602,13 @@ async function sendBatch(recs) {
   const dropped = await store.dropped().catch(() => 0);
   const body = bundle(recs, cfg.context, dropped);
   counters.sent += recs.length;
-  const res = await post(cfg.endpoint, cfg.writeKey, body, false);
+  for (const r of recs) sending.add(r.id);
+  let res;
+  try {
+    res = await post(cfg.endpoint, cfg.writeKey, body, false);
+  } finally {
+    for (const r of recs) sending.delete(r.id);
+  }
   report(res, recs);
   const verdict = classify(res.status, res.body, recs, res.retryAfter);
   if (verdict.kind === "split") {
@@ -635,16 +657,18 @@ async function settle(v, dropped) {
   if (v.retry && v.retry.length) {
     failures += 1;
     counters.retries += 1;
-    retryAt = Date.now() + backoff(failures, cfg.baseRetryDelayMs, cfg.maxRetryDelayMs, v.retryAfter);
+    if (v.auth) counters.authFailures += 1;
+    const wait = v.auth ? cfg.maxRetryDelayMs : backoff(failures, cfg.baseRetryDelayMs, cfg.maxRetryDelayMs, v.retryAfter);
+    retryAt = Date.now() + wait;
     return false;
   }
   failures = 0;
   return true;
 }
-function onHide() {
+function onHide(unload) {
   if (!cfg || !store) return;
   const now = Date.now();
-  const recs = [...known.values()].filter((r) => (leader || unstored.has(r.id)) && !inFlight(r, now)).sort((a, b) => a.seq - b.seq);
+  const recs = [...known.values()].filter((r) => (leader || unstored.has(r.id)) && !inFlight(r, now) && (unload || !sending.has(r.id))).sort((a, b) => a.seq - b.seq);
   let i = 0;
   let beaconOk = typeof navigator !== "undefined" && typeof navigator.sendBeacon === "function";
   while (i < recs.length) {
@@ -661,6 +685,7 @@ function onHide() {
         keepaliveInFlight -= bytes;
         report(res, batch);
         const v = classify(res.status, res.body, batch, res.retryAfter);
+        if (v.auth) counters.authFailures += 1;
         if (v.kind === "done" || v.kind === "partial") await settle(v, 0);
         const back = v.kind === "split" || v.kind === "retry" ? batch.map((r) => r.id) : v.retry;
         for (const id of back || []) {

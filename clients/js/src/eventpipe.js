@@ -9,9 +9,15 @@
 // full-jitter exponential backoff, at least `Retry-After`, at most `maxRetryDelayMs`. A 413 splits
 // the bundle in halves; a lone event too large is rejected.
 //
+// A 401/403 (the write key refused: unknown, rotated, an origin missing from its list) keeps the
+// events and retries at `maxRetryDelayMs` (counted in `stats().authFailures`): once the key works
+// they land. Other 4xx (400, 415: a malformed request) reject the bundle.
+//
 // Page hide (`visibilitychange` to hidden, `pagehide`): what this tab holds goes out at once with
 // `fetch(..., {keepalive: true})` within the 64 KiB keepalive budget, the rest with `sendBeacon`;
-// what neither takes stays in the queue for the next page. Events that left by beacon (whose answer
+// what neither takes stays in the queue for the next page. A batch this tab is sending by plain
+// fetch is not resent when the tab is merely hidden (that fetch goes on); on `pagehide` it is
+// (the page's fetch may be cancelled with the page; the resend carries the same ids). Events that left by beacon (whose answer
 // cannot be read) are marked in flight and resent by a later page only after `beaconGraceMs`: a
 // resend of an event that did arrive is answered as accepted by the gateway's dedup window (and
 // carries the same id for consumers past it).
@@ -50,6 +56,8 @@ let retryAt = 0;
 let failures = 0;
 let seq = 0;
 let keepaliveInFlight = 0;
+// Ids of the batch this tab is sending by plain fetch (page hide skips them until `pagehide`).
+const sending = new Set();
 // This tab's view of the queue: events it tracked (until stored, or sent when it leads) and,
 // when it leads, the records it last read. Page hide sends from here, synchronously.
 const known = new Map();
@@ -57,7 +65,7 @@ const unstored = new Set();
 // Tracked in this task, written together at its end (one transaction: see store.js).
 let toStore = [];
 const flushWaiters = new Map();
-const counters = { queued: 0, sent: 0, accepted: 0, spooled: 0, rejected: 0, dropped: 0, retries: 0 };
+const counters = { queued: 0, sent: 0, accepted: 0, spooled: 0, rejected: 0, dropped: 0, retries: 0, authFailures: 0 };
 
 function uuid() {
   const c = globalThis.crypto;
@@ -95,9 +103,9 @@ export function init(options) {
     await lead();
   })();
   addEventListener("visibilitychange", () => {
-    if (document.visibilityState === "hidden") onHide();
+    if (document.visibilityState === "hidden") onHide(false);
   });
-  addEventListener("pagehide", onHide);
+  addEventListener("pagehide", () => onHide(true));
   return ready;
 }
 
@@ -198,18 +206,38 @@ function schedule(delay) {
   timer = { at, id: setTimeout(() => ((timer = null), pump()), wait) };
 }
 
-/** Sends what is queued now; resolves when the queue is empty or waits for a retry. */
+/**
+ * Sends what is queued now; resolves when the queue is empty or waits for a retry. In a tab that
+ * does not send, asks the sending tab (BroadcastChannel) or, without one, waits until the events
+ * queued before the call have left the shared queue; at most 30 s either way.
+ */
 export async function flush() {
   if (!cfg) return;
   await ready;
   if (leader) return pump(true);
-  if (!channel) return;
+  if (!channel) return waitQueued(Date.now() + 30000);
   const nonce = uuid();
   await new Promise((resolve) => {
     flushWaiters.set(nonce, resolve);
     channel.postMessage({ type: "flush", nonce });
     setTimeout(() => flushWaiters.delete(nonce) && resolve(), 30000);
   });
+  await refreshCount();
+}
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+// A non-sending tab without BroadcastChannel: polls the shared queue until what it held at the
+// call (this tab's tracks included, once stored) is gone, or until `deadline`.
+async function waitQueued(deadline) {
+  const ids = async () => new Set((await store.list(Infinity, Infinity).catch(() => [])).map((r) => r.id));
+  while (unstored.size && Date.now() < deadline) await sleep(20);
+  const before = await ids();
+  while (before.size && Date.now() < deadline) {
+    await sleep(100);
+    const now = await ids();
+    for (const id of before) if (!now.has(id)) before.delete(id);
+  }
   await refreshCount();
 }
 
@@ -232,7 +260,8 @@ function pump() {
     .then(async () => {
       pumping = null;
       await refreshCount();
-      if (counters.queued > 0) schedule(Date.now() >= retryAt ? cfg.flushIntervalMs : 0);
+      // Without BroadcastChannel other tabs cannot wake this one: look at the queue regularly.
+      if (counters.queued > 0 || (!channel && store.kind !== "memory")) schedule(Date.now() >= retryAt ? cfg.flushIntervalMs : 0);
     });
   return pumping;
 }
@@ -259,7 +288,13 @@ async function sendBatch(recs) {
   const dropped = await store.dropped().catch(() => 0);
   const body = bundle(recs, cfg.context, dropped);
   counters.sent += recs.length;
-  const res = await post(cfg.endpoint, cfg.writeKey, body, false);
+  for (const r of recs) sending.add(r.id);
+  let res;
+  try {
+    res = await post(cfg.endpoint, cfg.writeKey, body, false);
+  } finally {
+    for (const r of recs) sending.delete(r.id);
+  }
   report(res, recs);
   const verdict = classify(res.status, res.body, recs, res.retryAfter);
   if (verdict.kind === "split") {
@@ -306,7 +341,10 @@ async function settle(v, dropped) {
   if (v.retry && v.retry.length) {
     failures += 1;
     counters.retries += 1;
-    retryAt = Date.now() + backoff(failures, cfg.baseRetryDelayMs, cfg.maxRetryDelayMs, v.retryAfter);
+    // A refused key waits the longest backoff: it takes a deployment change to work again.
+    if (v.auth) counters.authFailures += 1;
+    const wait = v.auth ? cfg.maxRetryDelayMs : backoff(failures, cfg.baseRetryDelayMs, cfg.maxRetryDelayMs, v.retryAfter);
+    retryAt = Date.now() + wait;
     return false;
   }
   failures = 0;
@@ -314,11 +352,13 @@ async function settle(v, dropped) {
 }
 
 // Page hide: send what this tab holds with keepalive fetch, then sendBeacon; mark it in flight.
-function onHide() {
+// A batch in flight by plain fetch is left to it when the tab is only hidden (`unload` false); on
+// `pagehide` it goes too, since the page's own fetch may be cancelled with the page.
+function onHide(unload) {
   if (!cfg || !store) return;
   const now = Date.now();
   const recs = [...known.values()]
-    .filter((r) => (leader || unstored.has(r.id)) && !inFlight(r, now))
+    .filter((r) => (leader || unstored.has(r.id)) && !inFlight(r, now) && (unload || !sending.has(r.id)))
     .sort((a, b) => a.seq - b.seq);
   let i = 0;
   let beaconOk = typeof navigator !== "undefined" && typeof navigator.sendBeacon === "function";
@@ -336,6 +376,7 @@ function onHide() {
         keepaliveInFlight -= bytes;
         report(res, batch);
         const v = classify(res.status, res.body, batch, res.retryAfter);
+        if (v.auth) counters.authFailures += 1;
         if (v.kind === "done" || v.kind === "partial") await settle(v, 0);
         const back = v.kind === "split" || v.kind === "retry" ? batch.map((r) => r.id) : v.retry;
         for (const id of back || []) {

@@ -46,6 +46,7 @@ export function retryAfterMs(headers, now) {
  * - `retry`: ids to keep and resend later (the whole batch, or only `failed` ones on a 500
  *   `dead_letter_refused`), with `retryAfter` (ms) as the floor of the wait;
  * - `split`: 413, send the batch in halves (a lone event: rejected).
+ * 401/403 are `retry` with `auth: true` (the caller waits its longest backoff).
  */
 export function classify(status, body, recs, retryAfter) {
   const ids = recs.map((r) => r.id);
@@ -84,8 +85,14 @@ export function classify(status, body, recs, retryAfter) {
   if (status === 0 || status === 408 || status === 429 || status >= 500) {
     return { kind: "retry", remove: [], retry: ids, retryAfter };
   }
-  // Any other 4xx (400, 401, 403, 415, ...): the request is refused for good; resending the
-  // same bundle would be refused again.
+  // 401/403: the write key is refused (unknown, rotated, a keys-file reload, an origin missing
+  // from its list). A deployment fix makes the same bundle acceptable: keep it and retry at the
+  // longest backoff (`auth` marks it for the caller).
+  if (status === 401 || status === 403) {
+    return { kind: "retry", remove: [], retry: ids, retryAfter, auth: true };
+  }
+  // Any other 4xx (400, 415, ...): the request is malformed (a client bug); resending the same
+  // bundle would be refused again.
   const reason = (body && body.error) || `http_${status}`;
   return {
     kind: "done",

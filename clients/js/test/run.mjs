@@ -28,7 +28,9 @@ const DEADLINE_MS = args.deadlineMs || 60000;
 function page(q) {
   const src = q.get("src") || "/eventpipe.min.js";
   const opts = q.get("opts") || "{}";
-  return `<!doctype html><html><head><meta charset="utf-8"><title>tracker test</title>
+  // `nobc`: a browser without BroadcastChannel.
+  const nobc = q.get("nobc") ? "<script>delete window.BroadcastChannel;</script>" : "";
+  return `<!doctype html><html><head><meta charset="utf-8"><title>tracker test</title>${nobc}
 <script src="${src}"></script>
 <script>
   window.attempts = []; window.rejections = [];
@@ -59,9 +61,10 @@ const server = http.createServer((req, res) => {
 await new Promise((r) => server.listen(args.port, "127.0.0.1", r));
 const site = `http://127.0.0.1:${args.port}`;
 
-function pageUrl(opts, src) {
+function pageUrl(opts, src, nobc) {
   const q = new URLSearchParams({ endpoint: args.endpoint, opts: JSON.stringify(opts || {}) });
   if (src) q.set("src", src);
+  if (nobc) q.set("nobc", "1");
   return `${site}/page.html?${q}`;
 }
 
@@ -93,10 +96,10 @@ context.on("request", (req) => {
   }
 });
 
-async function open(opts, src) {
+async function open(opts, src, nobc) {
   const p = await context.newPage();
   p.on("pageerror", (e) => console.error("page error:", e.message));
-  await p.goto(pageUrl(opts, src));
+  await p.goto(pageUrl(opts, src, nobc));
   await p.evaluate(() => window.ready);
   return p;
 }
@@ -129,6 +132,29 @@ function trackIn(p, n, extra) {
 
 const drained = (p, n) =>
   until(p, (n) => { const s = eventpipe.stats(); return s.queued === 0 && s.accepted + s.rejected >= n && s; }, n, `${n} events settled`);
+
+// Events in the origin's IndexedDB queue, read directly (not through the tracker).
+const idbCount = (p) =>
+  p.evaluate(
+    () =>
+      new Promise((resolve, reject) => {
+        const o = indexedDB.open("eventpipe");
+        o.onerror = () => reject(o.error);
+        o.onsuccess = () => {
+          const db = o.result;
+          const c = db.transaction("events").objectStore("events").count();
+          c.onerror = () => reject(c.error);
+          c.onsuccess = () => (db.close(), resolve(c.result));
+        };
+      }),
+  );
+
+// Every request the page made (counted in `sent`, by plain fetch or on hide) has been answered.
+const allAnswered = () => {
+  const s = eventpipe.stats();
+  const answered = window.attempts.reduce((n, a) => n + a.events, 0);
+  return s.queued === 0 && answered >= s.sent && s;
+};
 
 // --- scenarios -----------------------------------------------------------------------------
 const scenarios = {
@@ -248,6 +274,65 @@ const scenarios = {
     const ids = await trackIn(p, args.n);
     await drained(p, args.n);
     return { ids, ...(await state(p)) };
+  },
+
+  // The gateway refuses the write key (not in its keys file): the events stay queued and are
+  // retried; then the keys file gains the key (the gateway re-reads it) and each lands.
+  async authRefused() {
+    const p = await open({ writeKey: args.key, flushIntervalMs: 50, baseRetryDelayMs: 50, maxRetryDelayMs: 300 });
+    const ids = await trackIn(p, args.n);
+    const refused = await until(p, () => { const s = eventpipe.stats(); return s.authFailures >= 3 && s; }, null, "three refusals");
+    const queuedWhileRefused = await idbCount(p);
+    fs.writeFileSync(args.keysFile, args.keysFixed);
+    const s = await until(p, (n) => { const s = eventpipe.stats(); return s.queued === 0 && s.accepted >= n && s; }, args.n, "events landed");
+    return { ids, refused, queuedWhileRefused, stats: s, attempts: await p.evaluate(() => window.attempts) };
+  },
+
+  // The tab is hidden (visibilitychange) while its batch is in flight by plain fetch (the
+  // request held by interception until then): that fetch goes on; nothing is resent.
+  async hideInFlight() {
+    let routed = 0;
+    let release;
+    const held = new Promise((r) => (release = r));
+    await context.route(`${args.endpoint}*`, async (route) => {
+      if (route.request().method() !== "POST") return route.continue();
+      routed += 1;
+      if (routed === 1) await held;
+      return route.continue();
+    });
+    const p = await open({ flushIntervalMs: 50, maxBatchEvents: 1000 });
+    const ids = await trackIn(p, args.n);
+    const deadline = Date.now() + DEADLINE_MS;
+    while (routed < 1) {
+      if (Date.now() > deadline) throw new Error("no request sent");
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    await p.evaluate(() => {
+      Object.defineProperty(document, "visibilityState", { get: () => "hidden", configurable: true });
+      document.dispatchEvent(new Event("visibilitychange", { bubbles: true }));
+    });
+    release();
+    const s = await until(p, allAnswered, null, "every request answered");
+    const dups = [...wire.entries()].filter(([, c]) => c > 1).map(([id, c]) => ({ id, c }));
+    return { ids, stats: s, routed, wireDuplicates: dups, attempts: await p.evaluate(() => window.attempts) };
+  },
+
+  // Without BroadcastChannel, a tab that does not send: its flush() resolves once its events
+  // have left the shared queue (sent by the other tab).
+  async flushNoBroadcast() {
+    const opts = { flushIntervalMs: 100 };
+    const a = await open(opts, null, true);
+    await until(a, () => eventpipe.stats().leader, null, "tab A sending");
+    const b = await open(opts, null, true);
+    const bStats = await b.evaluate(() => eventpipe.stats());
+    const ids = await b.evaluate((n) => {
+      const ids = [];
+      for (let i = 0; i < n; i++) ids.push(eventpipe.track("page_view/1", { url: `https://shop.example/b/${i}` }));
+      return eventpipe.flush().then(() => ids);
+    }, args.n);
+    const queuedAfterFlush = await idbCount(b);
+    const sa = await until(a, (n) => { const s = eventpipe.stats(); return s.accepted >= n && s; }, args.n, "tab A sent B's events");
+    return { ids, bLeader: bStats.leader, queuedAfterFlush, a: sa };
   },
 
   // A gateway with a small max_body_bytes: 413s split the batch; a lone event too big is rejected.
