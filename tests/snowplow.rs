@@ -33,6 +33,11 @@ struct Setup {
 
 /// A broker, topics and a gateway with Snowplow on and the shipped schemas plus the Iglu fixtures.
 async fn setup() -> Setup {
+    setup_with(&[]).await
+}
+
+/// [`setup`] with more config (`EVENTPIPE_*` variables).
+async fn setup_with(extra: &[(&str, &str)]) -> Setup {
     let broker = Broker::memory();
     let topics = Topics::unique();
     let schemas = tempfile::tempdir().unwrap();
@@ -40,14 +45,12 @@ async fn setup() -> Setup {
     common::copy_dir(&sdk_dir().join("iglu"), schemas.path());
     topics.create_for(&broker.brokers(), schemas.path()).await;
     let dir = schemas.path().display().to_string();
-    let config = common::config(
-        &broker.brokers(),
-        &topics,
-        &[
-            ("EVENTPIPE_SCHEMAS", &dir),
-            ("EVENTPIPE_SNOWPLOW__ENABLED", "true"),
-        ],
-    );
+    let mut env = vec![
+        ("EVENTPIPE_SCHEMAS", dir.as_str()),
+        ("EVENTPIPE_SNOWPLOW__ENABLED", "true"),
+    ];
+    env.extend_from_slice(extra);
+    let config = common::config(&broker.brokers(), &topics, &env);
     let gw = Gateway::start(config).await;
     gw.wait_ready().await;
     Setup {
@@ -350,7 +353,11 @@ async fn node_tracker_posts_and_gets_through_eventpipe() {
 async fn browser_tracker_in_chromium_and_the_native_pixel() {
     npm_packages();
     chromium();
-    let s = setup().await;
+    // The page's origin is the one CORS origin configured (none by default).
+    let page_port = common::free_port();
+    let page_origin = format!("http://127.0.0.1:{page_port}");
+    let origins = format!("[\"{page_origin}\"]");
+    let s = setup_with(&[("EVENTPIPE_SNOWPLOW__CORS_ORIGINS", &origins)]).await;
     let pixel =
         |event: Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(event.to_string());
     let (good, bad) = (
@@ -366,7 +373,11 @@ async fn browser_tracker_in_chromium_and_the_native_pixel() {
     let lines = run(
         "node",
         "browser_tracker.mjs",
-        vec![s.gw.addr.to_string(), pixels.to_string()],
+        vec![
+            s.gw.addr.to_string(),
+            pixels.to_string(),
+            page_port.to_string(),
+        ],
     )
     .await;
     let sent = sent(&lines);
@@ -379,6 +390,7 @@ async fn browser_tracker_in_chromium_and_the_native_pixel() {
         );
     }
     let origin = lines.last().unwrap()["origin"].as_str().unwrap().to_owned();
+    assert_eq!(origin, page_origin);
     let records = landed(&s, &sent);
     let by = check_common(&s, &sent, &records);
     let pv = &by["pv/post"]["value"];
@@ -441,7 +453,9 @@ async fn native_pixel_answers_and_limits_over_http() {
         assert_eq!(&r.bytes().await.unwrap()[..6], b"GIF89a");
     }
     let r = client
-        .get(url("key=wk_not_a_real_key&e=not*base64"))
+        .get(url(
+            "key=wk_not_a_real_key&%6Bey=wk_also_a_key&e=not*base64",
+        ))
         .send()
         .await
         .unwrap();
@@ -476,7 +490,7 @@ async fn native_pixel_answers_and_limits_over_http() {
         .unwrap_or_else(|| panic!("{got:#?}"));
     assert_eq!(
         letter["value"]["original"], "e=not*base64",
-        "the key= parameter is never stored"
+        "the key= parameter (%6Bey= too) is never stored"
     );
     assert_eq!(letter["value"]["http_status"], 400);
 }

@@ -15,18 +15,21 @@ pub struct SnowplowConfig {
     pub enabled: bool,
     /// Origins whose browsers may send with credentials (Snowplow's JS tracker sends cookies):
     /// each answer echoes the request's `Origin` with `Access-Control-Allow-Credentials: true`.
-    /// `["*"]` (the default, as Snowplow's collector does) echoes any origin; otherwise exact
-    /// origins such as `"https://shop.example"`. Never answered as a literal `*`.
-    #[serde(default = "default_cors_origins")]
+    /// Exact origins such as `"https://shop.example"`; `["*"]` echoes any origin (an explicit
+    /// opt-in, as Snowplow's collector does). Default empty: no CORS headers for anyone (a
+    /// browser on another origin cannot send). Never answered as a literal `*`.
+    #[serde(default)]
     pub cors_origins: Vec<String>,
     /// Preflight cache lifetime in seconds.
     #[serde(default = "default_cors_max_age")]
     pub cors_max_age_secs: u64,
     /// With `auth.keys_file` set, whether the Snowplow routes need a write key too (`X-Write-Key`
-    /// header, or `key` query parameter). Default false: Snowplow collectors are public and most
-    /// trackers cannot send a key; the per-IP rate limit applies either way.
+    /// header, or `key` query parameter). No default when auth is on: it must be written, `true`
+    /// (only key holders send) or `false` (public, as Snowplow collectors are: anyone may send
+    /// any event of any schema, limited only by `rate_limit.ip_requests_per_sec` if set); start-up fails
+    /// naming this field when it is missing. Without auth it changes nothing.
     #[serde(default)]
-    pub require_write_key: bool,
+    pub require_write_key: Option<bool>,
     /// `GET /i`: the query string at most, in bytes; longer: 400 (the GIF, not retried).
     #[serde(default = "default_max_get_bytes")]
     pub max_get_bytes: usize,
@@ -50,9 +53,9 @@ impl Default for SnowplowConfig {
     fn default() -> Self {
         SnowplowConfig {
             enabled: false,
-            cors_origins: default_cors_origins(),
+            cors_origins: Vec::new(),
             cors_max_age_secs: default_cors_max_age(),
-            require_write_key: false,
+            require_write_key: None,
             max_get_bytes: default_max_get_bytes(),
             unknown_contexts: UnknownContexts::Keep,
         }
@@ -80,9 +83,6 @@ impl Default for PixelConfig {
     }
 }
 
-fn default_cors_origins() -> Vec<String> {
-    vec!["*".into()]
-}
 fn default_cors_max_age() -> u64 {
     3600
 }
@@ -104,6 +104,17 @@ impl Config {
         let head = self.limits.max_header_bytes;
         let s = &self.snowplow;
         if s.enabled {
+            if self.auth.keys_file.is_some() && s.require_write_key.is_none() {
+                return invalid(
+                    "snowplow.require_write_key",
+                    "must be set when auth.keys_file is set: true makes the Snowplow routes take \
+                     write keys like POST /v1/events (X-Write-Key or key=; most Snowplow trackers \
+                     cannot send one); false keeps them public, as Snowplow collectors are: anyone \
+                     may send any event of any schema, limited only by \
+                     rate_limit.ip_requests_per_sec (off unless set)"
+                        .into(),
+                );
+            }
             if s.cors_origins.len() > 1 && s.cors_origins.iter().any(|o| o == "*") {
                 return invalid(
                     "snowplow.cors_origins",
@@ -159,8 +170,11 @@ mod tests {
     #[test]
     fn defaults_and_validation_name_the_field() {
         let c = load("[snowplow]\nenabled = true\n").unwrap();
-        assert_eq!(c.snowplow.cors_origins, ["*"]);
-        assert!(!c.snowplow.require_write_key);
+        assert!(
+            c.snowplow.cors_origins.is_empty(),
+            "no CORS unless configured"
+        );
+        assert_eq!(c.snowplow.require_write_key, None);
         assert!(c.pixel.enabled);
         assert_eq!(c.pixel.max_query_bytes, 8192);
         let err =
@@ -174,6 +188,8 @@ mod tests {
         assert!(err.contains("snowplow.max_get_bytes"), "{err}");
         let err = load("[pixel]\nmax_query_bytes = 1000000\n").unwrap_err();
         assert!(err.contains("pixel.max_query_bytes"), "{err}");
+        let c = load("[snowplow]\nenabled = true\ncors_origins = [\"*\"]\n").unwrap();
+        assert_eq!(c.snowplow.cors_origins, ["*"]);
         let err = load("[snowplow]\nenable = true\n").unwrap_err();
         assert!(err.contains("enable"), "{err}");
         let err = load("[snowplow]\nunknown_contexts = \"drop\"\n").unwrap_err();
@@ -181,5 +197,26 @@ mod tests {
             err.contains("unknown_contexts") || err.contains("snowplow"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn with_auth_on_require_write_key_must_be_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = dir.path().join("keys.toml");
+        std::fs::write(&keys, "").unwrap();
+        let auth = format!("[auth]\nkeys_file = {:?}\n", keys.display().to_string());
+        let err = load(&format!("{auth}[snowplow]\nenabled = true\n")).unwrap_err();
+        assert!(err.contains("snowplow.require_write_key"), "{err}");
+        assert!(err.contains("anyone may send"), "the trade-off: {err}");
+        for choice in [true, false] {
+            let c = load(&format!(
+                "{auth}[snowplow]\nenabled = true\nrequire_write_key = {choice}\n"
+            ))
+            .unwrap();
+            assert_eq!(c.snowplow.require_write_key, Some(choice));
+        }
+        // Snowplow off, or auth off: nothing to decide.
+        load(&auth).unwrap();
+        load("[snowplow]\nenabled = true\n").unwrap();
     }
 }

@@ -37,6 +37,13 @@ pub async fn ingest(State(gw): State<AppState>, req: Request) -> Response {
 /// native one. Implementations must bound their output (a small multiple of their input).
 pub trait Translate: Send + Sync + 'static {
     fn translate(&self, body: &[u8]) -> Result<Vec<u8>, ApiError>;
+
+    /// Whether the bundle may carry this translator's own rejections (`pipeline::translated`).
+    /// `false` for one that passes a client's JSON through as whole events (the GET pixel): its
+    /// events are then read exactly as a native client's, so a client cannot forge a rejection.
+    fn writes_rejections(&self) -> bool {
+        true
+    }
 }
 
 /// What a request's events came to, before it is shaped into a protocol's answer.
@@ -364,7 +371,7 @@ fn decode_and_process(
     drop(wire);
     // Another wire format: the native bundle replaces the body (a refusal keeps the original
     // body for its dead letter). Its size is charged like a decompressed body's.
-    let translated = translate.is_some();
+    let translated = translate.as_ref().is_some_and(|t| t.writes_rejections());
     let decoded = match translate {
         None => decoded,
         Some(t) => {

@@ -5,7 +5,9 @@
 //! `e` is one event exactly as in a bundle (`{"schema", "event_id", "ts", "context", "data"}`),
 //! as JSON in base64 (URL-safe or standard alphabet, padding optional). The query is presented to
 //! the pipeline as the request body (`ingest::run` with a translator), so limits, write keys (the
-//! `key` parameter), dedup, validation and dead letters are those of `POST /v1/events`.
+//! `key` parameter, by its percent-decoded name), dedup, validation and dead letters are those of
+//! `POST /v1/events`. The event is read exactly as a native client's: it can never pass for a
+//! translator's own rejection (`pipeline::translated`).
 //!
 //! Answers, all with the GIF body (an `<img>` shows nothing broken either way) and
 //! `Cache-Control: no-cache, no-store, must-revalidate`: 200 when the event was made durable or
@@ -111,7 +113,8 @@ pub fn gif_for_error(err: &ApiError) -> Response {
 
 /// The request with its query string as its body (for `ingest::run` and a translator), without
 /// any body headers the client sent, and without a `key` parameter: a write key is read from the
-/// URI by `auth` and must not reach events or the dead letters of refused requests.
+/// URI by `auth` and must not reach events or the dead letters of refused requests. Names are
+/// compared percent-decoded, as `auth` reads them (`%6Bey=` is a `key`).
 pub fn query_as_body(req: Request) -> Request {
     let (mut parts, _body) = req.into_parts();
     let query = parts
@@ -119,7 +122,7 @@ pub fn query_as_body(req: Request) -> Request {
         .query()
         .unwrap_or("")
         .split('&')
-        .filter(|p| !p.is_empty() && *p != "key" && !p.starts_with("key="))
+        .filter(|p| !p.is_empty() && !is_key_param(p))
         .collect::<Vec<_>>()
         .join("&");
     parts.headers.remove(header::CONTENT_ENCODING);
@@ -129,6 +132,19 @@ pub fn query_as_body(req: Request) -> Request {
         .headers
         .insert(header::CONTENT_LENGTH, HeaderValue::from(query.len()));
     Request::from_parts(parts, Body::from(query))
+}
+
+/// Is this `name[=value]` pair the `key` parameter, once its name is decoded?
+fn is_key_param(pair: &str) -> bool {
+    let name = pair.split_once('=').map_or(pair, |(name, _)| name);
+    if name == "key" {
+        return true;
+    }
+    // Decoded as `auth` decodes it (form encoding: `%XX` and `+`).
+    let decoded = query_pairs(format!("{name}=").as_bytes())
+        .and_then(|pairs| pairs.into_iter().next())
+        .map(|(k, _)| k);
+    decoded.as_deref() == Some("key")
 }
 
 /// The query's parameters, percent-decoded; `None` if it is not a query string.
@@ -182,6 +198,12 @@ impl Translate for PixelEvent {
         serde_json::to_vec(&serde_json::json!({ "events": [event] }))
             .map_err(|err| ApiError::Undecodable(err.to_string()))
     }
+
+    /// The event is the client's JSON: read as a native client's, never as a translator's
+    /// rejection (`pipeline::translated`), whatever members it has.
+    fn writes_rejections(&self) -> bool {
+        false
+    }
 }
 
 #[cfg(test)]
@@ -225,5 +247,29 @@ mod tests {
             let err = PixelEvent.translate(bad.as_bytes()).unwrap_err();
             assert_eq!(err.code(), "undecodable_body", "{bad}");
         }
+    }
+
+    #[tokio::test]
+    async fn the_key_parameter_is_dropped_by_its_decoded_name() {
+        async fn body(q: &str) -> axum::body::Bytes {
+            let req = axum::http::Request::get(format!("/v1/pixel.gif?{q}"))
+                .body(Body::empty())
+                .unwrap();
+            let req = query_as_body(req);
+            axum::body::to_bytes(req.into_body(), 1 << 20)
+                .await
+                .unwrap()
+        }
+        for q in [
+            "key=SECRET&e=abc",
+            "%6Bey=SECRET&e=abc",
+            "%6b%65%79=SECRET&e=abc",
+            "e=abc&k%65y=SECRET",
+            "key&e=abc",
+        ] {
+            assert_eq!(&body(q).await[..], b"e=abc", "{q}");
+        }
+        // Other names, and `key` inside a value, stay.
+        assert_eq!(&body("keys=1&e=key%3D1").await[..], b"keys=1&e=key%3D1");
     }
 }

@@ -9,8 +9,10 @@
 //!
 //! and the pipeline dead-letters it with that reason, path and message, its original JSON being
 //! that text, like any rejection (one bad event never costs the others). Only bundles a
-//! translator produced are read this way (`Bundle::translated`); a native client sending this
-//! shape gets `invalid_envelope` for the unknown field, as for any other.
+//! translator that builds its events itself produced are read this way (`Bundle::translated`,
+//! set when `Translate::writes_rejections`); a native client sending this shape, or a GET pixel
+//! whose `e` is this shape (its event is the client's JSON), gets `invalid_envelope` for the
+//! unknown field, as for any other.
 
 use serde::Deserialize;
 use serde_json::{json, Value};

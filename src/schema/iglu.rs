@@ -21,8 +21,9 @@
 //! Topic names: Iglu allows `[A-Za-z0-9_.-]` in vendors and `[A-Za-z0-9_-]` in names, all legal in
 //! Kafka topic names; `<vendor>.<name>` may be at most [`MAX_NAME`] characters so that with a
 //! topic prefix it stays under Kafka's 249. A native name has no dot, an Iglu one always has
-//! one, so the two never share a topic. A top-level directory holding sub-directories is read as
-//! an Iglu vendor, one holding `<major>.json` files as a native schema name.
+//! one, so the two never share a topic. A top-level directory holding a `<name>/jsonschema/`
+//! directory is read as an Iglu vendor, any other as a native schema name (its `<major>.json`
+//! files; other files and sub-directories, such as `drafts/`, are ignored).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -112,14 +113,15 @@ impl IgluKey {
     }
 }
 
-/// Is this top-level directory an Iglu vendor (it holds directories, not schema files)?
+/// Is this top-level directory an Iglu vendor: does it hold a `<name>/jsonschema/` directory?
+/// Any other sub-directory (a native schema's `drafts/`, say) leaves it a native schema name.
 pub fn is_vendor_dir(dir: &Path) -> Result<bool, SchemaError> {
     let entries = std::fs::read_dir(dir).map_err(|source| SchemaError::Io {
         path: dir.to_owned(),
         source,
     })?;
     for entry in entries.flatten() {
-        if entry.path().is_dir() {
+        if entry.path().join("jsonschema").is_dir() {
             return Ok(true);
         }
     }
@@ -352,5 +354,22 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(err.contains("com.acme/checkout/jsonschema/2-0-0"), "{err}");
+    }
+
+    #[test]
+    fn a_native_schema_with_a_sub_directory_stays_native() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("purchase/drafts")).unwrap();
+        std::fs::write(
+            root.join("purchase/1.json"),
+            r#"{"type": "object", "examples": [{}]}"#,
+        )
+        .unwrap();
+        std::fs::write(root.join("purchase/drafts/2.json"), "{not json").unwrap();
+        let r = super::super::Registry::load(root).unwrap();
+        assert_eq!(r.len(), 1);
+        assert!(r.get("purchase/1").is_some());
+        assert!(!super::is_vendor_dir(&root.join("purchase")).unwrap());
     }
 }

@@ -21,11 +21,14 @@
 //!
 //! CORS: the JS tracker sends cookies (`credentials: "include"`), so these routes have their own
 //! CORS layer: the request's `Origin` echoed (never `*`) with `Access-Control-Allow-Credentials:
-//! true`, for `snowplow.cors_origins` (`["*"]`: any origin, as Snowplow's collector does).
+//! true`, for the origins in `snowplow.cors_origins` only. Empty (the default): no CORS layer at
+//! all, so no browser on another origin may send; `["*"]` (any origin, as Snowplow's collector
+//! does) only when the operator writes it.
 //!
 //! Write keys: Snowplow collectors are public and most trackers cannot send a key, so with
-//! `auth.keys_file` set these routes stay open (per-IP rate limit only) unless
-//! `snowplow.require_write_key` (then `X-Write-Key` or `key=` as natively).
+//! `auth.keys_file` set the operator must choose `snowplow.require_write_key` (start-up fails
+//! without it): `true`, `X-Write-Key` or `key=` as natively; `false`, the routes stay open to
+//! anyone (per-IP rate limit only, if set), logged as a warning at start.
 
 pub mod payload;
 #[cfg(test)]
@@ -65,7 +68,14 @@ pub fn routes(state: &AppState, request_timeout: Duration) -> Router<AppState> {
     let router = Router::new()
         .route(POST_PATH, post(tp2))
         .route(GET_PATH, get(get_i));
-    let router = if cfg.require_write_key {
+    let require_key = cfg.require_write_key.unwrap_or(false);
+    if !require_key && state.access.keys().is_some() {
+        tracing::warn!(
+            "auth is on but snowplow.require_write_key = false: the Snowplow routes take events of \
+             any schema from anyone (per-IP rate limit only, if rate_limit.ip_requests_per_sec is set)"
+        );
+    }
+    let router = if require_key {
         router.route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::authorize,
@@ -76,12 +86,15 @@ pub fn routes(state: &AppState, request_timeout: Duration) -> Router<AppState> {
             auth::rate_limit_ip,
         ))
     };
-    router
-        .layer(middleware::from_fn_with_state(
-            (request_timeout, state.audit.clone()),
-            crate::http::whole_request_timeout,
-        ))
-        .layer(cors_layer(cfg))
+    let router = router.layer(middleware::from_fn_with_state(
+        (request_timeout, state.audit.clone()),
+        crate::http::whole_request_timeout,
+    ));
+    if cfg.cors_origins.is_empty() {
+        router
+    } else {
+        router.layer(cors_layer(cfg))
+    }
 }
 
 /// Start-up check: the schemas the mapping names are in the registry.

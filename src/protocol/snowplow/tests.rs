@@ -410,23 +410,46 @@ async fn oversize_is_400_for_post_and_get() {
 
 #[tokio::test]
 async fn cors_echoes_the_origin_with_credentials() {
+    let preflight = || {
+        Request::builder()
+            .method("OPTIONS")
+            .uri(super::POST_PATH)
+            .header(header::ORIGIN, "https://shop.example")
+            .header(header::ACCESS_CONTROL_REQUEST_METHOD, "POST")
+            .header(header::ACCESS_CONTROL_REQUEST_HEADERS, "content-type")
+            .body(Body::empty())
+            .unwrap()
+    };
+    // The default: no CORS grant (and no credentials) for any origin.
     let h = harness();
-    let preflight = Request::builder()
-        .method("OPTIONS")
-        .uri(super::POST_PATH)
-        .header(header::ORIGIN, "https://shop.example")
-        .header(header::ACCESS_CONTROL_REQUEST_METHOD, "POST")
-        .header(header::ACCESS_CONTROL_REQUEST_HEADERS, "content-type")
-        .body(Body::empty())
-        .unwrap();
-    let (status, headers, _) = send(&h, preflight).await;
+    let (_, headers, _) = send(&h, preflight()).await;
+    assert!(headers.get(header::ACCESS_CONTROL_ALLOW_ORIGIN).is_none());
+    assert!(headers
+        .get(header::ACCESS_CONTROL_ALLOW_CREDENTIALS)
+        .is_none());
+    let mut req = tp2(json!([{"e": "pv", "eid": EID, "url": "https://a.example/"}]));
+    req.headers_mut()
+        .insert(header::ORIGIN, "https://shop.example".parse().unwrap());
+    let (status, headers, _) = send(&h, req).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "same-origin and server senders still send"
+    );
+    assert!(headers.get(header::ACCESS_CONTROL_ALLOW_ORIGIN).is_none());
+    assert!(headers
+        .get(header::ACCESS_CONTROL_ALLOW_CREDENTIALS)
+        .is_none());
+    // `["*"]`, written by the operator: any origin echoed.
+    let h = harness_with(&[("EVENTPIPE_SNOWPLOW__CORS_ORIGINS", "[\"*\"]")]);
+    let (status, headers, _) = send(&h, preflight()).await;
     assert!(status.is_success(), "{status}");
     assert_eq!(
         headers[header::ACCESS_CONTROL_ALLOW_ORIGIN],
         "https://shop.example"
     );
     assert_eq!(headers[header::ACCESS_CONTROL_ALLOW_CREDENTIALS], "true");
-    let mut req = tp2(json!([{"e": "pv", "eid": EID, "url": "https://a.example/"}]));
+    let mut req = tp2(json!([{"e": "pv", "eid": EID2, "url": "https://a.example/"}]));
     req.headers_mut()
         .insert(header::ORIGIN, "https://shop.example".parse().unwrap());
     let (_, headers, _) = send(&h, req).await;
@@ -467,9 +490,13 @@ async fn disabled_means_no_routes_and_write_keys_apply_when_required() {
     )
     .unwrap();
     let path = keys.path().to_str().unwrap();
-    let open = harness_with(&[("EVENTPIPE_AUTH__KEYS_FILE", path)]);
+    // With auth on the choice must be written (config::snowplow's tests: start-up fails
+    // without it); `false` keeps the routes public (the key store is read in `serve`).
+    let open = harness_with(&[
+        ("EVENTPIPE_AUTH__KEYS_FILE", path),
+        ("EVENTPIPE_SNOWPLOW__REQUIRE_WRITE_KEY", "false"),
+    ]);
     let pv = json!([{"e": "pv", "eid": EID, "url": "https://a.example/"}]);
-    // Public by default even with auth on (the key store is read at start-up in `serve`).
     assert_eq!(send(&open, tp2(pv.clone())).await.0, StatusCode::OK);
     let closed = harness_with(&[
         ("EVENTPIPE_AUTH__KEYS_FILE", path),
@@ -496,6 +523,26 @@ async fn native_bundles_cannot_use_the_translator_rejection() {
         .as_str()
         .unwrap()
         .contains("unknown field"));
+}
+
+/// The GET pixel passes the client's JSON through as the event: a forged translator rejection
+/// is read as a native event (unknown member), never dead-lettered with the client's reason.
+#[tokio::test]
+async fn the_pixel_cannot_forge_a_translator_rejection() {
+    let h = harness();
+    let forged = json!({"rejected": {"reason": "schema_violation", "path": "/data/x", "message": "chosen"}, "event_id": EID});
+    let e = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(forged.to_string());
+    let req = Request::get(format!("/v1/pixel.gif?e={e}"))
+        .body(Body::empty())
+        .unwrap();
+    let (status, _, body) = send(&h, req).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, crate::http::pixel::GIF);
+    let letters = letters(&h.sink);
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(letters[0].reason, "invalid_envelope", "{letters:?}");
+    assert_ne!(letters[0].message, "chosen");
+    assert!(letters[0].message.contains("unknown field"), "{letters:?}");
 }
 
 /// Spooled is durable: answered 200 like Kafka (trackers count only 2xx, some only 200); when

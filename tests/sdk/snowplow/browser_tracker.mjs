@@ -1,7 +1,8 @@
 // Snowplow's browser tracker (npm `@snowplow/browser-tracker`, its UMD build) in headless
 // Chromium, on a page served from another origin than the gateway (so every POST is a
 // credentialed CORS request with a preflight: the tracker sends `credentials: "include"`).
-// Driven by tests/snowplow.rs: `node browser_tracker.mjs <gateway host:port>`.
+// Driven by tests/snowplow.rs: `node browser_tracker.mjs <gateway host:port> [pixels JSON] [page port]`
+// (the page port fixes the page's origin, which the test configures in snowplow.cors_origins).
 //
 // Prints one JSON line per tracked event {"sdk", "kind", "method", "eid"}, one per pixel
 // {"pixel", "loaded", "width"}, then {"done": ...}.
@@ -64,7 +65,8 @@ const server = createServer((req, res) => {
     res.end(page);
   }
 });
-await new Promise((r) => server.listen(0, '127.0.0.1', r));
+// The page's port: argv[4] when the test configured its origin for CORS, else any.
+await new Promise((r) => server.listen(Number(process.argv[4] || 0), '127.0.0.1', r));
 const origin = `http://127.0.0.1:${server.address().port}`;
 
 const browser = await chromium.launch({
