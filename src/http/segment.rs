@@ -93,6 +93,7 @@ async fn handle(gw: AppState, req: Request, call: Option<Call>) -> Response {
         registry: gw.registry.clone(),
         call,
         source,
+        limits: gw.pipeline.limits.clone(),
     });
     match ingest::run(&gw, req, Some(translate)).await {
         Ok(outcome) => answer(&outcome),
