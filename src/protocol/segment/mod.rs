@@ -100,6 +100,8 @@ pub struct Segment {
     pub max_message_bytes: usize,
     pub max_batch_bytes: usize,
     pub max_message_id_bytes: usize,
+    /// Keyless bodies being read for their `writeKey` (`segment.max_keyless_reads`).
+    pub keyless_reads: tokio::sync::Semaphore,
 }
 
 impl Segment {
@@ -142,6 +144,7 @@ impl Segment {
             max_message_bytes: cfg.max_message_bytes,
             max_batch_bytes: cfg.max_batch_bytes,
             max_message_id_bytes: cfg.max_message_id_bytes,
+            keyless_reads: tokio::sync::Semaphore::new(cfg.max_keyless_reads),
         }))
     }
 
