@@ -45,6 +45,11 @@ pub struct SegmentConfig {
     /// A `messageId` at most, in bytes; a longer one is dead-lettered (`invalid_envelope`).
     #[serde(default = "default_max_message_id_bytes")]
     pub max_message_id_bytes: usize,
+    /// With auth on: bodies read at once to find their `writeKey` (requests whose head carries
+    /// no key, as analytics.js sends them). A budget of their own, so slow keyless bodies cannot
+    /// hold the slots and bytes keyed requests need; beyond it such a request gets 429.
+    #[serde(default = "default_max_keyless_reads")]
+    pub max_keyless_reads: usize,
 }
 
 impl Default for SegmentConfig {
@@ -58,6 +63,7 @@ impl Default for SegmentConfig {
             max_message_bytes: default_max_message_bytes(),
             max_batch_bytes: default_max_batch_bytes(),
             max_message_id_bytes: default_max_message_id_bytes(),
+            max_keyless_reads: default_max_keyless_reads(),
         }
     }
 }
@@ -117,6 +123,9 @@ fn default_max_batch_bytes() -> usize {
 fn default_max_message_id_bytes() -> usize {
     100
 }
+fn default_max_keyless_reads() -> usize {
+    8
+}
 fn default_track() -> String {
     "segment_track/1".into()
 }
@@ -168,6 +177,9 @@ impl Config {
                 "must be between 1 and 1024".into(),
             );
         }
+        if s.max_keyless_reads == 0 {
+            return invalid("segment.max_keyless_reads", "must be positive".into());
+        }
         if s.naming_major == 0 {
             return invalid("segment.naming_major", "must be positive".into());
         }
@@ -187,6 +199,15 @@ mod tests {
         assert_eq!(c.segment.max_message_bytes, 32 * 1024);
         assert_eq!(c.segment.max_batch_bytes, 500 * 1024);
         assert_eq!(c.segment.max_message_id_bytes, 100);
+        assert_eq!(c.segment.max_keyless_reads, 8);
+        let err = load(
+            None,
+            env(&[("EVENTPIPE_SEGMENT__MAX_KEYLESS_READS", "0")]),
+            vec![],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("segment.max_keyless_reads"), "{err}");
         assert_eq!(c.segment.naming, NamingRule::SnakeCase);
         assert_eq!(c.segment.schemas.track, "segment_track/1");
     }

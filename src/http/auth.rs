@@ -1,20 +1,29 @@
 //! Who may send: write keys and the per-IP rate limit, checked before the body is read.
 //!
-//! A middleware on `POST /v1/events` (inside the CORS layer, so its 401/403/429 carry CORS
-//! headers a browser can read) runs, in order:
+//! [`authorize`] is a middleware on every public route that takes a write key: `POST /v1/events`,
+//! `GET /v1/pixel.gif` and Segment's routes (inside the CORS layer, so its 401/403/429 carry
+//! CORS headers a browser can read). It runs, in order:
 //! 1. the per-client-IP bucket (requests/s) — first, so a flood of bad keys is throttled too;
 //! 2. the write key, from the first of: HTTP Basic user (`Authorization: Basic base64("key:")`,
 //!    Segment's convention), an `X-Write-Key` header, a `key` query parameter (for
-//!    `navigator.sendBeacon`, which cannot set headers) — missing or unknown: 401;
+//!    `navigator.sendBeacon` and the pixel, which cannot set headers) — missing or unknown: 401;
 //! 3. the key's origin list against `Origin` — not allowed: 403 `forbidden_origin`.
+//!
+//! Segment's routes differ when auth is on and the head carries no key (analytics.js sends its
+//! key only as `writeKey` in the body): `crate::http::segment` runs step 1 ([`check_ip`]) before
+//! reading anything, reads a small uncompressed body within a budget of its own, presents its
+//! `writeKey` as `X-Write-Key`, and then runs steps 2-3 ([`authorize_key`]), so the IP is
+//! charged once. Routes without keys (Snowplow's, unless it requires one) take step 1 alone
+//! ([`rate_limit_ip`]).
 //!
 //! The key found travels to the handler as a [`Grant`]: there each event of a schema the key may
 //! not send is rejected alone (`schema_not_allowed`, dead-lettered like any rejection; the rest of
 //! the bundle proceeds), and the bundle's events are taken from the key's bucket (events/s) once
 //! it is parsed.
 //!
-//! Requests refused here are counted (`eventpipe_requests_refused_total{reason}`) but not written
-//! to the dead-letter topic: their bodies are unread, and a flood of unauthenticated or
+//! Requests refused here are counted (`eventpipe_requests_refused_total{reason}` and the audit,
+//! [`count_refusal`]) but not written to the dead-letter topic: their bodies are unread (or, for
+//! a Segment body read for its key, not yet trusted), and a flood of unauthenticated or
 //! rate-limited requests must not become a flood of Kafka writes.
 
 use std::net::SocketAddr;
@@ -87,17 +96,13 @@ impl Access {
         headers: &HeaderMap,
         uri: &Uri,
     ) -> Result<Option<Grant>, ApiError> {
-        if let Some(limiter) = &self.ip {
-            if let Some(ip) = client {
-                limiter.check(ip).map_err(|wait| {
-                    metrics::counter!(m::RATE_LIMITED, "limit" => "client_ip").increment(1);
-                    ApiError::RateLimited {
-                        scope: "client",
-                        retry_after_secs: retry_after_secs(wait),
-                    }
-                })?;
-            }
-        }
+        self.admit_ip(client)?;
+        self.admit_key(headers, uri)
+    }
+
+    /// The write key and origin checks of [`Access::admit`], without the per-IP bucket (for a
+    /// request whose IP was already checked).
+    fn admit_key(&self, headers: &HeaderMap, uri: &Uri) -> Result<Option<Grant>, ApiError> {
         let Some(store) = &self.keys else {
             return Ok(None);
         };
@@ -183,28 +188,60 @@ fn presented_key(headers: &HeaderMap, uri: &Uri) -> Result<Option<String>, ApiEr
 }
 
 /// The middleware; see the module doc.
-pub async fn authorize(State(gw): State<AppState>, mut req: Request, next: Next) -> Response {
+pub async fn authorize(State(gw): State<AppState>, req: Request, next: Next) -> Response {
+    let client = request_ip(&gw, &req);
+    let decided = gw
+        .access
+        .admit(client, req.headers(), req.uri())
+        .inspect_err(|err| count_refusal(&gw, err));
+    pass(decided, req, next)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+/// [`authorize`] for a request whose client IP was already taken from its bucket
+/// ([`check_ip`]): the key and origin checks only. `Err`: the refusal (counted), for the caller
+/// to shape.
+pub async fn authorize_key(gw: &AppState, req: Request, next: Next) -> Result<Response, ApiError> {
+    let decided = gw
+        .access
+        .admit_key(req.headers(), req.uri())
+        .inspect_err(|err| count_refusal(gw, err));
+    pass(decided, req, next).await
+}
+
+/// The per-client-IP bucket alone, before anything else is done for a request; a refusal is
+/// counted.
+pub fn check_ip(gw: &AppState, req: &Request) -> Result<(), ApiError> {
+    gw.access
+        .admit_ip(request_ip(gw, req))
+        .inspect_err(|err| count_refusal(gw, err))
+}
+
+/// Counts a refusal made before the pipeline (`eventpipe_requests_refused_total{reason}` and
+/// the audit); `http_requests_total` is counted by the outermost layer, for every answer.
+pub fn count_refusal(gw: &AppState, err: &ApiError) {
+    metrics::counter!(m::REQUESTS_REFUSED, "reason" => err.code()).increment(1);
+    gw.audit.refused(err.code());
+}
+
+fn request_ip(gw: &AppState, req: &Request) -> Option<std::net::IpAddr> {
     let peer = req
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0);
-    match gw
-        .access
-        .admit(gw.client_ip(peer, req.headers()), req.headers(), req.uri())
-    {
-        Ok(grant) => {
-            if let Some(grant) = grant {
-                req.extensions_mut().insert(grant);
-            }
-            next.run(req).await
-        }
-        Err(err) => {
-            // `http_requests_total` is counted by the outermost layer, for every answer.
-            metrics::counter!(m::REQUESTS_REFUSED, "reason" => err.code()).increment(1);
-            gw.audit.refused(err.code());
-            err.into_response()
-        }
+    gw.client_ip(peer, req.headers())
+}
+
+async fn pass(
+    decided: Result<Option<Grant>, ApiError>,
+    mut req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    if let Some(grant) = decided? {
+        req.extensions_mut().insert(grant);
     }
+    Ok(next.run(req).await)
 }
 
 /// The headers an auth refusal carries (called from `ApiError::into_response`).
@@ -230,7 +267,7 @@ pub(super) fn add_headers(err: &ApiError, response: &mut Response) {
 impl Access {
     /// The per-client-IP bucket alone: for public routes that take no write key (Snowplow's,
     /// unless `snowplow.require_write_key`).
-    fn admit_ip(&self, client: Option<std::net::IpAddr>) -> Result<(), ApiError> {
+    pub(super) fn admit_ip(&self, client: Option<std::net::IpAddr>) -> Result<(), ApiError> {
         let (Some(limiter), Some(ip)) = (&self.ip, client) else {
             return Ok(());
         };
@@ -246,16 +283,8 @@ impl Access {
 
 /// Middleware for public routes without write keys: only the per-IP rate limit.
 pub async fn rate_limit_ip(State(gw): State<AppState>, req: Request, next: Next) -> Response {
-    let peer = req
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0);
-    match gw.access.admit_ip(gw.client_ip(peer, req.headers())) {
+    match check_ip(&gw, &req) {
         Ok(()) => next.run(req).await,
-        Err(err) => {
-            metrics::counter!(m::REQUESTS_REFUSED, "reason" => err.code()).increment(1);
-            gw.audit.refused(err.code());
-            err.into_response()
-        }
+        Err(err) => err.into_response(),
     }
 }

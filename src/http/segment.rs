@@ -14,10 +14,13 @@
 //! - 401/403 as for native requests; 500 when the dead-letter topic refused events (retry).
 //!
 //! Write keys: when auth is on, a request whose head carries no key (analytics.js sends its key
-//! only as `writeKey` in a text/plain body) has its body read (uncompressed bodies only, at most
-//! `segment.max_batch_bytes`, within the in-flight limits of `admission`) and its `writeKey`
-//! presented as if it came in `X-Write-Key`; then the usual check runs (`auth::authorize`:
-//! per-IP limit, key, origin). Such a request's per-IP limit is checked after its body is read.
+//! only as `writeKey` in a text/plain body) is first held to the per-IP limit
+//! (`auth::check_ip`), then, if its body can carry a key (uncompressed; text/plain, JSON or
+//! untyped), has it read: at most `segment.max_batch_bytes`, charged to the in-flight bytes as
+//! declared by Content-Length, and at most `segment.max_keyless_reads` such reads at once (429
+//! beyond, so slow keyless bodies cannot starve keyed requests). Its `writeKey` is presented as
+//! if it came in `X-Write-Key` and the key and origin checks run (`auth::authorize_key`).
+//! Every refusal on this path is counted like other auth refusals (`auth::count_refusal`).
 
 use std::sync::Arc;
 
@@ -93,6 +96,7 @@ async fn handle(gw: AppState, req: Request, call: Option<Call>) -> Response {
         registry: gw.registry.clone(),
         call,
         source,
+        limits: gw.pipeline.limits.clone(),
     });
     match ingest::run(&gw, req, Some(translate)).await {
         Ok(outcome) => answer(&outcome),
@@ -176,41 +180,61 @@ fn head_has_key(req: &Request) -> bool {
             .is_some_and(|q| q.split('&').any(|p| p.starts_with("key=")))
 }
 
-/// `auth::authorize`, accepting the body's `writeKey` when auth is on and the head has no key.
+/// `auth::authorize`, accepting the body's `writeKey` when auth is on and the head has no key
+/// (see the module doc).
 async fn authorize_with_body_key(State(gw): State<AppState>, req: Request, next: Next) -> Response {
+    let Some(segment) = gw.segment.clone() else {
+        return auth::authorize(State(gw), req, next).await;
+    };
     if gw.access.keys().is_none() || head_has_key(&req) {
         return auth::authorize(State(gw), req, next).await;
     }
-    let identity = req
-        .headers()
-        .get(header::CONTENT_ENCODING)
-        .is_none_or(|v| v.as_bytes().eq_ignore_ascii_case(b"identity"));
-    if !identity {
-        // Not decompressed just to find a key: such clients can set a header.
-        return auth::authorize(State(gw), req, next).await;
+    // The per-IP limit first, before any of the body is read (and only once).
+    if let Err(err) = auth::check_ip(&gw, &req) {
+        return refusal(err);
     }
+    if !may_carry_key(&req) {
+        // Not decompressed just to find a key: such clients can set a header.
+        return auth::authorize_key(&gw, req, next)
+            .await
+            .unwrap_or_else(refusal);
+    }
+    // A budget of its own: keyless reads never hold the request slots keyed traffic needs.
+    let Ok(reading) = segment.keyless_reads.try_acquire() else {
+        let err = ApiError::Overloaded {
+            retry_after_secs: 1,
+        };
+        auth::count_refusal(&gw, &err);
+        return refusal(err);
+    };
     let (mut parts, body) = req.into_parts();
-    // A Segment body is at most `segment.max_batch_bytes` (and identity-encoded here); it is
-    // read within the in-flight limits like any body, released before the pipeline takes its own.
-    let limit = gw
-        .segment
-        .as_ref()
-        .map_or(0, |s| s.max_batch_bytes)
+    // A Segment body is at most `segment.max_batch_bytes`; it is charged to the in-flight bytes
+    // as declared (else that limit) while read, released before the pipeline takes its own.
+    let limit = segment
+        .max_batch_bytes
         .min(gw.pipeline.limits.max_body_bytes);
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
     let bytes = {
-        let held = gw
-            .admission
-            .request()
-            .and_then(|slot| Ok((slot, gw.admission.charge(limit)?)));
-        let _held = match held {
-            Ok(held) => held,
-            Err(err) => return refusal(err),
+        let _charge = match gw.admission.charge(declared.unwrap_or(limit).min(limit)) {
+            Ok(charge) => charge,
+            Err(err) => {
+                auth::count_refusal(&gw, &err);
+                return refusal(err);
+            }
         };
         match super::body::read_limited(body, &parts.headers, limit).await {
             Ok(b) => b,
-            Err((err, _)) => return refusal(err),
+            Err((err, _)) => {
+                auth::count_refusal(&gw, &err);
+                return refusal(err);
+            }
         }
     };
+    drop(reading);
     #[derive(serde::Deserialize)]
     struct Key {
         #[serde(rename = "writeKey")]
@@ -226,7 +250,25 @@ async fn authorize_with_body_key(State(gw): State<AppState>, req: Request, next:
             .insert(header::HeaderName::from_static(WRITE_KEY_HEADER), key);
     }
     let req = Request::from_parts(parts, Body::from(bytes));
-    auth::authorize(State(gw), req, next).await
+    auth::authorize_key(&gw, req, next)
+        .await
+        .unwrap_or_else(refusal)
+}
+
+/// A body a key may be looked for in: uncompressed, `text/plain` (analytics.js), JSON or
+/// untyped (read as JSON, as natively).
+fn may_carry_key(req: &Request) -> bool {
+    let h = req.headers();
+    let identity = h
+        .get(header::CONTENT_ENCODING)
+        .is_none_or(|v| v.as_bytes().eq_ignore_ascii_case(b"identity"));
+    let typed = h.get(header::CONTENT_TYPE).is_none_or(|v| {
+        let essence = v.to_str().unwrap_or("").split(';').next().unwrap_or("");
+        let essence = essence.trim();
+        essence.eq_ignore_ascii_case("text/plain")
+            || essence.eq_ignore_ascii_case("application/json")
+    });
+    identity && typed
 }
 
 #[cfg(test)]

@@ -57,6 +57,11 @@ fn harness_with(config: Config, dir: tempfile::TempDir) -> Harness {
 
 /// Auth on, one key.
 fn harness_with_auth() -> Harness {
+    harness_with_auth_and(&[])
+}
+
+/// Auth on, one key, and extra env settings.
+fn harness_with_auth_and(env: &[(&str, &str)]) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let keys = dir.path().join("keys.toml");
     std::fs::write(
@@ -64,7 +69,9 @@ fn harness_with_auth() -> Harness {
         format!("[[keys]]\nkey = \"{KEY}\"\nname = \"web\"\n"),
     )
     .unwrap();
-    let h = harness(&[("EVENTPIPE_AUTH__KEYS_FILE", keys.to_str().unwrap())]);
+    let mut vars = vec![("EVENTPIPE_AUTH__KEYS_FILE", keys.to_str().unwrap())];
+    vars.extend_from_slice(env);
+    let h = harness(&vars);
     Harness { _dir: dir, ..h }
 }
 
@@ -362,4 +369,110 @@ async fn off_by_default_the_routes_do_not_exist() {
     let h = harness_with(Config::default(), tempfile::tempdir().unwrap());
     let (status, _, _) = send(&h, post("/v1/batch", &json!({"batch": []}))).await;
     assert_eq!(status, 404);
+}
+
+/// A body that never ends, raising `polled` once the server starts reading it.
+struct Slow(
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+    Option<tokio::sync::oneshot::Sender<()>>,
+);
+
+impl futures_core::Stream for Slow {
+    type Item = Result<bytes::Bytes, std::io::Error>;
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(tx) = self.1.take() {
+            let _ = tx.send(());
+        }
+        std::task::Poll::Pending
+    }
+}
+
+/// A keyless (body-key) request whose body never completes; `(polled flag, first-poll signal)`.
+fn slow_keyless(
+    ip: [u8; 4],
+) -> (
+    Request<Body>,
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+    tokio::sync::oneshot::Receiver<()>,
+) {
+    let polled = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let mut req = Request::post("/v1/batch")
+        .header(header::CONTENT_TYPE, "text/plain")
+        .body(Body::from_stream(Slow(polled.clone(), Some(tx))))
+        .unwrap();
+    req.extensions_mut()
+        .insert(axum::extract::ConnectInfo(std::net::SocketAddr::from((
+            ip, 4000,
+        ))));
+    (req, polled, rx)
+}
+
+/// Slow keyless bodies hold only their own small budget: one more is refused at once (429
+/// overloaded, not after the request timeout) while a keyed native request goes through.
+#[tokio::test]
+async fn keyless_reads_have_a_small_budget_of_their_own() {
+    let h = harness_with_auth_and(&[
+        ("EVENTPIPE_SEGMENT__MAX_KEYLESS_READS", "2"),
+        ("EVENTPIPE_LIMITS__MAX_CONCURRENT_REQUESTS", "3"),
+        ("EVENTPIPE_LIMITS__REQUEST_TIMEOUT_MS", "20000"),
+    ]);
+    let mut holding = Vec::new();
+    for i in 0..2 {
+        let (req, _, started) = slow_keyless([10, 0, 0, i]);
+        let router = h.router.clone();
+        holding.push(tokio::spawn(router.oneshot(req)));
+        started.await.expect("the body is being read");
+    }
+    let (req, _, _) = slow_keyless([10, 0, 0, 9]);
+    let (status, headers, answer) = send(&h, req).await;
+    assert_eq!(status, 429, "{answer}");
+    assert_eq!(answer["code"], "overloaded", "{answer}");
+    assert!(headers.contains_key(header::RETRY_AFTER));
+
+    let native = Request::post("/v1/events")
+        .header(header::CONTENT_TYPE, "application/json")
+        .header("x-write-key", KEY)
+        .body(Body::from(
+            serde_json::to_vec(&json!({"events": [
+                {"schema": "page_view/1", "data": {"url": "https://example.com/a"}}
+            ]}))
+            .unwrap(),
+        ))
+        .unwrap();
+    let (status, _, answer) = send(&h, native).await;
+    assert_eq!(status, 200, "a keyed request still goes through: {answer}");
+    for task in holding {
+        task.abort();
+    }
+}
+
+/// An IP over its rate limit is refused before a byte of its keyless body is read.
+#[tokio::test]
+async fn a_keyless_request_over_its_ip_limit_is_refused_before_its_body_is_read() {
+    let h = harness_with_auth_and(&[
+        ("EVENTPIPE_RATE_LIMIT__IP_REQUESTS_PER_SEC", "0.001"),
+        ("EVENTPIPE_RATE_LIMIT__IP_BURST", "1"),
+        ("EVENTPIPE_LIMITS__REQUEST_TIMEOUT_MS", "20000"),
+    ]);
+    let ip = axum::extract::ConnectInfo(std::net::SocketAddr::from(([10, 1, 2, 3], 4000)));
+    let mut first = post(
+        "/v1/t",
+        &json!({"writeKey": KEY, "event": "E", "userId": "u"}),
+    );
+    first.extensions_mut().insert(ip);
+    assert_eq!(send(&h, first).await.0, 200, "the burst allows one");
+
+    let (req, polled, _) = slow_keyless([10, 1, 2, 3]);
+    let (status, _, answer) = send(&h, req).await;
+    assert_eq!(status, 429, "{answer}");
+    assert_eq!(answer["code"], "rate_limited", "{answer}");
+    assert!(
+        !polled.load(std::sync::atomic::Ordering::SeqCst),
+        "the body was not read"
+    );
 }

@@ -19,7 +19,7 @@ pub mod translated;
 
 pub use bounds::OutputTooLarge;
 pub use encode::{dead_letter_for_refused, dead_letter_for_request, fit_dead_letter, Collector};
-pub use envelope::{json_depth, Bundle, BundleError};
+pub use envelope::{json_depth, value_depth, Bundle, BundleError, BODY_DEPTH_CAP};
 
 use serde::Serialize;
 use serde_json::{Map, Value};

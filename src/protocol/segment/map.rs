@@ -4,6 +4,8 @@
 use serde_json::{json, Map, Value};
 
 use super::{Call, Segment, NAMESPACE};
+use crate::pipeline::translated::rejected_event;
+use crate::pipeline::RejectReason;
 use crate::schema::Registry;
 
 /// Batch-level members merged into each message.
@@ -88,7 +90,11 @@ pub fn snake_case(name: &str) -> String {
 /// Maps one message's JSON text (already parsed once as part of the body, so it is JSON).
 pub(super) fn map_message(text: &str, ctx: &MapContext<'_>) -> Value {
     let seg = ctx.segment;
-    let parsed = serde_json::from_str::<Value>(text).unwrap_or(Value::Null);
+    let parsed = match serde_json::from_str::<Value>(text) {
+        Ok(v) => v,
+        // It is JSON (it was delimited as such), so it nests deeper than the parser goes.
+        Err(_) => return too_deep(text, ctx),
+    };
     if text.len() > seg.max_message_bytes {
         let cause = format!(
             "message is {} bytes; the limit is {} (segment.max_message_bytes)",
@@ -293,4 +299,35 @@ fn invalid(id: Option<String>, cause: &str, original: Value) -> Value {
     }
     event.insert(format!("segment: {cause}"), original);
     Value::Object(event)
+}
+
+/// A message nested deeper than the JSON parser goes: dead-lettered alone as `too_deep`, with
+/// its text (as a JSON string) and the id derived from its `messageId` when that can be read
+/// (the rest of the message is skipped without recursion).
+fn too_deep(text: &str, ctx: &MapContext<'_>) -> Value {
+    #[derive(serde::Deserialize)]
+    struct Head {
+        #[serde(default, rename = "messageId")]
+        message_id: Option<Value>,
+    }
+    let message_id = serde_json::from_str::<Head>(text)
+        .ok()
+        .and_then(|h| match h.message_id {
+            Some(Value::String(s)) if !s.is_empty() => Some(s),
+            Some(Value::Number(n)) => Some(n.to_string()),
+            _ => None,
+        })
+        .filter(|m| m.len() <= ctx.segment.max_message_id_bytes);
+    let id = message_id.map(|m| event_id(ctx.source, &m).to_string());
+    let message = format!(
+        "segment: message nests deeper than {} levels",
+        crate::pipeline::BODY_DEPTH_CAP
+    );
+    rejected_event(
+        RejectReason::TooDeep,
+        "",
+        &message,
+        id.as_deref(),
+        Value::String(text.to_owned()),
+    )
 }

@@ -19,7 +19,14 @@
 //! - **Bad messages** (not an object, no event name, an over-long `messageId`, over
 //!   `segment.max_message_bytes`) become events the native envelope check rejects as
 //!   `invalid_envelope`, with the cause in the dead letter's message: each is dead-lettered alone
-//!   and the rest of its batch goes on, exactly like an invalid native event.
+//!   and the rest of its batch goes on, exactly like an invalid native event. A message nested
+//!   deeper than the JSON parser goes is dead-lettered alone as `too_deep`, its text kept.
+//! - **Bounds.** A batch-level `context` (and `integrations`) is merged into every message, so a
+//!   batch is refused (400 for Segment) before anything is mapped when it has more than
+//!   `limits.max_events` messages or a batch `context` over `limits.max_context_bytes` or
+//!   deeper than `limits.max_depth` (as a native batch context); and the translation stops with
+//!   `decompressed_too_large` as soon as its output passes `limits.max_decompressed_bytes`
+//!   (what the pipeline would accept as a body anyway).
 
 mod map;
 #[cfg(test)]
@@ -32,9 +39,10 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
-use crate::config::{NamingRule, SegmentConfig};
+use crate::config::{Limits, NamingRule, SegmentConfig};
 use crate::http::error::ApiError;
 use crate::http::ingest::Translate;
+use crate::pipeline::{json_depth, value_depth, BODY_DEPTH_CAP};
 use crate::schema::Registry;
 
 pub use map::{event_id, snake_case};
@@ -92,6 +100,8 @@ pub struct Segment {
     pub max_message_bytes: usize,
     pub max_batch_bytes: usize,
     pub max_message_id_bytes: usize,
+    /// Keyless bodies being read for their `writeKey` (`segment.max_keyless_reads`).
+    pub keyless_reads: tokio::sync::Semaphore,
 }
 
 impl Segment {
@@ -134,6 +144,7 @@ impl Segment {
             max_message_bytes: cfg.max_message_bytes,
             max_batch_bytes: cfg.max_batch_bytes,
             max_message_id_bytes: cfg.max_message_id_bytes,
+            keyless_reads: tokio::sync::Semaphore::new(cfg.max_keyless_reads),
         }))
     }
 
@@ -179,6 +190,8 @@ pub struct SegmentRequest {
     /// Names the sender in derived event ids: the write key's name (auth on) or the write key
     /// from the `Authorization` header. None: the body's `writeKey`, else "".
     pub source: Option<String>,
+    /// The gateway's request limits (events per batch, batch context, output bound).
+    pub limits: Limits,
 }
 
 /// A `/v1/batch` body; other members are ignored, as Segment does.
@@ -215,10 +228,28 @@ impl Translate for SegmentRequest {
                 ApiError::NotABundle(format!("{shape}: {message}"))
             }
         };
+        let limits = &self.limits;
         let (messages, sent_at, write_key, batch) = match self.call {
             None => {
-                let b: BatchBody = serde_json::from_str(text)
-                    .map_err(|e| json_error(e, "a batch is {\"batch\": [messages]}"))?;
+                let b: BatchBody = serde_json::from_str(text).map_err(|e| {
+                    if e.is_syntax() && json_depth(body) > BODY_DEPTH_CAP {
+                        return ApiError::Undecodable(format!(
+                            "body nests deeper than {BODY_DEPTH_CAP} levels"
+                        ));
+                    }
+                    json_error(e, "a batch is {\"batch\": [messages]}")
+                })?;
+                // Checked before anything is mapped: each message gets a copy of the batch
+                // context, so its size times the count is what mapping would build.
+                if b.batch.len() > limits.max_events {
+                    return Err(ApiError::TooManyEvents {
+                        count: b.batch.len(),
+                        limit: limits.max_events,
+                    });
+                }
+                if let Some(context) = &b.context {
+                    check_batch_context(context, limits)?;
+                }
                 let batch = map::BatchDefaults {
                     context: b.context,
                     integrations: b.integrations,
@@ -241,18 +272,54 @@ impl Translate for SegmentRequest {
             call: self.call,
             batch: &batch,
         };
-        let events: Vec<Value> = messages
-            .iter()
-            .map(|raw| map::map_message(raw.get(), &ctx))
-            .collect();
-        let mut bundle = Map::new();
+        // The native bundle, written as it is mapped and bounded as it grows: at most one
+        // event past the budget is ever held.
+        let budget = limits.max_decompressed_bytes;
+        let too_large = || ApiError::DecompressedTooLarge { limit: budget };
+        let write_error = |e: serde_json::Error| {
+            ApiError::Undecodable(format!("could not translate the body: {e}"))
+        };
+        let mut out = Vec::with_capacity(body.len().saturating_mul(2).min(budget));
+        out.push(b'{');
         if let Some(Value::String(s)) = sent_at {
-            bundle.insert("sent_at".into(), Value::String(s));
+            out.extend_from_slice(b"\"sent_at\":");
+            serde_json::to_writer(&mut out, &s).map_err(write_error)?;
+            out.push(b',');
         }
-        bundle.insert("events".into(), Value::Array(events));
-        serde_json::to_vec(&Value::Object(bundle))
-            .map_err(|e| ApiError::Undecodable(format!("could not translate the body: {e}")))
+        out.extend_from_slice(b"\"events\":[");
+        for (i, raw) in messages.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            let event = map::map_message(raw.get(), &ctx);
+            serde_json::to_writer(&mut out, &event).map_err(write_error)?;
+            if out.len() > budget {
+                return Err(too_large());
+            }
+        }
+        out.extend_from_slice(b"]}");
+        Ok(out)
     }
+}
+
+/// A batch-level `context` is copied into every message: held to the native batch context's
+/// limits (`limits.max_context_bytes`, and `limits.max_depth` with the context object as
+/// level 1).
+fn check_batch_context(context: &Map<String, Value>, limits: &Limits) -> Result<(), ApiError> {
+    let size = serde_json::to_vec(context).map_or(usize::MAX, |v| v.len());
+    if size > limits.max_context_bytes {
+        return Err(ApiError::ContextTooLarge {
+            size,
+            limit: limits.max_context_bytes,
+        });
+    }
+    if context.values().map(value_depth).max().unwrap_or(0) + 1 > limits.max_depth {
+        return Err(ApiError::Undecodable(format!(
+            "batch context nests deeper than {} levels (the per-event limit)",
+            limits.max_depth
+        )));
+    }
+    Ok(())
 }
 
 /// What a single call's body says besides the message.

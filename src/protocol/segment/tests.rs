@@ -33,6 +33,7 @@ fn translate(cfg: SegmentConfig, call: Option<Call>, source: Option<&str>, body:
         registry: registry(),
         call,
         source: source.map(str::to_owned),
+        limits: crate::config::Limits::default(),
     };
     let out = t.translate(&serde_json::to_vec(&body).unwrap()).unwrap();
     serde_json::from_slice(&out).unwrap()
@@ -269,6 +270,7 @@ fn whole_body_errors_are_refusals() {
         registry: registry(),
         call: None,
         source: None,
+        limits: crate::config::Limits::default(),
     };
     let code = |body: &[u8]| t.translate(body).unwrap_err().code();
     assert_eq!(code(b"{not json"), "undecodable_body");
@@ -320,4 +322,111 @@ fn start_up_refuses_a_mapping_to_a_missing_schema_naming_the_key() {
     assert!(Segment::new(&SegmentConfig::default(), &registry())
         .unwrap()
         .is_none());
+}
+
+fn request(limits: crate::config::Limits) -> SegmentRequest {
+    SegmentRequest {
+        segment: segment(enabled()),
+        registry: registry(),
+        call: None,
+        source: Some("s".into()),
+        limits,
+    }
+}
+
+/// The hostile body: a 240 KB batch context and 14,000 tiny messages, under 500 KB on the wire.
+/// Copied into every message it would build ~3.4 GB; it is refused before mapping, and with
+/// every per-batch check relaxed the translation still stops at its output budget.
+#[test]
+fn a_batch_context_copied_into_many_messages_is_bounded() {
+    let mut body = format!(
+        r#"{{"context":{{"x":"{}"}},"batch":["#,
+        "c".repeat(240 << 10)
+    );
+    body.push_str(&vec![r#"{"type":"alias"}"#; 14_000].join(","));
+    body.push_str("]}");
+    assert!(body.len() < 500 << 10);
+    let limits = crate::config::Limits::default();
+    let err = request(limits.clone())
+        .translate(body.as_bytes())
+        .unwrap_err();
+    assert_eq!(err.code(), "too_many_events", "{err}");
+
+    // Count allowed: the context alone is over limits.max_context_bytes, as natively.
+    let mut relaxed = limits.clone();
+    relaxed.max_events = 20_000;
+    let err = request(relaxed.clone())
+        .translate(body.as_bytes())
+        .unwrap_err();
+    assert_eq!(err.code(), "context_too_large", "{err}");
+
+    // Context allowed too: the output budget (limits.max_decompressed_bytes) stops it.
+    relaxed.max_context_bytes = 1 << 20;
+    relaxed.max_decompressed_bytes = 4 << 20;
+    let err = request(relaxed.clone())
+        .translate(body.as_bytes())
+        .unwrap_err();
+    assert_eq!(err.code(), "decompressed_too_large", "{err}");
+
+    // What fits is translated, each message with the batch context merged in.
+    let small = r#"{"context":{"x":"c"},"batch":[{"type":"alias"},{"type":"alias"}]}"#;
+    let out = request(relaxed).translate(small.as_bytes()).unwrap();
+    let b: Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(b["events"][1]["context"]["segment"]["context"]["x"], "c");
+}
+
+/// A message deeper than the parser goes is dead-lettered alone as `too_deep`, with its text
+/// and derived id; a deep batch context is a refusal naming the depth.
+#[test]
+fn deep_messages_and_deep_batch_contexts() {
+    let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
+    let body = format!(
+        r#"{{"batch":[{{"type":"track","event":"E","messageId":"m-deep","properties":{{"p":{deep}}}}},{{"type":"track","event":"ok"}}]}}"#
+    );
+    let t = request(crate::config::Limits::default());
+    let out = t.translate(body.as_bytes()).unwrap();
+    let text = String::from_utf8(out).unwrap();
+    let b: Value = serde_json::from_str(&text).unwrap();
+    let bad = &b["events"][0];
+    assert_eq!(bad["rejected"]["reason"], "too_deep", "{bad}");
+    assert_eq!(
+        bad["event_id"],
+        event_id("s", "m-deep").to_string(),
+        "keeps its derived id"
+    );
+    assert!(bad["original"].as_str().unwrap().contains(&deep));
+    assert_eq!(b["events"][1]["schema"], "segment_track/1");
+
+    // Through the pipeline: rejected alone as too_deep.
+    let gw_registry = registry();
+    let pcfg = crate::pipeline::PipelineConfig::new(
+        crate::config::Limits::default(),
+        "events.",
+        "events.invalid",
+        &gw_registry,
+    );
+    let mut bundle = crate::pipeline::Bundle::parse(text.as_bytes(), 64).unwrap();
+    bundle.translated = true;
+    let enrichment = crate::thrift::Enrichment {
+        received_at_ms: 0,
+        client_ip: None,
+        user_agent: None,
+        collector_host: "h".into(),
+        collector_version: "v".into(),
+        sent_at: None,
+        origin: None,
+    };
+    let p = crate::pipeline::process(&bundle, &gw_registry, &pcfg, &enrichment).unwrap();
+    assert_eq!(p.accepted, 1);
+    assert_eq!(p.rejected.len(), 1);
+    assert_eq!(p.rejected[0].reason.as_str(), "too_deep");
+
+    // A batch context past limits.max_depth, or past the parser: a 400 naming the depth.
+    for levels in [70, 200] {
+        let ctx = format!("{}1{}", "[".repeat(levels), "]".repeat(levels));
+        let body = format!(r#"{{"context":{{"c":{ctx}}},"batch":[{{"type":"alias"}}]}}"#);
+        let err = t.translate(body.as_bytes()).unwrap_err();
+        assert_eq!(err.code(), "undecodable_body");
+        assert!(err.to_string().contains("deeper than"), "{err}");
+    }
 }
