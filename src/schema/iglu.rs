@@ -186,15 +186,7 @@ fn file_name(path: &Path) -> String {
 }
 
 fn compile_file(path: &Path, key: &IgluKey) -> Result<Schema, SchemaError> {
-    let text = std::fs::read_to_string(path).map_err(|source| SchemaError::Io {
-        path: path.to_owned(),
-        source,
-    })?;
-    let doc: Value = serde_json::from_str(&text).map_err(|e| SchemaError::Invalid {
-        path: path.to_owned(),
-        message: format!("not JSON: {e}"),
-    })?;
-    compile_value(path, key, doc)
+    compile_value(path, key, super::read_json(path)?)
 }
 
 /// Compiles a self-describing JSON Schema whose `self` must equal `key`.

@@ -224,15 +224,19 @@ fn valid_name(name: &str) -> bool {
 }
 
 fn compile(path: &Path, name: &str, major: u32) -> Result<Schema, SchemaError> {
+    compile_value(path, name, major, read_json(path)?)
+}
+
+/// A schema file's JSON, with errors naming the file.
+pub(crate) fn read_json(path: &Path) -> Result<Value, SchemaError> {
     let text = std::fs::read_to_string(path).map_err(|source| SchemaError::Io {
         path: path.to_owned(),
         source,
     })?;
-    let doc: Value = serde_json::from_str(&text).map_err(|e| SchemaError::Invalid {
+    serde_json::from_str(&text).map_err(|e| SchemaError::Invalid {
         path: path.to_owned(),
         message: format!("not JSON: {e}"),
-    })?;
-    compile_value(path, name, major, doc)
+    })
 }
 
 fn compile_value(path: &Path, name: &str, major: u32, doc: Value) -> Result<Schema, SchemaError> {

@@ -191,16 +191,7 @@ pub struct Progress<'a> {
 impl Progress<'_> {
     pub(crate) fn say(&mut self, what: impl std::fmt::Display) {
         let t = time::OffsetDateTime::now_utc();
-        let now = format!(
-            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-            t.year(),
-            u8::from(t.month()),
-            t.day(),
-            t.hour(),
-            t.minute(),
-            t.second(),
-            t.millisecond()
-        );
+        let now = crate::rfc3339_ms(t);
         let _ = writeln!(self.out, "{now} rollout: {what}");
         let _ = self.out.flush();
     }

@@ -419,16 +419,7 @@ pub fn rfc3339_ms(ms: &str) -> Option<String> {
     if !(0..=9999).contains(&t.year()) {
         return None;
     }
-    Some(format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second(),
-        t.millisecond()
-    ))
+    Some(crate::rfc3339_ms(t))
 }
 
 fn cut(s: &str) -> String {
