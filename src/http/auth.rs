@@ -152,7 +152,7 @@ struct KeyParam {
 }
 
 /// The key from the first carrier present. `Err` for a carrier that is there but unreadable.
-fn presented_key(headers: &HeaderMap, uri: &Uri) -> Result<Option<String>, ApiError> {
+pub(crate) fn presented_key(headers: &HeaderMap, uri: &Uri) -> Result<Option<String>, ApiError> {
     let non_empty = |s: String| (!s.is_empty()).then_some(s);
     if let Some(value) = headers.get(header::AUTHORIZATION) {
         let bad = || {

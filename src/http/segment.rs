@@ -31,7 +31,6 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
-use base64::Engine;
 use serde_json::json;
 
 use super::auth::{self, Grant, WRITE_KEY_HEADER};
@@ -89,7 +88,7 @@ async fn handle(gw: AppState, req: Request, call: Option<Call>) -> Response {
     // rotation, and not a secret), else the key the client sent.
     let source = match req.extensions().get::<Grant>() {
         Some(grant) => Some(grant.0.name.to_string()),
-        None => basic_user(req.headers()),
+        None => auth::presented_key(req.headers(), req.uri()).ok().flatten(),
     };
     let translate = Arc::new(SegmentRequest {
         segment,
@@ -154,30 +153,10 @@ pub fn refusal(err: ApiError) -> Response {
     response
 }
 
-/// The key sent as the HTTP Basic user, if any (open mode: it names the source of event ids).
-fn basic_user(headers: &axum::http::HeaderMap) -> Option<String> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, credentials) = value.trim().split_once(' ')?;
-    if !scheme.eq_ignore_ascii_case("basic") {
-        return None;
-    }
-    let decoded = base64::engine::general_purpose::STANDARD
-        .decode(credentials.trim())
-        .ok()?;
-    let text = String::from_utf8(decoded).ok()?;
-    let user = text.split_once(':').map_or(text.as_str(), |(u, _)| u);
-    (!user.is_empty()).then(|| user.to_owned())
-}
-
-/// A head that already presents a key (the carriers `auth` reads).
+/// A head that already presents a key, or a malformed one (`auth` answers it): the carriers and
+/// the decoding are `auth`'s own, so `%6Bey=` counts as a `key` here as it does there.
 fn head_has_key(req: &Request) -> bool {
-    let h = req.headers();
-    h.contains_key(header::AUTHORIZATION)
-        || h.contains_key(WRITE_KEY_HEADER)
-        || req
-            .uri()
-            .query()
-            .is_some_and(|q| q.split('&').any(|p| p.starts_with("key=")))
+    !matches!(auth::presented_key(req.headers(), req.uri()), Ok(None))
 }
 
 /// `auth::authorize`, accepting the body's `writeKey` when auth is on and the head has no key
