@@ -65,6 +65,22 @@ impl RejectReason {
             RejectReason::KafkaRejected(reason) => reason,
         }
     }
+
+    /// The fixed reason named `name` (`kafka_rejected:*` comes only from the sink).
+    pub fn from_name(name: &str) -> Option<RejectReason> {
+        use RejectReason::*;
+        [
+            InvalidEnvelope,
+            BadEventId,
+            UnknownSchema,
+            SchemaViolation,
+            TooLarge,
+            TooDeep,
+            SchemaNotAllowed,
+        ]
+        .into_iter()
+        .find(|r| r.as_str() == name)
+    }
 }
 
 impl Serialize for RejectReason {

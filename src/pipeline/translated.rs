@@ -43,15 +43,8 @@ pub fn rejection(index: usize, text: &str) -> Option<Rejection> {
         return None;
     }
     let marked: Marked = serde_json::from_str(text).ok()?;
-    let reason = match marked.rejected.reason.as_str() {
-        "invalid_envelope" => RejectReason::InvalidEnvelope,
-        "bad_event_id" => RejectReason::BadEventId,
-        "unknown_schema" => RejectReason::UnknownSchema,
-        "schema_violation" => RejectReason::SchemaViolation,
-        "too_large" => RejectReason::TooLarge,
-        "too_deep" => RejectReason::TooDeep,
-        _ => RejectReason::InvalidEnvelope,
-    };
+    let reason =
+        RejectReason::from_name(&marked.rejected.reason).unwrap_or(RejectReason::InvalidEnvelope);
     Some(Rejection {
         index,
         event_id: marked.event_id.map(|id| cut_owned(id, SHOWN_ID_MAX)),
