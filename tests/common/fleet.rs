@@ -128,8 +128,25 @@ impl Haproxy {
 
     /// One runtime API command (e.g. `set server gateways/gw1 state drain`); its answer.
     pub fn command(&self, command: &str) -> String {
-        let mut s = std::os::unix::net::UnixStream::connect(&self.socket)
-            .unwrap_or_else(|e| panic!("haproxy stats socket {}: {e}", self.socket.display()));
+        // HAProxy renames the socket into place before it calls listen(), so a connect right
+        // after start-up can be refused for a moment: retry that, and only that, briefly.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut s = loop {
+            match std::os::unix::net::UnixStream::connect(&self.socket) {
+                Ok(s) => break s,
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::ConnectionRefused
+                        && Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                Err(e) => panic!(
+                    "haproxy stats socket {}: {e}\n{}",
+                    self.socket.display(),
+                    self.log_tail()
+                ),
+            }
+        };
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         s.write_all(format!("{command}\n").as_bytes()).unwrap();
         let mut answer = String::new();
