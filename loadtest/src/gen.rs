@@ -52,20 +52,51 @@ pub fn shipped_mix() -> Vec<SchemaChoice> {
     ]
 }
 
-/// `count` page_view-shaped schemas named `pv00/1`.. (the many-schemas sweep).
-pub fn page_view_copies(count: usize) -> Vec<SchemaChoice> {
+/// `count` schemas for the many-schemas points: copy `i` has the shape of the shipped schema
+/// `i % 6` (page_view, click, app_open, purchase, server_log/1, server_log/2) and that schema's
+/// weight, so the events keep the shipped mix's sizes and kinds while the topics multiply; the
+/// volume per schema is uneven, as in a real catalogue. One schema is a page_view copy.
+pub fn shipped_copies(count: usize) -> Vec<SchemaChoice> {
+    let shipped = shipped_mix();
     (0..count)
-        .map(|i| SchemaChoice {
-            id: format!("{}/1", copy_name(i)),
-            kind: Kind::PageView,
-            weight: 1,
+        .map(|i| {
+            let source = &shipped[i % shipped.len()];
+            let major = source.id.rsplit('/').next().unwrap_or("1");
+            SchemaChoice {
+                id: format!("{}/{major}", copy_name(i)),
+                kind: source.kind,
+                weight: source.weight,
+            }
         })
         .collect()
 }
 
-/// Name of the i-th page_view copy.
+/// Name of the i-th schema copy.
 pub fn copy_name(i: usize) -> String {
-    format!("pv{i:02}")
+    format!("s{i:03}")
+}
+
+/// Writes the schema files of `shipped_copies(count)` under `dir`, each a copy of its shipped
+/// schema (from `shipped`, the shipped schemas directory) under its new name.
+pub fn write_copies(
+    shipped: &std::path::Path,
+    dir: &std::path::Path,
+    count: usize,
+) -> std::io::Result<()> {
+    let sources = shipped_mix();
+    for (i, copy) in shipped_copies(count).iter().enumerate() {
+        let source = &sources[i % sources.len()];
+        let (name, major) = source.id.split_once('/').unwrap_or((&source.id, "1"));
+        let text = std::fs::read_to_string(shipped.join(name).join(format!("{major}.json")))?;
+        let new_name = copy.id.split('/').next().unwrap_or(&copy.id);
+        let text = text.replace(
+            &format!("\"title\": \"{name}\""),
+            &format!("\"title\": \"{new_name}\""),
+        );
+        std::fs::create_dir_all(dir.join(new_name))?;
+        std::fs::write(dir.join(new_name).join(format!("{major}.json")), text)?;
+    }
+    Ok(())
 }
 
 /// What the pool is made of.

@@ -23,6 +23,9 @@
 //! `--invalid-share` of them invalid, fresh UUID event ids, over `--connections` HTTP/1.1
 //! keep-alive connections, optionally gzip and TLS. Closed loop by default; `--rate` makes it an
 //! open loop whose latencies are measured from each request's intended send time.
+//! The many-schemas points (`suite --schema-counts 1,50,200`, `sweep --sweep-schemas`) use copies
+//! of the shipped schemas (`gen::shipped_copies`), one topic each, with the shipped mix's event
+//! kinds and sizes: only the number of topics (and so partitions) changes between them.
 //! Nothing here is a test: timing belongs in this tool, never in `cargo test`.
 
 mod args;
@@ -214,8 +217,12 @@ struct SuiteArgs {
     #[arg(long, default_value_t = 1)]
     repeat: usize,
     /// Open-loop rate as a share of the closed-loop peak's request rate.
-    #[arg(long, default_value_t = 0.7)]
+    #[arg(long, default_value_t = 0.5)]
     open_load: f64,
+    /// Closed-loop phases with this many schemas (copies of the shipped mix, one topic each),
+    /// after the five phases; `--schema-counts 0` for none.
+    #[arg(long, value_delimiter = ',', default_value = "1,50,200")]
+    schema_counts: Vec<usize>,
     #[arg(long)]
     gzip: bool,
     /// HTTPS with a generated self-signed certificate.
@@ -238,7 +245,7 @@ struct SweepArgs {
     /// Events per request to try, e.g. 1,50,500.
     #[arg(long, value_delimiter = ',')]
     sweep_events: Vec<usize>,
-    /// Schema counts to try (copies of page_view), e.g. 1,50.
+    /// Schema counts to try (copies of the shipped mix, one topic each), e.g. 1,50,200.
     #[arg(long, value_delimiter = ',')]
     sweep_schemas: Vec<usize>,
     /// Add a TLS point.
@@ -358,8 +365,11 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
 }
 
 fn bench(setup: &Setup, traffic: &Traffic) -> anyhow::Result<(suite::Bench, PathBuf)> {
+    // Absolute: the gateway is started with the phase's log directory as its current dir.
     let gateway_bin = match &setup.gateway_bin {
-        Some(p) => p.clone(),
+        Some(p) => p
+            .canonicalize()
+            .with_context(|| format!("gateway binary {}", p.display()))?,
         None => procs::find_gateway()?,
     };
     let tansu_bin = match &setup.tansu_bin {
@@ -434,7 +444,13 @@ fn workload_line(w: &suite::Workload, t: &Traffic) {
 
 fn run_suite(args: SuiteArgs) -> anyhow::Result<()> {
     let (bench, schemas) = bench(&args.setup, &args.traffic)?;
-    let w = suite::Workload::new(schemas, args.traffic.gen_config());
+    let w = suite::Workload::new(schemas.clone(), args.traffic.gen_config());
+    let many = suite::many_schema_workloads(
+        &schemas,
+        bench.dir.path(),
+        &args.traffic.gen_config(),
+        &args.schema_counts,
+    )?;
     let mut reps = Vec::new();
     for i in 0..args.repeat.max(1) {
         eprintln!("[suite] repetition {}/{}", i + 1, args.repeat.max(1));
@@ -445,6 +461,7 @@ fn run_suite(args: SuiteArgs) -> anyhow::Result<()> {
             args.gzip,
             args.tls,
             args.open_load,
+            &many,
         )?;
         eprint!("{}", report::table(&rows));
         reps.push(rows);

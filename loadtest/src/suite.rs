@@ -330,7 +330,8 @@ fn other_note((other, steal): (f64, f64)) -> String {
     s
 }
 
-/// One repetition of the four phases; returns the rows in order.
+/// One repetition of the five phases, then one closed-loop phase per many-schemas workload;
+/// returns the rows in order.
 pub fn repetition(
     bench: &Bench,
     w: &Workload,
@@ -338,6 +339,7 @@ pub fn repetition(
     gzip: bool,
     tls: bool,
     open_load: f64,
+    many_schemas: &[(usize, Workload)],
 ) -> anyhow::Result<Vec<Row>> {
     let closed = LoadConfig {
         connections,
@@ -389,5 +391,46 @@ pub fn repetition(
     )?);
     eprintln!("[suite] bare producer, open loop at {rate:.0} batches/s ...");
     rows.push(bench.producer_floor(w, rate)?);
+    for (count, many) in many_schemas {
+        eprintln!("[suite] gateway, closed loop, {count} schemas ...");
+        rows.push(bench.gateway_phase(
+            many,
+            &GatewayRun {
+                label: schemas_label(*count),
+                http_only: false,
+                tls,
+                load: closed.clone(),
+                perf: None,
+            },
+        )?);
+    }
     Ok(rows)
+}
+
+/// The label of the many-schemas phase with `count` schemas (`report::verdict` finds it by it).
+pub fn schemas_label(count: usize) -> String {
+    format!("gateway, closed loop, {count} schemas")
+}
+
+/// The many-schemas workloads: for each count, copies of the shipped schemas in a directory of
+/// their own under `dir` (see `gen::shipped_copies`).
+pub fn many_schema_workloads(
+    shipped: &Path,
+    dir: &Path,
+    base: &GenConfig,
+    counts: &[usize],
+) -> anyhow::Result<Vec<(usize, Workload)>> {
+    counts
+        .iter()
+        .filter(|&&count| count > 0)
+        .map(|&count| {
+            let schemas = dir.join(format!("schemas-{count}"));
+            crate::gen::write_copies(shipped, &schemas, count)?;
+            let cfg = GenConfig {
+                schemas: crate::gen::shipped_copies(count),
+                ..base.clone()
+            };
+            Ok((count, Workload::new(schemas, cfg)))
+        })
+        .collect()
 }

@@ -100,15 +100,15 @@ pub fn run(
     }
     for &count in &plan.schema_counts {
         let dir = tempfile::tempdir()?;
-        copy_page_view(shipped, dir.path(), count)?;
+        gen::write_copies(shipped, dir.path(), count)?;
         let w = Workload::new(
             dir.path().to_path_buf(),
             GenConfig {
-                schemas: gen::page_view_copies(count),
+                schemas: gen::shipped_copies(count),
                 ..base.clone()
             },
         );
-        let label = format!("schemas = {count} (page_view copies)");
+        let label = format!("schemas = {count} (copies of the shipped mix)");
         measure(&mut rows, &w, point(label, false, closed(base_connections)))?;
     }
     if plan.tls {
@@ -129,21 +129,6 @@ pub fn run(
         None => None,
     };
     Ok((rows, idle))
-}
-
-/// Writes `count` copies of page_view/1 as `<dir>/pvNN/1.json`.
-fn copy_page_view(shipped: &Path, dir: &Path, count: usize) -> anyhow::Result<()> {
-    let source = std::fs::read_to_string(shipped.join("page_view/1.json"))?;
-    for i in 0..count {
-        let name = gen::copy_name(i);
-        std::fs::create_dir_all(dir.join(&name))?;
-        let text = source.replace(
-            "\"title\": \"page_view\"",
-            &format!("\"title\": \"{name}\""),
-        );
-        std::fs::write(dir.join(&name).join("1.json"), text)?;
-    }
-    Ok(())
 }
 
 /// Opens `count` keep-alive connections (each proven with a one-event request), measures the
