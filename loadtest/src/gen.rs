@@ -478,6 +478,39 @@ mod tests {
     }
 
     #[test]
+    fn many_schema_copies_load_validate_and_keep_the_shipped_sizes() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas");
+        let dir = tempfile::tempdir().unwrap();
+        write_copies(&root, dir.path(), 200).unwrap();
+        let registry = eventpipe::schema::Registry::load(dir.path()).unwrap();
+        let copies = shipped_copies(200);
+        let gen = Generator::new(&GenConfig {
+            schemas: copies.clone(),
+            templates: 64,
+            ..cfg(0.0)
+        });
+        let mut used = std::collections::HashSet::new();
+        for t in &gen.templates {
+            let v: Value = serde_json::from_slice(&t.fresh_body()).unwrap();
+            for ev in v["events"].as_array().unwrap() {
+                let id = ev["schema"].as_str().unwrap();
+                let schema = registry.get(id).unwrap();
+                assert!(schema.validate(&ev["data"]).is_ok(), "{ev}");
+                used.insert(id.to_owned());
+            }
+        }
+        // One topic each: 200 distinct names, and the traffic reaches most of them.
+        let names: std::collections::HashSet<_> = copies
+            .iter()
+            .map(|c| c.id.split('/').next().unwrap())
+            .collect();
+        assert_eq!(names.len(), 200);
+        assert!(used.len() > 150, "only {} schemas used", used.len());
+        let mean = gen.mean_body_bytes() / gen.mean_events();
+        assert!((400.0..650.0).contains(&mean), "mean event size {mean}");
+    }
+
+    #[test]
     fn invalid_share_is_roughly_honoured() {
         let gen = Generator::new(&GenConfig {
             templates: 64,
