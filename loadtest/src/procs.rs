@@ -256,7 +256,8 @@ pub fn start_broker(tansu: &Path, dir: &Path) -> anyhow::Result<(Proc, String)> 
     Ok((proc, format!("127.0.0.1:{port}")))
 }
 
-/// `eventpipe topics create` for the schemas in `schemas`, with `prefix` and `dead_letter`.
+/// `eventpipe topics create` for the schemas in `schemas`, with `prefix` and `dead_letter`, and
+/// the gateway's `config` file if there is one (its routing decides the topics).
 pub fn create_topics(
     gateway: &Path,
     brokers: &str,
@@ -264,9 +265,14 @@ pub fn create_topics(
     prefix: &str,
     dead_letter: &str,
     partitions: u32,
+    config: Option<&Path>,
 ) -> anyhow::Result<()> {
-    let out = Command::new(gateway)
-        .args(["topics", "create", "--brokers", brokers])
+    let mut cmd = Command::new(gateway);
+    cmd.args(["topics", "create", "--brokers", brokers]);
+    if let Some(config) = config {
+        cmd.arg("--config").arg(config);
+    }
+    let out = cmd
         .arg("--schemas")
         .arg(schemas)
         .args(["--partitions", &partitions.to_string()])

@@ -98,6 +98,7 @@ impl Bench {
             PREFIX,
             DEAD_LETTER,
             self.partitions,
+            self.gateway_config.as_deref(),
         )?;
         Ok((broker, brokers))
     }
