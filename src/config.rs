@@ -160,6 +160,12 @@ pub struct KafkaConfig {
     /// How long a request waits for Kafka's acknowledgements before it is answered 503.
     #[serde(default = "default_ack_timeout_ms")]
     pub ack_timeout_ms: u64,
+    /// Producer instances (1 to 32) with the topics spread over them by a hash of the topic
+    /// name: each has its own broker connections and its own 5 requests in flight. More help
+    /// when many topics are busy at once (hundreds of schemas, one topic each); every topic is
+    /// still written by one producer, so ordering per key and idempotence hold.
+    #[serde(default = "default_producers")]
+    pub producers: usize,
     /// Raw librdkafka properties, passed straight through (they override ours). Numbers and
     /// booleans are accepted as written (`linger.ms = 10`) and handed over as text.
     #[serde(default, deserialize_with = "scalars_as_strings")]
@@ -298,6 +304,10 @@ fn default_topic_prefix() -> String {
 fn default_dead_letter_topic() -> String {
     "events.invalid".into()
 }
+fn default_producers() -> usize {
+    1
+}
+
 fn default_ack_timeout_ms() -> u64 {
     5_000
 }
@@ -583,6 +593,9 @@ impl Config {
         }
         if self.kafka.dead_letter_topic.is_empty() {
             return invalid("kafka.dead_letter_topic", "must not be empty");
+        }
+        if !(1..=crate::sink::kafka::MAX_PRODUCERS).contains(&self.kafka.producers) {
+            return invalid("kafka.producers", "must be between 1 and 32");
         }
         if self.kafka.ack_timeout_ms == 0 {
             return invalid("kafka.ack_timeout_ms", "must be positive");

@@ -50,8 +50,8 @@ pub async fn serve(
     m::recorder();
     let registry = Registry::load(&config.schemas)?;
     let kafka = producer_config(&config.kafka.brokers, &config.kafka.librdkafka);
-    let kafka =
-        KafkaSink::new(&kafka, Duration::from_secs(2)).context("creating the Kafka producer")?;
+    let kafka = KafkaSink::sharded(&kafka, Duration::from_secs(2), config.kafka.producers)
+        .context("creating the Kafka producers")?;
     // One set of books for the request path and the replayer, attached before the replayer starts.
     let audit = Arc::new(audit_books(&config));
     let sink: Arc<dyn Sink> = if config.spool.enabled {

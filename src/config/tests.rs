@@ -99,6 +99,18 @@ fn bad_values_are_named() {
     .unwrap_err()
     .to_string();
     assert!(err.contains("trusted_proxies"), "{err}");
+    for producers in ["0", "33"] {
+        let err = load(
+            None,
+            env(&[("EVENTPIPE_KAFKA__PRODUCERS", producers)]),
+            vec![],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("kafka.producers"), "{producers}: {err}");
+    }
+    let ok = load(None, env(&[("EVENTPIPE_KAFKA__PRODUCERS", "4")]), vec![]).unwrap();
+    assert_eq!(ok.kafka.producers, 4);
 }
 
 #[test]

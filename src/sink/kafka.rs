@@ -1,4 +1,15 @@
-//! The Kafka sink: one idempotent producer (acks=all) per process, polled by its own thread.
+//! The Kafka sink: idempotent producers (acks=all), each polled by its own thread.
+//!
+//! Sharding (`kafka.producers`, default 1): the topics are spread over N producer instances by a
+//! stable hash of the topic name, so every record of a topic goes through the same producer.
+//! Why: librdkafka puts one partition in each ProduceRequest (confluentinc/librdkafka#1700) and
+//! an idempotent producer keeps at most 5 requests in flight per broker connection; with hundreds
+//! of topics the requests are many and small, and one producer's connection becomes the limit.
+//! N producers have N connections per broker, each with its own 5 in flight. What still holds:
+//! idempotence and ordering are per producer and partition, and a partition (a topic's) is only
+//! ever written by one producer of this process, so records with the same key keep their order
+//! and are never duplicated by the producer's own retries. Sharding by key instead would put
+//! one partition behind several producers and lose that.
 //!
 //! Throughput design: no future or task per event. A request's records share one `BatchWaiter`
 //! (an atomic countdown plus a `Notify`) passed to librdkafka as the delivery opaque; the polling
@@ -186,18 +197,57 @@ pub struct Slot {
     index: usize,
 }
 
+/// The latest statistics of each shard's producer: the gauges report their sums, so the
+/// metrics (and the alerts and dashboards on them) mean the same whatever `kafka.producers` is.
+#[derive(Default)]
+struct ShardStats {
+    /// Per shard: queued messages, queued bytes, sent messages, sent bytes.
+    shards: Mutex<Vec<[u64; 4]>>,
+}
+
+impl ShardStats {
+    fn record(&self, shard: usize, values: [u64; 4]) {
+        let sums = {
+            let mut all = self.shards.lock().unwrap_or_else(|p| p.into_inner());
+            if all.len() <= shard {
+                all.resize(shard + 1, [0; 4]);
+            }
+            all[shard] = values;
+            all.iter().fold([0u64; 4], |mut acc, v| {
+                for (a, x) in acc.iter_mut().zip(v) {
+                    *a = a.saturating_add(*x);
+                }
+                acc
+            })
+        };
+        metrics::gauge!(m::PRODUCER_QUEUE_MESSAGES).set(sums[0] as f64);
+        metrics::gauge!(m::PRODUCER_QUEUE_BYTES).set(sums[1] as f64);
+        metrics::gauge!(m::PRODUCER_TX_MESSAGES).set(sums[2] as f64);
+        metrics::gauge!(m::PRODUCER_TX_BYTES).set(sums[3] as f64);
+    }
+}
+
 /// librdkafka callbacks: deliveries, errors and statistics.
 pub struct GatewayContext {
     /// Set on every librdkafka error: "check whether this producer is now unusable".
     fatal: Arc<AtomicBool>,
+    /// Which shard this producer is, and where the shards' statistics are summed.
+    shard: usize,
+    stats: Arc<ShardStats>,
 }
 
 impl ClientContext for GatewayContext {
     fn stats(&self, stats: Statistics) {
-        metrics::gauge!(m::PRODUCER_QUEUE_MESSAGES).set(stats.msg_cnt as f64);
-        metrics::gauge!(m::PRODUCER_QUEUE_BYTES).set(stats.msg_size as f64);
-        metrics::gauge!(m::PRODUCER_TX_MESSAGES).set(stats.txmsgs as f64);
-        metrics::gauge!(m::PRODUCER_TX_BYTES).set(stats.txmsg_bytes as f64);
+        let counts = |v: i64| u64::try_from(v).unwrap_or(0);
+        self.stats.record(
+            self.shard,
+            [
+                stats.msg_cnt,
+                stats.msg_size,
+                counts(stats.txmsgs),
+                counts(stats.txmsg_bytes),
+            ],
+        );
         let mut up = 0;
         for broker in stats.brokers.values() {
             if broker.state == "UP" {
@@ -304,32 +354,89 @@ struct ProducerHandle {
 }
 
 impl ProducerHandle {
-    fn create(config: &ClientConfig) -> Result<ProducerHandle, KafkaError> {
+    fn create(
+        shard: usize,
+        config: &ClientConfig,
+        stats: &Arc<ShardStats>,
+    ) -> Result<ProducerHandle, KafkaError> {
         let fatal = Arc::new(AtomicBool::new(false));
         let producer = config.create_with_context(GatewayContext {
             fatal: fatal.clone(),
+            shard,
+            stats: stats.clone(),
         })?;
         Ok(ProducerHandle { producer, fatal })
     }
 }
 
-/// Produces records to Kafka and waits for their acknowledgements.
-pub struct KafkaSink {
+/// One producer instance of the sink: its settings and the producer currently in use.
+struct Shard {
+    index: usize,
     config: ClientConfig,
     current: RwLock<Arc<ProducerHandle>>,
+}
+
+/// The most producers `kafka.producers` may ask for.
+pub const MAX_PRODUCERS: usize = 32;
+
+/// The shard of `topic` among `shards`: FNV-1a of the name, so it never changes between runs
+/// or hosts (a restarted gateway produces each topic through the same shard index).
+fn shard_of(topic: &str, shards: usize) -> usize {
+    if shards <= 1 {
+        return 0;
+    }
+    let hash = topic.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    (hash % shards as u64) as usize
+}
+
+/// Produces records to Kafka and waits for their acknowledgements.
+pub struct KafkaSink {
+    shards: Vec<Shard>,
+    stats: Arc<ShardStats>,
     ready: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
 }
 
 impl KafkaSink {
-    /// Creates the producer and a thread that checks broker metadata every `probe_every`.
+    /// One producer and a thread that checks broker metadata every `probe_every`.
     pub fn new(config: &ClientConfig, probe_every: Duration) -> Result<KafkaSink, KafkaError> {
+        Self::sharded(config, probe_every, 1)
+    }
+
+    /// `producers` producers (1..=[`MAX_PRODUCERS`]) with the topics sharded across them (see
+    /// the module doc), and one metadata probe every `probe_every`. With more than one, each
+    /// producer's `client.id` gets its index as a suffix, so brokers can tell them apart.
+    pub fn sharded(
+        config: &ClientConfig,
+        probe_every: Duration,
+        producers: usize,
+    ) -> Result<KafkaSink, KafkaError> {
+        let producers = producers.clamp(1, MAX_PRODUCERS);
+        let stats = Arc::new(ShardStats::default());
+        let shards = (0..producers)
+            .map(|index| {
+                let mut config = config.clone();
+                if producers > 1 {
+                    let id = config.get("client.id").unwrap_or("eventpipe").to_owned();
+                    config.set("client.id", format!("{id}-{index}"));
+                }
+                let producer = ProducerHandle::create(index, &config, &stats)?;
+                Ok(Shard {
+                    index,
+                    config,
+                    current: RwLock::new(Arc::new(producer)),
+                })
+            })
+            .collect::<Result<Vec<_>, KafkaError>>()?;
         let sink = KafkaSink {
-            config: config.clone(),
-            current: RwLock::new(Arc::new(ProducerHandle::create(config)?)),
+            shards,
+            stats,
             ready: Arc::new(AtomicBool::new(false)),
             stop: Arc::new(AtomicBool::new(false)),
         };
+        let config = &sink.shards[0].config;
         // The probe is a separate metadata-only client, so replacing the producer can't strand it.
         // It connects as the producer does (security settings included), else a SASL/SSL
         // cluster would look down to it.
@@ -360,8 +467,9 @@ impl KafkaSink {
     /// The current producer, replaced first if it hit a fatal error (e.g. the idempotent
     /// producer's UNKNOWN_PRODUCER_ID after the broker lost its state). Records in flight on the
     /// old one fail when it is dropped (librdkafka purges them), so their requests spool them.
-    fn producer(&self) -> Arc<ProducerHandle> {
-        let current = self
+    fn producer(&self, shard: usize) -> Arc<ProducerHandle> {
+        let shard = &self.shards[shard];
+        let current = shard
             .current
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -377,13 +485,16 @@ impl KafkaSink {
             reason,
             "librdkafka fatal error: replacing the producer"
         );
-        let mut slot = self.current.write().unwrap_or_else(|p| p.into_inner());
+        let mut slot = shard.current.write().unwrap_or_else(|p| p.into_inner());
         if Arc::ptr_eq(&slot, &current) {
-            match ProducerHandle::create(&self.config) {
+            match ProducerHandle::create(shard.index, &shard.config, &self.stats) {
                 Ok(fresh) => {
                     *slot = Arc::new(fresh);
                     metrics::counter!(m::PRODUCER_REPLACED).increment(1);
-                    tracing::warn!("kafka producer replaced after a fatal error");
+                    tracing::warn!(
+                        producer = shard.index,
+                        "kafka producer replaced after a fatal error"
+                    );
                 }
                 Err(e) => tracing::error!(error = %e, "could not replace the failed producer"),
             }
@@ -394,7 +505,13 @@ impl KafkaSink {
     /// Raises a fatal error in the current producer, as librdkafka would (tests).
     #[cfg(test)]
     pub fn inject_fatal_error(&self) {
-        let current = self.producer();
+        self.inject_fatal_error_in(0);
+    }
+
+    /// Raises a fatal error in shard `shard`'s current producer (tests).
+    #[cfg(test)]
+    pub fn inject_fatal_error_in(&self, shard: usize) {
+        let current = self.producer(shard);
         let reason = std::ffi::CString::new("test").expect("no NUL");
         // SAFETY: the client pointer is valid while `current` holds the producer.
         unsafe {
@@ -418,8 +535,9 @@ impl KafkaSink {
         if records.is_empty() {
             return PartialOutcome::default();
         }
-        let handle = self.producer();
-        let producer = &handle.producer;
+        // Each shard's current producer, looked up (and replaced if it failed) once per batch.
+        let handles: Vec<Arc<ProducerHandle>> =
+            (0..self.shards.len()).map(|i| self.producer(i)).collect();
         let n = records.len();
         let waiter = Arc::new(BatchWaiter::new(n));
         let started = Instant::now();
@@ -444,6 +562,7 @@ impl KafkaSink {
                 if let Some(key) = &rec.key {
                     base = base.key(key);
                 }
+                let producer = &handles[shard_of(&rec.topic, handles.len())].producer;
                 let full = match producer.send(base) {
                     Ok(()) => false,
                     Err((e, _)) => match classify(&e) {
@@ -528,13 +647,21 @@ impl Sink for KafkaSink {
         Box::pin(self.send(records, deadline))
     }
 
+    /// Flushes every shard; `timeout` bounds them all together.
     fn flush(&self, timeout: Duration) -> BoxFuture<'_, Result<(), SinkError>> {
-        let handle = self.producer();
+        let handles: Vec<_> = (0..self.shards.len()).map(|i| self.producer(i)).collect();
         Box::pin(async move {
-            tokio::task::spawn_blocking(move || handle.producer.flush(timeout))
-                .await
-                .map_err(|_| SinkError::Closed)?
-                .map_err(|e| classify(&e))
+            tokio::task::spawn_blocking(move || {
+                let deadline = std::time::Instant::now() + timeout;
+                for handle in handles {
+                    let left = deadline.saturating_duration_since(std::time::Instant::now());
+                    handle.producer.flush(left)?;
+                }
+                Ok(())
+            })
+            .await
+            .map_err(|_| SinkError::Closed)?
+            .map_err(|e: KafkaError| classify(&e))
         })
     }
 

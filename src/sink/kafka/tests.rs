@@ -227,6 +227,151 @@ async fn readiness_follows_metadata() {
     assert!(s.is_ready());
 }
 
+fn sharded(
+    cluster: &MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    producers: usize,
+    extra: &[(&str, &str)],
+) -> KafkaSink {
+    let mut overrides = BTreeMap::new();
+    overrides.insert("message.timeout.ms".to_string(), "5000".to_string());
+    for (k, v) in extra {
+        overrides.insert(k.to_string(), v.to_string());
+    }
+    KafkaSink::sharded(
+        &producer_config(&cluster.bootstrap_servers(), &overrides),
+        Duration::from_millis(100),
+        producers,
+    )
+    .unwrap()
+}
+
+fn to(topic: &str, i: usize) -> Record {
+    Record {
+        topic: topic.into(),
+        ..record(i)
+    }
+}
+
+/// Records waiting in each shard's producer.
+fn in_flight(s: &KafkaSink) -> Vec<i32> {
+    (0..s.shards.len())
+        .map(|i| s.producer(i).producer.in_flight_count())
+        .collect()
+}
+
+/// Every record of a topic goes through one producer (ordering per key and idempotence hold
+/// per producer), and the topics spread over the producers.
+#[tokio::test]
+async fn each_topic_is_produced_by_exactly_one_shard() {
+    let topics: Vec<String> = (0..8).map(|i| format!("events.t{i}")).collect();
+    let c = MockCluster::new(1).unwrap();
+    for t in &topics {
+        c.create_topic(t, 3, 1).unwrap();
+    }
+    // A long linger holds what was handed over inside its producer, where it can be counted.
+    let s = sharded(
+        &c,
+        4,
+        &[("linger.ms", "1000"), ("message.timeout.ms", "120000")],
+    );
+    let mut used = std::collections::HashSet::new();
+    for t in &topics {
+        let out = s
+            .send_partial(
+                &(0..20).map(|i| to(t, i)).collect::<Vec<_>>(),
+                deadline(50),
+                Duration::from_millis(50),
+            )
+            .await;
+        assert_eq!(out.unacked.len(), 20, "lingering, not delivered yet");
+        let waiting = in_flight(&s);
+        let busy: Vec<usize> = (0..4).filter(|&i| waiting[i] > 0).collect();
+        assert_eq!(
+            busy.len(),
+            1,
+            "{t}: records in several producers: {waiting:?}"
+        );
+        assert_eq!(waiting[busy[0]], 20, "{t}: {waiting:?}");
+        used.insert(busy[0]);
+        s.flush(Duration::from_secs(10)).await.unwrap();
+        assert_eq!(in_flight(&s), vec![0; 4], "flush left records behind");
+    }
+    assert!(used.len() > 1, "8 topics all on one of 4 producers");
+}
+
+/// `flush` waits for every shard, not only the first.
+#[tokio::test]
+async fn flush_covers_every_shard() {
+    let topics: Vec<String> = (0..8).map(|i| format!("events.f{i}")).collect();
+    let c = MockCluster::new(1).unwrap();
+    for t in &topics {
+        c.create_topic(t, 1, 1).unwrap();
+    }
+    let s = sharded(
+        &c,
+        3,
+        &[("linger.ms", "1000"), ("message.timeout.ms", "120000")],
+    );
+    // Nothing for the first shard: a flush of only that one would return at once.
+    let records: Vec<Record> = topics
+        .iter()
+        .filter(|t| shard_of(t, 3) != 0)
+        .map(|t| to(t, 0))
+        .collect();
+    let out = s
+        .send_partial(&records, deadline(50), Duration::from_millis(50))
+        .await;
+    assert_eq!(out.unacked.len(), records.len());
+    assert!(in_flight(&s).iter().filter(|&&n| n > 0).count() > 1);
+    s.flush(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(in_flight(&s), vec![0; 3]);
+}
+
+/// A fatal error replaces the failed shard's producer only; every topic still delivers.
+#[tokio::test]
+async fn a_fatal_error_replaces_only_its_own_shard() {
+    let topics: Vec<String> = (0..8).map(|i| format!("events.x{i}")).collect();
+    let c = MockCluster::new(1).unwrap();
+    for t in &topics {
+        c.create_topic(t, 1, 1).unwrap();
+    }
+    let s = sharded(&c, 3, &[]);
+    let before: Vec<_> = (0..3).map(|i| s.producer(i)).collect();
+    s.inject_fatal_error_in(1);
+    // The error callback raises the flag from librdkafka's thread.
+    let until = Instant::now() + Duration::from_secs(5);
+    while !before[1].fatal.load(Ordering::SeqCst) && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let records: Vec<Record> = topics.iter().map(|t| to(t, 1)).collect();
+    s.send(records, deadline(10_000)).await.unwrap();
+    let after: Vec<_> = (0..3).map(|i| s.producer(i)).collect();
+    assert!(Arc::ptr_eq(&before[0], &after[0]));
+    assert!(
+        !Arc::ptr_eq(&before[1], &after[1]),
+        "shard 1 was not replaced"
+    );
+    assert!(Arc::ptr_eq(&before[2], &after[2]));
+}
+
+#[test]
+fn the_shard_of_a_topic_is_stable_and_spread() {
+    let mut counts = [0usize; 4];
+    for i in 0..200 {
+        let t = format!("events.s{i:03}");
+        let shard = shard_of(&t, 4);
+        assert_eq!(shard, shard_of(&t, 4));
+        counts[shard] += 1;
+    }
+    assert!(counts.iter().all(|&n| n >= 25), "{counts:?}");
+    // FNV-1a is fixed: a restart or another host uses the same shard for the same topic.
+    assert_eq!(
+        shard_of("events.page_view", 4),
+        shard_of("events.page_view", 4)
+    );
+    assert_eq!(shard_of("anything", 1), 0);
+}
+
 #[test]
 fn classification() {
     use rdkafka::error::RDKafkaErrorCode as C;
