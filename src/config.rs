@@ -25,11 +25,13 @@ use crate::http::client_ip::ClientIpHeader;
 mod audit;
 mod auth;
 mod librdkafka;
+mod routing;
 mod segment;
 mod service_links;
 mod snowplow;
 pub use audit::AuditConfig;
 pub use auth::{check_rate, AuthConfig, RateLimitConfig};
+pub use routing::RoutingConfig;
 pub use segment::{CallSchemas, NamingRule, SegmentConfig};
 pub use snowplow::{PixelConfig, SnowplowConfig, UnknownContexts};
 
@@ -96,6 +98,9 @@ pub struct Config {
     /// The native `GET /v1/pixel.gif` (on by default).
     #[serde(default)]
     pub pixel: PixelConfig,
+    /// Which topic each schema goes to (default: one each) and partitions per topic.
+    #[serde(default)]
+    pub routing: RoutingConfig,
 }
 
 /// The local spool (write-ahead log) used when Kafka cannot acknowledge in time.
@@ -619,6 +624,7 @@ impl Config {
         self.validate_auth()?;
         self.validate_audit()?;
         self.validate_segment()?;
+        self.validate_routing()?;
         self.validate_snowplow()?;
         self.kafka.validate_librdkafka()?;
         // The size limits (message.max.bytes, context, output ratio) are checked where enforced.

@@ -168,6 +168,7 @@ enum TopicsCommand {
         /// Schema directory (default: schemas, else "schemas").
         #[arg(long)]
         schemas: Option<PathBuf>,
+        /// Partitions of each topic not named in the config's `[routing.partitions]`.
         #[arg(long, default_value_t = 3)]
         partitions: i32,
         #[arg(long, default_value_t = 1)]
@@ -214,6 +215,10 @@ struct TailArgs {
     /// "events.invalid").
     #[arg(long)]
     dead_letter_topic: Option<String>,
+    /// Only events of this schema: `name` (any major) or `name/major`, matched on the record's
+    /// `schema` header without decoding the others (for a topic shared by several schemas).
+    #[arg(long)]
+    schema: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -295,12 +300,17 @@ fn main() -> anyhow::Result<()> {
             )?;
             let k = &config.kafka;
             let registry = schema::Registry::load(&config.schemas)?;
-            let topics = ops::topics::gateway_topics(&config, &registry);
-            let (created, existing) = runtime()?.block_on(ops::topics::create_with(
+            let topics: Vec<(String, i32)> = ops::topics::gateway_topics(&config, &registry)
+                .into_iter()
+                .map(|t| {
+                    let n = config.routing.partitions_of(&t, partitions);
+                    (t, n)
+                })
+                .collect();
+            let (created, existing) = runtime()?.block_on(ops::topics::create_sized(
                 &k.brokers,
                 &k.librdkafka,
                 &topics,
-                partitions,
                 replication_factor,
             ))?;
             for t in &created {
@@ -344,6 +354,7 @@ fn main() -> anyhow::Result<()> {
                 from_beginning: args.from_beginning,
                 count: args.count,
                 idle_timeout: args.idle_timeout_ms.map(Duration::from_millis),
+                schema: args.schema,
             };
             ops::tail::run(&opts, &mut std::io::stdout().lock())?;
             Ok(())
@@ -424,11 +435,7 @@ fn audit(args: AuditArgs) -> u8 {
     };
     // The config's routing: events of a gateway that publishes no audit records are still read.
     let extra_topics = match schema::Registry::load(&config.schemas) {
-        Ok(registry) => ops::topics::needed_topics(
-            &registry,
-            &config.kafka.topic_prefix,
-            &config.kafka.dead_letter_topic,
-        ),
+        Ok(registry) => ops::topics::routed_topics(&config, &registry),
         Err(e) => {
             tracing::info!(error = %e, "audit: schemas not loaded; reading the topics audit records name");
             Vec::new()

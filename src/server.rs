@@ -132,6 +132,7 @@ fn gateway_with_audit(
         &config.kafka.dead_letter_topic,
         &registry,
     )
+    .with_routing(&config.routing, &config.kafka.topic_prefix)
     .with_max_record_bytes(config.kafka.message_max_bytes());
     // Checked against the registry in `serve_inner` before the gateway is built.
     let segment = crate::protocol::segment::Segment::new(&config.segment, &registry)

@@ -1,5 +1,8 @@
 //! `eventpipe tail`: reads a topic and prints one JSON object per line, decoded from Thrift.
-//! Accepted events and dead letters alike; the dead-letter topic is recognised by name.
+//! Accepted events and dead letters alike; the dead-letter topic is recognised by name. A topic
+//! shared by several schemas (`[routing] shared_topic`) reads the same way: every line names its
+//! `schema`, and `--schema` keeps one schema's records by their `schema` header, undecoded
+//! otherwise.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -24,6 +27,16 @@ pub struct TailOptions {
     pub count: Option<usize>,
     /// Stop after this long without a new message (None: run until interrupted).
     pub idle_timeout: Option<Duration>,
+    /// Only records whose `schema` header is this (`name/major`) or of this name (`name`).
+    pub schema: Option<String>,
+}
+
+/// Whether a record's `schema` header value (`name/major`) is what `wanted` asks for.
+fn schema_matches(header: Option<&[u8]>, wanted: &str) -> bool {
+    let Some(value) = header.and_then(|h| std::str::from_utf8(h).ok()) else {
+        return false;
+    };
+    value == wanted || (!wanted.contains('/') && value.split('/').next() == Some(wanted))
 }
 
 /// Consumes and prints until `count` messages or the idle timeout. Returns messages printed.
@@ -65,6 +78,15 @@ pub fn run(opts: &TailOptions, out: &mut impl Write) -> anyhow::Result<usize> {
         };
         let msg = msg.context("consuming")?;
         last = Instant::now();
+        if let Some(wanted) = &opts.schema {
+            let header = msg
+                .headers()
+                .and_then(|hs| hs.iter().find(|h| h.key == "schema"))
+                .and_then(|h| h.value);
+            if !schema_matches(header, wanted) {
+                continue;
+            }
+        }
         let payload = msg.payload().unwrap_or_default();
         let mut line = if dead_letters {
             dead_letter_json(payload)
@@ -136,4 +158,18 @@ pub fn dead_letter_json(payload: &[u8]) -> anyhow::Result<Value> {
         "request_id": dl.request_id,
         "enrichment": enrichment_json(&dl.enrichment),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::schema_matches;
+
+    #[test]
+    fn schema_filter_matches_the_header() {
+        assert!(schema_matches(Some(b"click/1"), "click/1"));
+        assert!(schema_matches(Some(b"click/2"), "click"));
+        assert!(!schema_matches(Some(b"click/2"), "click/1"));
+        assert!(!schema_matches(Some(b"clicks/1"), "click"));
+        assert!(!schema_matches(None, "click"));
+    }
 }

@@ -19,11 +19,23 @@ pub fn needed_topics(registry: &Registry, prefix: &str, dead_letter: &str) -> Ve
     PipelineConfig::new(Limits::default(), prefix, dead_letter, registry).all_topics()
 }
 
-/// Every topic a gateway with `config` writes to: the routing's, and the audit topic when
+/// The topics the events of a gateway with `config` go to (`[routing]`), and its dead letters.
+pub fn routed_topics(config: &crate::config::Config, registry: &Registry) -> Vec<String> {
+    let k = &config.kafka;
+    PipelineConfig::new(
+        Limits::default(),
+        &k.topic_prefix,
+        &k.dead_letter_topic,
+        registry,
+    )
+    .with_routing(&config.routing, &k.topic_prefix)
+    .all_topics()
+}
+
+/// Every topic a gateway with `config` writes to: the routed ones, and the audit topic when
 /// auditing is on.
 pub fn gateway_topics(config: &crate::config::Config, registry: &Registry) -> Vec<String> {
-    let k = &config.kafka;
-    let mut topics = needed_topics(registry, &k.topic_prefix, &k.dead_letter_topic);
+    let mut topics = routed_topics(config, registry);
     if config.audit.enabled && !topics.contains(&config.audit.topic) {
         topics.push(config.audit.topic.clone());
     }
@@ -49,12 +61,25 @@ pub async fn create_with(
     partitions: i32,
     replication: i32,
 ) -> anyhow::Result<(Vec<String>, Vec<String>)> {
+    let sized: Vec<(String, i32)> = topics.iter().map(|t| (t.clone(), partitions)).collect();
+    create_sized(brokers, librdkafka, &sized, replication).await
+}
+
+/// Creates each (topic, partitions) of `topics`, connecting with the shared settings of
+/// `librdkafka`; returns (created, already existing). An existing topic is left as it is (its
+/// partition count included: growing it would move keys to other partitions).
+pub async fn create_sized(
+    brokers: &str,
+    librdkafka: &BTreeMap<String, String>,
+    topics: &[(String, i32)],
+    replication: i32,
+) -> anyhow::Result<(Vec<String>, Vec<String>)> {
     let admin: AdminClient<DefaultClientContext> = client_config(brokers, librdkafka)
         .create()
         .context("creating the Kafka admin client")?;
     let new: Vec<NewTopic> = topics
         .iter()
-        .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(replication)))
+        .map(|(t, partitions)| NewTopic::new(t, *partitions, TopicReplication::Fixed(replication)))
         .collect();
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
     let results = admin

@@ -179,16 +179,38 @@ impl PipelineConfig {
         }
     }
 
+    /// The same config with the schemas routed by `routing` (`[routing]`: a shared topic for
+    /// the schemas not dedicated); `topic_prefix` as given to `new`.
+    pub fn with_routing(
+        mut self,
+        routing: &crate::config::RoutingConfig,
+        topic_prefix: &str,
+    ) -> Self {
+        // One Arc per distinct topic, so the shared topic's events share it too.
+        let mut by_topic: std::collections::HashMap<String, std::sync::Arc<str>> =
+            std::collections::HashMap::new();
+        for (name, topic) in self.topics.iter_mut() {
+            let routed = routing.topic(topic_prefix, name);
+            *topic = by_topic
+                .entry(routed)
+                .or_insert_with_key(|t| std::sync::Arc::from(t.as_str()))
+                .clone();
+        }
+        self
+    }
+
     /// The same config with another record size limit (the producer's `message.max.bytes`).
     pub fn with_max_record_bytes(mut self, max_record_bytes: usize) -> Self {
         self.max_record_bytes = max_record_bytes;
         self
     }
 
-    /// Every topic the routing writes to: one per schema name (sorted), then the dead letters.
+    /// Every topic the routing writes to: one per schema name or the shared one (sorted), then
+    /// the dead letters.
     pub fn all_topics(&self) -> Vec<String> {
         let mut topics: Vec<String> = self.topics.values().map(|t| t.to_string()).collect();
         topics.sort();
+        topics.dedup();
         topics.push(self.dead_letter_topic.to_string());
         topics
     }

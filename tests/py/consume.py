@@ -97,6 +97,13 @@ def decode(payload, dead_letter, audit=False):
     }
 
 
+def schema_matches(header, wanted):
+    """The record's `schema` header (name/major) is `wanted`, or of name `wanted`."""
+    if header is None:
+        return False
+    return header == wanted or ("/" not in wanted and header.split("/")[0] == wanted)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--brokers", required=True)
@@ -109,6 +116,9 @@ def main():
     ap.add_argument("--ids-only", action="store_true", help="print only topic and event_id header")
     ap.add_argument("--want", action="append", default=[], help="keep reading until this event_id is seen")
     ap.add_argument("--want-file", help="file of event_ids (one per line) to wait for")
+    ap.add_argument("--schema", default="",
+                    help="only records whose schema header is NAME/MAJOR, or of NAME (a topic "
+                         "shared by several schemas)")
     args = ap.parse_args()
 
     # Tansu's SQLite engine can take over a minute to answer a fetch on a large topic: a slow
@@ -143,8 +153,10 @@ def main():
             print(f"consume error: {m.error()}", file=sys.stderr)
             continue
         last = time.time()
-        seen += 1
         headers = {k: (v.decode() if v is not None else None) for k, v in (m.headers() or [])}
+        if args.schema and not schema_matches(headers.get("schema"), args.schema):
+            continue
+        seen += 1
         want.discard(headers.get("event_id"))
         if args.ids_only:
             print(m.topic(), headers.get("event_id", ""), flush=False)
