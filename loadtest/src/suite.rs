@@ -240,7 +240,7 @@ impl Bench {
         let check = if run.http_only {
             None
         } else {
-            let (topics, dl) = w.topics();
+            let (topics, dl) = self.gateway_topics(w)?;
             let mut all = topics.clone();
             all.push(dl.clone());
             let counts = self.count(&brokers, &all)?;
@@ -300,6 +300,26 @@ impl Bench {
             check,
             note,
         })
+    }
+
+    /// The topics a gateway phase's events go to, and the dead-letter topic: the workload's
+    /// topics, or where the gateway config's `[routing]` sends them.
+    fn gateway_topics(&self, w: &Workload) -> anyhow::Result<(Vec<String>, String)> {
+        let Some(path) = &self.gateway_config else {
+            return Ok(w.topics());
+        };
+        let config = eventpipe::config::load(
+            Some(path),
+            Vec::new(),
+            vec![
+                ("kafka.topic_prefix", PREFIX.into()),
+                ("kafka.dead_letter_topic", DEAD_LETTER.into()),
+            ],
+        )?;
+        let registry = eventpipe::schema::Registry::load(&w.schemas_dir)?;
+        let mut topics = eventpipe::ops::topics::routed_topics(&config, &registry);
+        topics.retain(|t| t != DEAD_LETTER);
+        Ok((topics, DEAD_LETTER.to_owned()))
     }
 
     fn count(
