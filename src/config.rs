@@ -125,7 +125,9 @@ pub struct SpoolConfig {
     /// A segment is sealed (handed to the replayer) this long after its first append.
     #[serde(default = "default_spool_seal_after_ms")]
     pub seal_after_ms: u64,
-    /// Records per replay batch (one batch in flight at a time).
+    /// Records per replay batch, at most (one batch in flight at a time; it is handed to the
+    /// producer in chunks that shrink while live requests wait longer for Kafka, see
+    /// `sink::fallback::pace`).
     #[serde(default = "default_spool_replay_batch")]
     pub replay_batch_records: usize,
 }
@@ -386,7 +388,7 @@ fn default_spool_seal_after_ms() -> u64 {
     500
 }
 fn default_spool_replay_batch() -> usize {
-    500
+    5_000
 }
 fn default_dedup_window() -> usize {
     100_000

@@ -95,7 +95,7 @@ pub async fn serve(
 pub fn replay_options(config: &Config) -> ReplayOptions {
     ReplayOptions {
         batch_records: config.spool.replay_batch_records,
-        batch_bytes: 4 << 20,
+        batch_bytes: 8 << 20,
         ack_timeout: Duration::from_millis(message_timeout_ms(config) + 5_000),
         max_backoff: Duration::from_secs(5),
         // Several metadata refreshes (librdkafka re-checks a missing topic every second).

@@ -15,6 +15,8 @@
 //! breaker alone. While the breaker is open, records are spooled without asking Kafka, so one
 //! Kafka would refuse can still reach the spool; the replayer deals with it.
 
+mod pace;
+
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -94,10 +96,12 @@ impl Breaker {
     }
 }
 
-/// The replayer's view of Kafka: successes close the breaker, retryable failures open it.
+/// The replayer's view of Kafka: successes close the breaker, retryable failures open it. A batch
+/// is handed over in chunks sized by live pressure (`pace`).
 struct ReplayToKafka {
     kafka: Arc<KafkaSink>,
     breaker: Arc<Breaker>,
+    pace: Arc<pace::Pace>,
     /// Set once at start-up (`Sink::attach_audit`): the books replayed records are counted in.
     audit: std::sync::OnceLock<Arc<crate::audit::ReplayAudit>>,
 }
@@ -113,19 +117,34 @@ impl ReplayTarget for ReplayToKafka {
                 // Nothing inherited is delivered before the audit has counted it as pending.
                 audit.inventoried().await;
             }
-            let out = self
-                .kafka
-                .send_partial(records, deadline, Duration::from_millis(200))
-                .await;
-            self.breaker.observe(&out);
-            ReplayResult {
-                retry: out.unacked,
-                refused: out
-                    .refused
-                    .into_iter()
-                    .map(|(i, reason)| (i, reason.to_string()))
-                    .collect(),
+            let mut result = ReplayResult {
+                retry: Vec::new(),
+                refused: Vec::new(),
+            };
+            let mut start = 0;
+            while start < records.len() {
+                let end = start + self.pace.chunk(records.len() - start);
+                let out = self
+                    .kafka
+                    .send_partial(&records[start..end], deadline, Duration::from_millis(200))
+                    .await;
+                self.breaker.observe(&out);
+                let failed = !out.unacked.is_empty();
+                result.retry.extend(out.unacked.iter().map(|i| i + start));
+                result.refused.extend(
+                    out.refused
+                        .into_iter()
+                        .map(|(i, reason)| (i + start, reason.to_string())),
+                );
+                if failed {
+                    // Kafka is not acknowledging: the rest waits for the replayer's retry.
+                    result.retry.extend(end..records.len());
+                    break;
+                }
+                self.pace.adjust(records.len());
+                start = end;
             }
+            result
         })
     }
 
@@ -157,6 +176,7 @@ pub fn replay_target(
     Arc::new(ReplayToKafka {
         kafka,
         breaker: Arc::new(Breaker::new(Duration::from_secs(5))),
+        pace: Arc::default(),
         audit: slot,
     })
 }
@@ -166,6 +186,8 @@ pub struct FallbackSink {
     kafka: Arc<KafkaSink>,
     spool: Spool,
     breaker: Arc<Breaker>,
+    /// Live acknowledgement latency, read by the replayer to size its chunks.
+    pace: Arc<pace::Pace>,
     target: Arc<ReplayToKafka>,
     replayer: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     gauges: tokio::task::JoinHandle<()>,
@@ -195,9 +217,11 @@ impl FallbackSink {
         books: Option<Arc<crate::audit::Books>>,
     ) -> FallbackSink {
         let breaker = Arc::new(Breaker::new(Duration::from_secs(5)));
+        let pace = Arc::new(pace::Pace::default());
         let target = Arc::new(ReplayToKafka {
             kafka: kafka.clone(),
             breaker: breaker.clone(),
+            pace: pace.clone(),
             audit: std::sync::OnceLock::new(),
         });
         if let Some(books) = books {
@@ -220,6 +244,7 @@ impl FallbackSink {
             kafka,
             spool,
             breaker,
+            pace,
             target,
             replayer: std::sync::Mutex::new(Some(replayer)),
             gauges,
@@ -242,12 +267,14 @@ impl FallbackSink {
         let mut refused = Vec::new();
         let mut spooled: Vec<usize> = (0..records.len()).collect();
         if let Some(kafka_deadline) = self.breaker.kafka_deadline(deadline) {
+            let started = Instant::now();
             let out = self
                 .kafka
                 .send_partial(&records, kafka_deadline, Duration::ZERO)
                 .await;
             self.breaker.observe(&out);
             if out.unacked.is_empty() {
+                self.pace.observe_live(started.elapsed());
                 return Ok(Delivered {
                     refused: out.refused,
                     ..Delivered::default()

@@ -300,6 +300,7 @@ async fn replay_reports_refused_records_without_opening_the_breaker() {
     let target = ReplayToKafka {
         kafka: s.sink.kafka.clone(),
         breaker: s.sink.breaker.clone(),
+        pace: Default::default(),
         audit: Default::default(),
     };
     let mut records: Vec<Record> = (0..3).map(record).collect();
@@ -313,6 +314,28 @@ async fn replay_reports_refused_records_without_opening_the_breaker() {
         }
     );
     assert!(s.sink.breaker.is_closed(), "a refusal opened the breaker");
+    s.sink.close().await;
+}
+
+/// A batch handed over in chunks (`pace`) reports its records by their index in the whole
+/// batch, whichever chunk they were in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_chunks_report_indices_into_the_whole_batch() {
+    let s = setup_with(1 << 20, &[("message.max.bytes", "2000")]);
+    let target = ReplayToKafka {
+        kafka: s.sink.kafka.clone(),
+        breaker: s.sink.breaker.clone(),
+        pace: Default::default(),
+        audit: Default::default(),
+    };
+    let mut records: Vec<Record> = (0..450).map(record).collect();
+    for i in [5, 150, 449] {
+        records[i].payload = vec![b'x'; 5000];
+    }
+    let result = target.produce(&records, deadline(10_000)).await;
+    let refused: Vec<usize> = result.refused.iter().map(|(i, _)| *i).collect();
+    assert_eq!(refused, vec![5, 150, 449]);
+    assert!(result.retry.is_empty(), "{:?}", result.retry);
     s.sink.close().await;
 }
 
