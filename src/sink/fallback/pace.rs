@@ -3,9 +3,11 @@
 //!
 //! Live requests and the replayer share the producers, and librdkafka queues records per
 //! partition in arrival order: a replay batch of 5,000 records (~4 MB) handed over at once sits
-//! ahead of every live record that arrives after it. Measured (BENCHMARKS.md, "Replay"): with
-//! fixed 500-record batches a 1 GiB spool took ~47 s to drain; with 5,000 ~17 s, but the live
-//! requests' p99 went from ~55 ms to ~360 ms while it drained.
+//! ahead of every live record that arrives after it. Measured (BENCHMARKS.md, "Replay", 2 vCPUs,
+//! live traffic at half the peak): fixed 500-record batches drained ~62 s per GiB with a live p99
+//! of 55 ms; fixed 5,000 ~30 s per GiB but a live p99 of 364 ms; these chunks with a 20 ms
+//! target ~40 s per GiB with a live p99 of 58 ms (a 50 ms target: 346 ms). With no live
+//! traffic the drain runs at whole batches: ~17 s per GiB.
 //!
 //! So the replayer's batch is handed over in chunks, one at a time (each waits for its
 //! acknowledgements), and the chunk size follows live pressure, AIMD style: live requests report
@@ -21,7 +23,7 @@ use std::time::Duration;
 use super::now_ms;
 
 /// Live acknowledgement latency (EWMA) above which the replayer's chunks shrink.
-pub const LIVE_LATENCY_TARGET: Duration = Duration::from_millis(50);
+pub const LIVE_LATENCY_TARGET: Duration = Duration::from_millis(20);
 
 /// The smallest chunk: the replay never stops while Kafka acknowledges.
 pub const MIN_CHUNK: usize = 100;
@@ -124,7 +126,7 @@ mod tests {
         assert_eq!(pace.chunk(usize::MAX), 2 * MIN_CHUNK);
         // Between half the target and the target: it holds.
         for _ in 0..60 {
-            pace.observe_live(Duration::from_millis(40));
+            pace.observe_live(Duration::from_millis(15));
         }
         pace.adjust(5_000);
         assert_eq!(pace.chunk(usize::MAX), 2 * MIN_CHUNK);
